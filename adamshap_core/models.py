@@ -25,7 +25,11 @@ PRESETS: dict[str, Preset] = {
 
 
 def build_model(
-    preset: str, vocab_size: int, n_positions: int = 1024, seed: int | None = None
+    preset: str,
+    vocab_size: int,
+    n_positions: int = 1024,
+    seed: int | None = None,
+    eos_token_id: int = 0,
 ) -> GPT2LMHeadModel:
     """Build a freshly initialised GPT-2 from a preset name (dropout off, tied embeddings)."""
     if preset not in PRESETS:
@@ -41,6 +45,8 @@ def build_model(
         embd_pdrop=0.0,
         attn_pdrop=0.0,
         tie_word_embeddings=True,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
     )
     if seed is not None:
         torch.manual_seed(seed)
