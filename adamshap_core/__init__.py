@@ -1,7 +1,24 @@
 """adamshap_core: Adam-aware In-Run Data Shapley for GPT-2 style models (pure torch, no I/O)."""
 
 from .batch import per_example_loss, prepare_batch
+from .ghost import UnsupportedModuleError
+from .ground_truth import ShapleyTruth, leave_one_out, monte_carlo_shapley
 from .models import PRESETS, build_model
+from .scorer import ESTIMATORS, InRunScorer, StepOutput
 from .training import plain_step, warmup_cosine
 
-__all__ = ["PRESETS", "build_model", "per_example_loss", "plain_step", "prepare_batch", "warmup_cosine"]
+__all__ = [
+    "ESTIMATORS",
+    "PRESETS",
+    "InRunScorer",
+    "ShapleyTruth",
+    "StepOutput",
+    "UnsupportedModuleError",
+    "build_model",
+    "leave_one_out",
+    "monte_carlo_shapley",
+    "per_example_loss",
+    "plain_step",
+    "prepare_batch",
+    "warmup_cosine",
+]

@@ -11,7 +11,9 @@ from torch import nn
 Batch = Mapping[str, torch.Tensor]
 
 
-def prepare_batch(batch: Batch, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def prepare_batch(
+    batch: Batch, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
     """Return a batch with `attention_mask`, `loss_mask` and per-example `position_ids` filled in."""
     if "input_ids" not in batch:
         raise KeyError("batch needs an 'input_ids' tensor of shape [n, T]")

@@ -1,0 +1,176 @@
+"""Ghost dot-products: per-example gradient inner products without per-example gradients.
+
+For every supported layer we keep, during the training forward/backward, the layer inputs `a`
+and the gradients `b` of the training loss with respect to the layer outputs. The per-example
+gradient of a weight is then `a_iᵀ b_i` (or a gather for embeddings), and its inner product with
+any val-side matrix `G` is contracted directly from `a`, `b` and `G` (DESIGN §2.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+try:  # HF GPT-2 uses a transposed linear layer.
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a hard dependency, kept optional here
+    Conv1D = None  # type: ignore[assignment,misc]
+
+SUPPORTED_TYPES: tuple[type, ...] = tuple(
+    t for t in (nn.Linear, Conv1D, nn.Embedding, nn.LayerNorm) if t is not None
+)
+
+
+class UnsupportedModuleError(TypeError):
+    """A module holds trainable parameters that the ghost contraction cannot value."""
+
+
+@dataclass
+class _Record:
+    a: torch.Tensor
+    b: torch.Tensor | None = None
+
+
+@dataclass
+class _Use:
+    name: str
+    module: nn.Module
+    records: list[_Record] = field(default_factory=list)
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise `UnsupportedModuleError` naming any module whose trainable parameters we cannot value."""
+    for name, mod in model.named_modules():
+        own = [n for n, p in mod.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        label = name or "<root>"
+        if not isinstance(mod, SUPPORTED_TYPES):
+            raise UnsupportedModuleError(
+                f"module {label!r} ({type(mod).__name__}) holds trainable parameters {own}; "
+                "adamshap values nn.Linear, transformers Conv1D, nn.Embedding and nn.LayerNorm only. "
+                "Freeze it (requires_grad=False) or replace it with a supported layer."
+            )
+        if isinstance(mod, nn.Embedding) and (mod.max_norm is not None or mod.sparse):
+            raise UnsupportedModuleError(
+                f"module {label!r}: nn.Embedding with max_norm or sparse=True is not supported"
+            )
+        if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) != 1:
+            raise UnsupportedModuleError(
+                f"module {label!r}: LayerNorm over more than the last dimension is not supported"
+            )
+
+
+class GhostCapture:
+    """Forward/backward hooks that keep each supported layer's inputs and output gradients."""
+
+    def __init__(self, model: nn.Module):
+        check_supported(model)
+        self.active = False
+        self.uses: list[_Use] = []
+        self._handles = []
+        for name, mod in model.named_modules():
+            if isinstance(mod, SUPPORTED_TYPES) and any(
+                p.requires_grad for p in mod.parameters(recurse=False)
+            ):
+                use = _Use(name=name, module=mod)
+                self.uses.append(use)
+                self._handles.append(mod.register_forward_hook(self._make_hook(use)))
+
+    def _make_hook(self, use: _Use):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not self.active or not torch.is_grad_enabled():
+                return
+            rec = _Record(a=inputs[0].detach())
+            use.records.append(rec)
+
+            def grab(grad: torch.Tensor) -> None:
+                rec.b = grad.detach()
+
+            output.register_hook(grab)
+
+        return hook
+
+    def clear(self) -> None:
+        """Drop everything captured so far."""
+        for use in self.uses:
+            use.records.clear()
+
+    def remove(self) -> None:
+        """Remove the hooks from the model."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def contract(
+        self, val_side: dict[int, torch.Tensor], n: int, dtype=torch.float32
+    ) -> torch.Tensor:
+        """Return [n, E]: <G_e, g_i> for each example i and val-side tensor G_e (keyed by id(param))."""
+        out = None
+        for use in self.uses:
+            for rec in use.records:
+                if rec.b is None:  # layer output did not reach the loss
+                    continue
+                part = _contract_one(use.module, rec, val_side, dtype)
+                if part is None:
+                    continue
+                out = part.double() if out is None else out + part.double()
+        if out is None:
+            e = next(iter(val_side.values())).shape[0]
+            out = torch.zeros(n, e, dtype=torch.float64)
+        return out
+
+
+def _contract_one(
+    mod: nn.Module, rec: _Record, val_side: dict[int, torch.Tensor], dtype
+) -> torch.Tensor | None:
+    a, b = rec.a, rec.b
+    n = b.shape[0]
+    if isinstance(mod, nn.Embedding):
+        G = val_side.get(id(mod.weight))
+        if G is None:
+            return None
+        ids = a.reshape(n, -1)
+        bb = b.reshape(n, ids.shape[1], -1).to(dtype)
+        gathered = G.to(dtype)[:, ids]  # [E, n, T, d]
+        if mod.padding_idx is not None:
+            gathered = gathered * (ids != mod.padding_idx).unsqueeze(-1).to(dtype)
+        return torch.einsum("entd,ntd->ne", gathered, bb)
+    if isinstance(mod, nn.LayerNorm):
+        bb = b.reshape(n, -1, b.shape[-1]).to(dtype)
+        res = None
+        if mod.weight is not None and id(mod.weight) in val_side:
+            x = a.reshape(n, -1, a.shape[-1]).to(dtype)
+            mu = x.mean(-1, keepdim=True)
+            var = x.var(-1, keepdim=True, unbiased=False)
+            xhat = (x - mu) * torch.rsqrt(var + mod.eps)
+            gw = (xhat * bb).sum(1)  # [n, d]
+            res = gw @ val_side[id(mod.weight)].to(dtype).T
+        if mod.bias is not None and id(mod.bias) in val_side:
+            gb = bb.sum(1) @ val_side[id(mod.bias)].to(dtype).T
+            res = gb if res is None else res + gb
+        return res
+    # Linear (weight [out, in]) or Conv1D (weight [in, out]).
+    is_conv1d = Conv1D is not None and isinstance(mod, Conv1D)
+    res = None
+    bb = b.reshape(n, -1, b.shape[-1]).to(dtype)  # [n, T, out]
+    if id(mod.weight) in val_side:
+        G = val_side[id(mod.weight)].to(dtype)
+        if is_conv1d:
+            G = G.transpose(1, 2)  # -> [E, out, in]
+        E, d_out, d_in = G.shape
+        x = a.reshape(n, -1, a.shape[-1]).to(dtype)  # [n, T, in]
+        T = x.shape[1]
+        if d_in <= d_out:
+            # project the output grads through G: [nT, out] @ [out, E*in] -> [n, T, E, in]
+            proj = bb.reshape(n * T, d_out) @ G.permute(1, 0, 2).reshape(d_out, E * d_in)
+            res = torch.einsum("ntei,nti->ne", proj.view(n, T, E, d_in), x)
+        else:
+            proj = x.reshape(n * T, d_in) @ G.permute(2, 0, 1).reshape(d_in, E * d_out)
+            res = torch.einsum("nteo,nto->ne", proj.view(n, T, E, d_out), bb)
+    if getattr(mod, "bias", None) is not None and id(mod.bias) in val_side:
+        gb = bb.sum(1) @ val_side[id(mod.bias)].to(dtype).T
+        res = gb if res is None else res + gb
+    return res

@@ -1,0 +1,127 @@
+"""Adam's fixed-state preconditioner and the batch-independent part of the step (DESIGN §2.2).
+
+Everything is read from a live `torch.optim.Adam`/`AdamW` *before* its `step()`, with the
+(already clipped) batch gradient sitting in `.grad`, and nothing in the optimizer is modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GroupHyper:
+    """Hyper-parameters of one param group as the next `step()` will use them."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    decoupled: bool
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Raise a clear error unless the optimizer is a plain Adam/AdamW we can model exactly."""
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        raise TypeError(
+            f"InRunScorer needs torch.optim.Adam or AdamW, got {type(optimizer).__name__}"
+        )
+    for i, g in enumerate(optimizer.param_groups):
+        for flag in ("amsgrad", "maximize", "capturable", "differentiable"):
+            if g.get(flag, False):
+                raise ValueError(f"param group {i}: {flag}=True is not supported by the scorer")
+
+
+def group_hyper(optimizer: torch.optim.Optimizer, group: dict) -> GroupHyper:
+    """Read lr, betas, eps and weight decay of a group (so schedulers are honoured)."""
+    lr = group["lr"]
+    lr = float(lr.item()) if torch.is_tensor(lr) else float(lr)
+    b1, b2 = (float(b.item()) if torch.is_tensor(b) else float(b) for b in group["betas"])
+    decoupled = isinstance(optimizer, torch.optim.AdamW) or bool(
+        group.get("decoupled_weight_decay", False)
+    )
+    return GroupHyper(lr, b1, b2, float(group["eps"]), float(group["weight_decay"]), decoupled)
+
+
+def _step_count(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> int:
+    st = optimizer.state.get(p, {})
+    s = st.get("step", 0)
+    return int(s.item()) if torch.is_tensor(s) else int(s)
+
+
+def _moments(optimizer: torch.optim.Optimizer, p: torch.Tensor):
+    st = optimizer.state.get(p, {})
+    m = st.get("exp_avg")
+    v = st.get("exp_avg_sq")
+    if m is None:
+        m = torch.zeros_like(p, memory_format=torch.preserve_format)
+        v = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return m, v
+
+
+def _effective_grad(p: torch.Tensor, h: GroupHyper) -> torch.Tensor:
+    g = p.grad
+    if h.weight_decay and not h.decoupled:
+        g = g + h.weight_decay * p.detach()  # Adam's L2 term enters the moments
+    return g
+
+
+def preconditioner(optimizer: torch.optim.Optimizer, kappa: float) -> dict[int, torch.Tensor]:
+    """Return, per parameter id, lr·P with P = c1_t κ / (sqrt(v̂_t) + ε) under the fixed state."""
+    out: dict[int, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        h = group_hyper(optimizer, group)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            t = _step_count(optimizer, p) + 1
+            _, v = _moments(optimizer, p)
+            g = _effective_grad(p, h)
+            v_t = v * h.beta2 + (1 - h.beta2) * g * g
+            bc1 = 1 - h.beta1**t
+            bc2 = 1 - h.beta2**t
+            denom = (v_t.sqrt() / (bc2**0.5)).add_(h.eps)
+            c1 = (1 - h.beta1) / bc1
+            out[id(p)] = (h.lr * c1 * kappa) / denom
+    return out
+
+
+def lr_scale(optimizer: torch.optim.Optimizer) -> dict[int, float]:
+    """Per parameter id, the lr of its group (the SGD-style estimator's step size)."""
+    out: dict[int, float] = {}
+    for group in optimizer.param_groups:
+        h = group_hyper(optimizer, group)
+        for p in group["params"]:
+            out[id(p)] = h.lr
+    return out
+
+
+@torch.no_grad()
+def shared_step_params(optimizer: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
+    """Return w_t + Δ_0: the step with this batch's gradient removed, state held fixed."""
+    out: dict[int, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        h = group_hyper(optimizer, group)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            t = _step_count(optimizer, p) + 1
+            m, v = _moments(optimizer, p)
+            g = _effective_grad(p, h)
+            v_t = v * h.beta2 + (1 - h.beta2) * g * g
+            bc1 = 1 - h.beta1**t
+            bc2 = 1 - h.beta2**t
+            denom = (v_t.sqrt() / (bc2**0.5)).add_(h.eps)
+            m_shared = h.beta1 * m
+            w = p.detach().clone()
+            if h.weight_decay:
+                if h.decoupled:
+                    w.mul_(1 - h.lr * h.weight_decay)
+                else:
+                    m_shared = m_shared + (1 - h.beta1) * h.weight_decay * p.detach()
+            w.add_(-(h.lr / bc1) * m_shared / denom)
+            out[id(p)] = w
+    return out

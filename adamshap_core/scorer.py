@@ -1,0 +1,285 @@
+"""InRunScorer: one real AdamW training step per call, with every example valued on the way."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .batch import logits_of, per_example_loss, per_example_loss_from_logits, prepare_batch
+from .ghost import GhostCapture
+from .preconditioner import check_optimizer, lr_scale, preconditioner, shared_step_params
+
+ESTIMATORS: tuple[str, ...] = ("sgd", "adam", "adam2", "adam-loo")
+DEFAULT_CLIP_LINEARISED: frozenset[str] = frozenset({"adam-loo"})
+
+
+@dataclass
+class StepOutput:
+    """What one scored step returns."""
+
+    values: dict[str, torch.Tensor]  # estimator -> float64 [n], positive = lowered target loss
+    loss: float  # training loss (mean of per-example losses) at w_t
+    val_loss: float  # target loss at w_t
+    val_loss_after: float | None  # target loss at w_{t+1} when an estimator evaluated it
+    lr: float  # lr of the first param group used in this step
+    example_losses: torch.Tensor  # [n] per-example training losses at w_t
+    grad_norm: float | None  # unclipped batch-gradient norm when clipping is on
+    clipped: bool  # whether clipping scaled this step's gradient
+
+
+@dataclass
+class _ValGrad:
+    grads: dict[int, torch.Tensor]
+    loss: float
+    versions: tuple[int, ...]
+    val_version: int
+
+
+class InRunScorer:
+    """Adam-aware In-Run Data Shapley: values every training example while training for real.
+
+    `estimators` is any subset of ("sgd", "adam", "adam2", "adam-loo") (DESIGN §2.2).
+    `clip_linearised` names the estimators that include the linearised effect of each example on
+    the clipping coefficient (default: adam-loo only). With `reuse_val_grad_across_batches`, the
+    target gradient after step t serves as the start gradient of step t+1 even when the target
+    batch was redrawn in between (unbiased; halves target passes).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        val_batch: Mapping[str, torch.Tensor],
+        estimators: Iterable[str] = ("sgd", "adam", "adam2", "adam-loo"),
+        max_grad_norm: float | None = None,
+        clip_linearised: Iterable[str] | None = None,
+        reuse_val_grad_across_batches: bool = False,
+        amp_dtype: torch.dtype | None = None,
+    ):
+        self.estimators = tuple(dict.fromkeys(estimators))
+        unknown = [e for e in self.estimators if e not in ESTIMATORS]
+        if unknown or not self.estimators:
+            raise ValueError(f"unknown estimators {unknown}; choose from {list(ESTIMATORS)}")
+        check_optimizer(optimizer)
+        self.model = model
+        self.optimizer = optimizer
+        self.max_grad_norm = max_grad_norm
+        self.clip_linearised = frozenset(
+            DEFAULT_CLIP_LINEARISED if clip_linearised is None else clip_linearised
+        )
+        self.reuse_val_grad_across_batches = reuse_val_grad_across_batches
+        self.amp_dtype = amp_dtype
+        self.params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        opt_ids = {id(p) for p in self.params}
+        missing = [
+            n for n, p in model.named_parameters() if p.requires_grad and id(p) not in opt_ids
+        ]
+        if missing:
+            raise ValueError(f"trainable parameters not in the optimizer: {missing[:5]}")
+        self.device = self.params[0].device
+        self.contract_dtype = (
+            torch.float64 if any(p.dtype == torch.float64 for p in self.params) else torch.float32
+        )
+        self.capture = GhostCapture(model)
+        self._val_version = 0
+        self._cache: _ValGrad | None = None
+        self.set_val_batch(val_batch)
+
+    # ----------------------------------------------------------------------------- target side
+    def set_val_batch(self, val_batch: Mapping[str, torch.Tensor]) -> None:
+        """Replace the target batch used from the next step on."""
+        self.val_batch = prepare_batch(val_batch, self.device)
+        self._val_version += 1
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.params)
+
+    def _val_grad(self) -> _ValGrad:
+        with self._autocast():
+            loss = per_example_loss(self.model, self.val_batch).mean()
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        out = {
+            id(p): (g.detach() if g is not None else torch.zeros_like(p))
+            for p, g in zip(self.params, grads)
+        }
+        return _ValGrad(out, float(loss.detach()), self._versions(), self._val_version)
+
+    def _cached_start(self) -> _ValGrad | None:
+        c = self._cache
+        if c is None or c.versions != self._versions():
+            return None
+        if c.val_version != self._val_version and not self.reuse_val_grad_across_batches:
+            return None
+        return c
+
+    @torch.no_grad()
+    def _val_loss(self) -> float:
+        with self._autocast():
+            return float(per_example_loss(self.model, self.val_batch).mean())
+
+    # ----------------------------------------------------------------------------- the step
+    def step(self, batch: Mapping[str, torch.Tensor]) -> StepOutput:
+        """Take one real optimizer step on `batch` and return each example's value in it."""
+        est = set(self.estimators)
+        need_start = bool(est & {"sgd", "adam"})
+        need_end = bool(est & {"adam-loo", "adam2"})
+        need_mid = "adam2" in est
+        b = prepare_batch(batch, self.device)
+        n = b["input_ids"].shape[0]
+
+        start = self._cached_start()
+        if start is None and need_start:
+            start = self._val_grad()
+        val_loss = start.loss if start is not None else self._val_loss()
+
+        # Training forward/backward, keeping each layer's inputs and output grads.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.capture.clear()
+        self.capture.active = True
+        try:
+            with self._autocast():
+                logits = logits_of(self.model, b)
+            ex_loss = per_example_loss_from_logits(logits, b)
+            loss = ex_loss.mean()
+            loss.backward()
+        finally:
+            self.capture.active = False
+        del logits
+
+        grad_norm = None
+        kappa = 1.0
+        if self.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+            kappa = min(1.0, self.max_grad_norm / (grad_norm + 1e-6))
+        clipped = kappa < 1.0
+        lin = clipped and bool(est & self.clip_linearised)
+
+        P = preconditioner(self.optimizer, kappa) if est - {"sgd"} else {}
+        lrs = lr_scale(self.optimizer)
+        lr0 = lrs[id(self.params[0])]
+        ghat = {id(p): p.grad.detach() for p in self.params if p.grad is not None} if lin else {}
+
+        mid = None
+        if need_mid:
+            mid = self._val_grad_at(shared_step_params(self.optimizer))
+
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        end = None
+        if need_end:
+            end = self._val_grad()
+            self._cache = end
+
+        # Val-side tensors, one column per distinct contraction.
+        cols: dict[str, dict[int, torch.Tensor]] = {}
+        if "sgd" in est:
+            cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
+        if "adam" in est:
+            cols["adam"] = _times(P, start.grads)
+        if need_end:
+            cols["end"] = _times(P, end.grads)
+        if need_mid:
+            cols["mid"] = _times(P, mid.grads)
+        if lin:
+            cols["gg"] = ghat
+        names = list(cols)
+        val_side = {
+            id(p): torch.stack(
+                [cols[c].get(id(p), torch.zeros_like(p)).to(self.contract_dtype) for c in names]
+            )
+            for p in self.params
+        }
+        C = self.capture.contract(val_side, n, dtype=self.contract_dtype)
+        self.capture.clear()
+        col = {c: C[:, i] for i, c in enumerate(names)}
+
+        values: dict[str, torch.Tensor] = {}
+        for e in self.estimators:
+            if e == "sgd":
+                v, u = col["sgd"], cols["sgd"]
+            elif e == "adam":
+                v, u = col["adam"], cols["adam"]
+            elif e == "adam-loo":
+                v, u = col["end"], cols["end"]
+            else:  # adam2: midpoint of the val gradients without and with this batch's step
+                v = 0.5 * (col["mid"] + col["end"])
+                u = {k: 0.5 * (cols["mid"][k] + cols["end"][k]) for k in cols["end"]}
+            if lin and e in self.clip_linearised:
+                v = v - (_dot(u, ghat) / _dot(ghat, ghat)) * col["gg"]
+            values[e] = v.detach().cpu().double()
+
+        return StepOutput(
+            values=values,
+            loss=float(loss.detach()),
+            val_loss=val_loss,
+            val_loss_after=end.loss if end is not None else None,
+            lr=lr0,
+            example_losses=ex_loss.detach().cpu(),
+            grad_norm=grad_norm,
+            clipped=clipped,
+        )
+
+    @torch.no_grad()
+    def _swap_in(self, new: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        saved = [p.detach().clone() for p in self.params]
+        for p in self.params:
+            if id(p) in new:
+                p.copy_(new[id(p)])
+        return saved
+
+    def _val_grad_at(self, params: dict[int, torch.Tensor]) -> _ValGrad:
+        saved = self._swap_in(params)
+        try:
+            return self._val_grad()
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+
+    # ----------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict:
+        """The cached target gradient (needed to resume a pipelined run exactly)."""
+        c = self._cache
+        if c is None or c.versions != self._versions():
+            return {"cache": None}
+        return {
+            "cache": [c.grads[id(p)].detach().cpu() for p in self.params],
+            "cache_loss": c.loss,
+            "cache_same_val_batch": c.val_version == self._val_version,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the cached target gradient; the model must already hold the saved weights."""
+        grads = state.get("cache")
+        if grads is None:
+            self._cache = None
+            return
+        vv = self._val_version if state.get("cache_same_val_batch", True) else -1
+        self._cache = _ValGrad(
+            {id(p): g.to(p.device, p.dtype) for p, g in zip(self.params, grads)},
+            float(state["cache_loss"]),
+            self._versions(),
+            vv,
+        )
+
+    def close(self) -> None:
+        """Remove the hooks from the model."""
+        self.capture.remove()
+
+
+def _times(P: dict[int, torch.Tensor], g: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    return {k: P[k] * v for k, v in g.items() if k in P}
+
+
+def _dot(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> torch.Tensor:
+    return sum((a[k].double() * b[k].double()).sum() for k in a if k in b)
