@@ -90,7 +90,7 @@ class PerExampleStep:
         pe = vmap(grad(loss_one), in_dims=(None, 0))(params, b["input_ids"])
         vloss = per_example_loss(self.model, self.val).mean()
         vg = torch.autograd.grad(vloss, list(self.model.parameters()))
-        for (k, p), g in zip(self.model.named_parameters(), vg):
+        for k, p in self.model.named_parameters():
             p.grad = pe[k].sum(0)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         vals = torch.zeros(n, dtype=torch.float64)
@@ -127,7 +127,7 @@ def time_config(preset: str, T: int, rounds: int, a: ThroughputArgs) -> dict:
     if preset == "gpt2":
         runners.pop("per-example grads (torch.func), adam")  # minutes per step on 2 CPU cores
     batches = [_data(a.vocab_size, a.batch_size, T, seed=s) for s in range(4)]
-    for v, run in runners.items():  # warm-up
+    for run in runners.values():  # warm-up
         run(batches[0])
     times = {v: [] for v in runners}
     for r in range(rounds):
