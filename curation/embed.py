@@ -1,0 +1,113 @@
+"""Document embeddings from the proxy: mean-pooled last hidden states, L2-normalised, cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+EMBED_FILE = "embeddings.npy"
+EMBED_META = "embeddings.json"
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The transformer body (no LM head) of an HF model, or the model itself."""
+    return getattr(model, "base_model", model)
+
+
+@torch.no_grad()
+def embed_corpus(
+    model: nn.Module, encoded: Any, batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
+    """Mean of the last hidden states over real tokens, L2-normalised: float32 [N, d]."""
+    ids = np.asarray(encoded.input_ids)
+    attn = getattr(encoded, "attention_mask", None)
+    attn = np.ones_like(ids) if attn is None else np.asarray(attn)
+    n = ids.shape[0]
+    body = _base(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    d = int(getattr(getattr(model, "config", None), "n_embd", 0) or 0)
+    out: list[np.ndarray] = []
+    try:
+        for start in tqdm(
+            range(0, n, batch_size), desc="embed", unit="batch", disable=not progress
+        ):
+            a = torch.as_tensor(attn[start : start + batch_size], device=device).long()
+            x = torch.as_tensor(ids[start : start + batch_size], device=device).long()
+            pos = (a.cumsum(dim=1) - 1).clamp(min=0)
+            h = body(input_ids=x, attention_mask=a, position_ids=pos)
+            h = (h.last_hidden_state if hasattr(h, "last_hidden_state") else h[0]).float()
+            m = a.unsqueeze(-1).float()
+            pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+            norm = pooled.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            out.append((pooled / norm).cpu().numpy().astype(np.float32))
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, d), dtype=np.float32)
+    return np.concatenate(out, axis=0)
+
+
+def ids_key(ids: list[str] | pl.Series) -> str:
+    """sha256 over the ordered document ids (the embedding cache key)."""
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(str(i).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _run_seq_len(run_dir: Path, default: int = 256) -> tuple[int, Any]:
+    """Read seq_len and template from RUN_DIR/run.json (flat or under 'args')."""
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return default, None
+    args = meta.get("args", meta) if isinstance(meta, dict) else {}
+    return int(args.get("seq_len", default)), args.get("template")
+
+
+def embed_run(
+    run_dir: str | Path, corpus_df: pl.DataFrame, batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
+    """Embed `corpus_df` with RUN_DIR's final proxy; cached in RUN_DIR/embeddings.npy by id hash."""
+    from transformers import GPT2LMHeadModel
+
+    from curation.atomic import atomic_path, atomic_write_text
+    from curation.encode import encode_corpus
+    from curation.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    key = ids_key(corpus_df["id"].to_list())
+    cache, meta_path = run_dir / EMBED_FILE, run_dir / EMBED_META
+    if cache.exists() and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("ids_sha256") == key:
+                emb = np.load(cache)
+                if emb.shape[0] == corpus_df.height:
+                    return emb
+        except (OSError, ValueError):
+            pass
+    model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model")
+    tok = load_tokenizer(run_dir / "tokenizer")
+    seq_len, template = _run_seq_len(run_dir)
+    kwargs = {} if template is None else {"template": template}
+    encoded = encode_corpus(corpus_df, tok, seq_len, **kwargs)
+    emb = embed_corpus(model, encoded, batch_size=batch_size, progress=progress)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb)
+    atomic_write_text(
+        meta_path,
+        json.dumps({"ids_sha256": key, "n": int(emb.shape[0]), "d": int(emb.shape[1])}, indent=2),
+    )
+    return emb

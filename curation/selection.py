@@ -1,0 +1,200 @@
+"""Value-ranked selection under cluster quotas with near-duplicate removal (pure numpy + FAISS)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import polars as pl
+
+from curation.errors import UsageError
+
+KEPT, LOW_VALUE, TARGET, NEAR_DUP = "kept", "low_value", "target", "near_duplicate_of:"
+
+
+@dataclass
+class SelectionResult:
+    """Per-document decision (kept, reason) plus the thresholds and quotas that produced it."""
+
+    ids: list[str]
+    kept: np.ndarray  # bool [N]
+    reason: list[str]
+    values: np.ndarray  # float64 [N] (NaN where unscored)
+    labels: np.ndarray  # int64 [N]
+    by_floor: np.ndarray  # bool [N]: kept through its cluster's floor quota
+    n_requested: int
+    global_threshold: float  # lowest value kept by the global ranking (nan if none)
+    cluster_floor: dict[int, int] = field(default_factory=dict)
+    cluster_threshold: dict[int, float] = field(default_factory=dict)
+    floor_frac: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_kept(self) -> int:
+        """Number of kept documents (targets included)."""
+        return int(self.kept.sum())
+
+    def to_frame(self) -> pl.DataFrame:
+        """One row per document: id, kept, reason, value, cluster."""
+        return pl.DataFrame(
+            {
+                "id": self.ids,
+                "kept": self.kept.tolist(),
+                "reason": self.reason,
+                "value": self.values.tolist(),
+                "cluster": self.labels.tolist(),
+            },
+            schema={
+                "id": pl.Utf8,
+                "kept": pl.Boolean,
+                "reason": pl.Utf8,
+                "value": pl.Float64,
+                "cluster": pl.Int64,
+            },
+        )
+
+
+def validate_keep(keep: object) -> float:
+    """Parse and check a keep fraction: a number in (0, 1], else UsageError."""
+    try:
+        k = float(keep)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UsageError(f"--keep must be a number in (0, 1] (e.g. 0.7), got {keep!r}") from None
+    if not math.isfinite(k) or k <= 0.0 or k > 1.0:
+        raise UsageError(f"--keep must be in (0, 1] (e.g. 0.7 keeps 70%), got {keep!r}")
+    return k
+
+
+def _rank_key(values: np.ndarray) -> np.ndarray:
+    """Values with NaN mapped to -inf, for ranking."""
+    return np.where(np.isnan(values), -np.inf, values)
+
+
+def _order_desc(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """idx sorted by value descending, ties by position (deterministic)."""
+    key = _rank_key(values[idx])
+    return idx[np.lexsort((idx, -key))]
+
+
+def near_duplicates(
+    idx: np.ndarray, values: np.ndarray, emb: np.ndarray, eps: float
+) -> dict[int, int]:
+    """Within one group: map dropped doc -> higher-valued kept doc with cosine > 1 - eps."""
+    if eps <= 0 or len(idx) < 2:
+        return {}
+    order = _order_desc(values, idx)
+    x = np.ascontiguousarray(emb[order], dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    lims, _, nbr = index.range_search(x, float(1.0 - eps))
+    kept_pos: set[int] = set()
+    dups: dict[int, int] = {}
+    for p in range(len(order)):
+        nb = nbr[lims[p] : lims[p + 1]]
+        earlier = [int(q) for q in nb if q < p and int(q) in kept_pos]
+        if earlier:
+            dups[int(order[p])] = int(order[min(earlier)])
+        else:
+            kept_pos.add(p)
+    return dups
+
+
+def select(
+    ids: Sequence[str],
+    values: np.ndarray,
+    labels: np.ndarray,
+    emb: np.ndarray | None,
+    keep: float,
+    floor_frac: float | None = None,
+    dedup_eps: float = 0.02,
+    is_target: np.ndarray | None = None,
+) -> SelectionResult:
+    """Keep exactly round(keep*N) docs: targets, then per-cluster floors by value, then top values."""
+    keep = validate_keep(keep)
+    ids = [str(i) for i in ids]
+    n = len(ids)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(values) != n or len(labels) != n:
+        raise UsageError(f"ids ({n}), values ({len(values)}) and labels ({len(labels)}) differ")
+    if len(set(ids)) != n:
+        raise UsageError("document ids must be unique")
+    if floor_frac is None:
+        floor_frac = keep / 2
+    if not 0.0 <= floor_frac <= 1.0:
+        raise UsageError(f"--floor must be in [0, 1], got {floor_frac!r}")
+    if dedup_eps < 0:
+        raise UsageError(f"--dedup-eps must be >= 0, got {dedup_eps!r}")
+    if dedup_eps > 0 and (emb is None or len(emb) != n):
+        raise UsageError("near-duplicate removal needs one embedding per document")
+    target = np.zeros(n, bool) if is_target is None else np.asarray(is_target, bool)
+    warnings: list[str] = []
+    reason = [LOW_VALUE] * n
+    kept = np.zeros(n, bool)
+    by_floor = np.zeros(n, bool)
+    for i in np.flatnonzero(target):
+        reason[i], kept[i] = TARGET, True
+    n_requested = round(keep * n)
+    budget = n_requested - int(target.sum())
+    if budget < 0:
+        raise UsageError(
+            f"the target set ({int(target.sum())} docs) is larger than the kept budget "
+            f"({n_requested}); raise --keep or use a separate --target file"
+        )
+    pool = ~target
+    eligible = pool.copy()
+    clusters = np.unique(labels[pool])
+    members = {int(c): np.flatnonzero(pool & (labels == c)) for c in clusters}
+    for _c, idx in members.items():
+        for dup, rep in near_duplicates(idx, values, emb, dedup_eps).items():
+            reason[dup] = f"{NEAR_DUP}{ids[rep]}"
+            eligible[dup] = False
+    n_elig = int(eligible.sum())
+    if n_elig < budget:
+        warnings.append(
+            f"only {n_elig} documents remain after near-duplicate removal, fewer than the "
+            f"{budget} asked for; keeping all of them ({n_elig + int(target.sum())} of {n}, "
+            f"not {n_requested}). Lower --dedup-eps (0 turns it off) to keep exactly --keep."
+        )
+        budget = n_elig
+    # Floors: each cluster keeps floor(floor_frac * its pool size), by value, if it has them.
+    floors = {
+        c: min(int(math.floor(floor_frac * len(ix) + 1e-9)), int(eligible[ix].sum()))
+        for c, ix in members.items()
+    }
+    if sum(floors.values()) > budget:
+        scale = budget / max(1, sum(floors.values()))
+        floors = {c: int(math.floor(f * scale)) for c, f in floors.items()}
+        warnings.append(f"cluster floors exceeded the budget; scaled down by {scale:.3f}")
+    for c, ix in members.items():
+        top = _order_desc(values, ix[eligible[ix]])[: floors[c]]
+        kept[top] = True
+        by_floor[top] = True
+    rest = budget - int(by_floor.sum())
+    cand = np.flatnonzero(eligible & ~kept)
+    chosen = _order_desc(values, cand)[:rest]
+    kept[chosen] = True
+    for i in np.flatnonzero(kept & ~target):
+        reason[i] = KEPT
+    gthr = float(_rank_key(values[chosen]).min()) if len(chosen) else float("nan")
+    cthr = {}
+    for c, ix in members.items():
+        kv = values[ix[kept[ix]]]
+        cthr[c] = float(np.nanmin(kv)) if np.isfinite(kv).any() else float("nan")
+    return SelectionResult(
+        ids=ids,
+        kept=kept,
+        reason=reason,
+        values=values,
+        labels=labels,
+        by_floor=by_floor,
+        n_requested=n_requested,
+        global_threshold=gthr,
+        cluster_floor=floors,
+        cluster_threshold=cthr,
+        floor_frac=float(floor_frac),
+        warnings=warnings,
+    )

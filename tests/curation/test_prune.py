@@ -1,0 +1,233 @@
+"""Selection rules (exact count, floors, near-duplicates, nothing lost) and `run_prune`."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curation.errors import AdamshapError, UsageError
+from curation.prune import PruneArgs, run_prune, select, validate_keep
+
+
+def _unit(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _case(n: int = 120, k: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [f"d{i}" for i in range(n)], rng.normal(size=n), rng.integers(0, k, n), _unit(rng, n)
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.33, 0.7, 1.0])
+def test_exact_keep_count(keep: float) -> None:
+    ids, v, lab, emb = _case()
+    res = select(ids, v, lab, emb, keep, dedup_eps=0.0)
+    assert res.n_kept == round(keep * len(ids)) == res.n_requested
+    assert not res.warnings
+
+
+def test_floors_respected_and_rest_by_value() -> None:
+    ids, v, lab, emb = _case()
+    lab = np.where(np.arange(120) < 20, 0, 1)  # cluster 0 gets the 20 lowest values
+    v = np.where(lab == 0, v - 100, v)
+    res = select(ids, v, lab, emb, keep=0.5, floor_frac=0.25, dedup_eps=0.0)
+    assert res.kept[lab == 0].sum() == math.floor(0.25 * 20) == res.cluster_floor[0]
+    # floors pick the best of their cluster
+    c0 = np.flatnonzero(lab == 0)
+    best = c0[np.argsort(-v[c0])[:5]]
+    assert res.kept[best].all()
+    # without floors, the low-valued cluster loses everything
+    res0 = select(ids, v, lab, emb, keep=0.5, floor_frac=0.0, dedup_eps=0.0)
+    assert res0.kept[lab == 0].sum() == 0
+    # the non-floor kept ones are the global top values
+    rest = res.kept & ~res.by_floor
+    assert v[rest].min() >= v[~res.kept & (lab == 1)].max()
+
+
+def test_default_floor_is_half_the_keep_rate() -> None:
+    ids, v, lab, emb = _case()
+    res = select(ids, v, lab, emb, keep=0.6, dedup_eps=0.0)
+    assert res.floor_frac == pytest.approx(0.3)
+    for c in np.unique(lab):
+        assert res.kept[lab == c].sum() >= math.floor(0.3 * (lab == c).sum())
+
+
+def test_near_duplicates_keep_higher_value() -> None:
+    ids, v, lab, emb = _case(n=40, k=2)
+    emb[11] = emb[10]
+    emb[12] = emb[10] + 1e-4
+    emb[12] /= np.linalg.norm(emb[12])
+    lab[10:13] = 0
+    v[10], v[11], v[12] = 0.0, 5.0, -1.0
+    res = select(ids, v, lab, emb, keep=0.5, dedup_eps=0.02)
+    assert res.reason[10] == "near_duplicate_of:d11"
+    assert res.reason[12] == "near_duplicate_of:d11"
+    assert res.kept[11] and not res.kept[10] and not res.kept[12]
+    assert res.n_kept == 20
+    # same cosine but a different cluster: not compared
+    lab2 = lab.copy()
+    lab2[10] = 1
+    res2 = select(ids, v, lab2, emb, keep=0.5, dedup_eps=0.02)
+    assert not res2.reason[10].startswith("near_duplicate")
+    # eps 0 turns it off
+    res3 = select(ids, v, lab, emb, keep=0.5, dedup_eps=0.0)
+    assert not any(r.startswith("near_duplicate") for r in res3.reason)
+
+
+def test_too_few_after_dedup_says_so() -> None:
+    ids, v, lab, emb = _case(n=20, k=1)
+    emb[:] = emb[0]
+    res = select(ids, v, lab, emb, keep=0.5, dedup_eps=0.02)
+    assert res.n_kept == 1 and res.warnings and "near-duplicate" in res.warnings[0]
+
+
+def test_targets_are_kept_and_counted() -> None:
+    ids, v, lab, emb = _case()
+    t = np.zeros(120, bool)
+    t[:6] = True
+    res = select(ids, v, lab, emb, keep=0.5, dedup_eps=0.0, is_target=t)
+    assert res.kept[:6].all() and all(r == "target" for r in res.reason[:6])
+    assert res.n_kept == 60
+
+
+@pytest.mark.parametrize("keep", [0, 0.0, 1.5, -0.1, "abc", None, float("nan")])
+def test_keep_validation(keep: object) -> None:
+    with pytest.raises(UsageError, match="keep"):
+        validate_keep(keep)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    k=st.integers(1, 6),
+    keep=st.floats(0.01, 1.0),
+    eps=st.sampled_from([0.0, 0.02, 0.5]),
+    seed=st.integers(0, 2**16),
+    dup_block=st.integers(0, 10),
+)
+def test_nothing_lost(n: int, k: int, keep: float, eps: float, seed: int, dup_block: int) -> None:
+    rng = np.random.default_rng(seed)
+    ids = [f"x{i}" for i in range(n)]
+    v = np.round(rng.normal(size=n), 1)  # ties on purpose
+    v[rng.random(n) < 0.1] = np.nan
+    emb = _unit(rng, n, 4)
+    emb[: min(dup_block, n)] = emb[0]
+    lab = rng.integers(0, k, n)
+    t = rng.random(n) < 0.05
+    if t.sum() > round(keep * n):
+        t[:] = False
+    res = select(ids, v, lab, emb, keep, dedup_eps=eps, is_target=t)
+    df = res.to_frame()
+    assert df.height == n and df["id"].n_unique() == n
+    kept, excl = df.filter(pl.col("kept")), df.filter(~pl.col("kept"))
+    assert sorted(kept["id"].to_list() + excl["id"].to_list()) == sorted(ids)
+    assert set(kept["reason"]) <= {"kept", "target"}
+    assert all(r == "low_value" or r.startswith("near_duplicate_of:") for r in excl["reason"])
+    if not res.warnings:
+        assert res.n_kept == round(keep * n)
+    else:
+        assert res.n_kept < round(keep * n)
+    for r, i in zip(res.reason, range(n)):
+        if r.startswith("near_duplicate_of:"):
+            other = ids.index(r.split(":", 1)[1])
+            assert res.kept[other] or res.reason[other] == "low_value"
+            assert lab[other] == lab[i]
+
+
+# ------------------------------------------------------------------------------ run_prune
+
+
+def _corpus(path: Path, n: int = 48) -> None:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        for i in range(n):
+            text = " ".join(rng.choice(words, size=12))
+            f.write(json.dumps({"id": f"doc-{i}", "source": f"s{i % 3}", "text": text}) + "\n")
+
+
+def _fake_run(run: Path, corpus: Path) -> None:
+    """A scoring-run folder without scoring: tokenizer, tiny final model, values, run.json."""
+    from adamshap_core import build_model
+    from curation.corpus import read_corpus
+    from curation.tokenizer import save_tokenizer, train_tokenizer
+
+    df = read_corpus(corpus).df
+    tok = train_tokenizer(df["text"].to_list(), vocab_size=300, seed=0)
+    save_tokenizer(tok, run / "tokenizer")
+    build_model("tiny", len(tok), 32, seed=0).save_pretrained(run / "final_model")
+    rng = np.random.default_rng(1)
+    pl.DataFrame(
+        {
+            "id": df["id"],
+            "source": df["source"],
+            "n_steps": [1] * df.height,
+            "value_adam2": rng.normal(size=df.height),
+            "mean_adam2": rng.normal(size=df.height),
+        }
+    ).write_parquet(run / "values_by_example.parquet")
+    (run / "run.json").write_text(json.dumps({"args": {"seq_len": 32}}))
+
+
+@pytest.mark.integration
+def test_run_prune_end_to_end(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    _corpus(corpus)
+    _fake_run(tmp_path / "run", corpus)
+    out = run_prune(
+        PruneArgs(
+            corpus=str(corpus),
+            keep=0.5,
+            out=str(tmp_path / "o"),
+            scores=str(tmp_path / "run"),
+            clusters=3,
+            progress=False,
+        )
+    )
+    for name in (
+        "kept.jsonl",
+        "excluded.jsonl",
+        "prune.json",
+        "prune_report.md",
+        "prune_report.html",
+        "target.jsonl",
+    ):
+        assert (out / name).exists(), name
+    kept = pl.read_ndjson(out / "kept.jsonl")
+    excl = pl.read_ndjson(out / "excluded.jsonl")
+    assert kept.columns == ["id", "source", "text"]
+    assert {"reason", "value"} <= set(excl.columns)
+    assert sorted(kept["id"].to_list() + excl["id"].to_list()) == sorted(
+        f"doc-{i}" for i in range(48)
+    )
+    assert kept.height == 24
+    summary = json.loads((out / "prune.json").read_text())["summary"]
+    assert summary["n_target"] == 16 and summary["n_kept"] == 24
+    assert "base64," in (out / "prune_report.html").read_text()
+    # cached embeddings are reused
+    assert (tmp_path / "run" / "embeddings.npy").exists()
+
+
+@pytest.mark.parametrize("keep", [0, 1.5, "abc"])
+def test_run_prune_rejects_bad_keep(tmp_path: Path, keep: object) -> None:
+    with pytest.raises(UsageError):
+        run_prune(
+            PruneArgs(corpus=str(tmp_path / "nope.jsonl"), keep=keep, out=str(tmp_path / "o"))
+        )  # type: ignore[arg-type]
+
+
+def test_run_prune_empty_corpus_and_too_many_clusters(tmp_path: Path) -> None:
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("")
+    with pytest.raises(AdamshapError, match="empty"):
+        run_prune(PruneArgs(corpus=str(empty), out=str(tmp_path / "o")))
+    small = tmp_path / "s.jsonl"
+    _corpus(small, n=5)
+    with pytest.raises(UsageError, match="clusters"):
+        run_prune(PruneArgs(corpus=str(small), out=str(tmp_path / "o"), clusters=6))
