@@ -49,8 +49,11 @@ def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
 def per_example_loss_from_logits(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy over each example's counted target tokens (0 if none)."""
     mask = target_mask(batch)
+    lg = logits[:, :-1]
+    if lg.dtype not in (torch.float32, torch.float64):
+        lg = lg.float()  # half-precision logits: take the cross-entropy in fp32
     ce = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)),
+        lg.reshape(-1, logits.size(-1)),
         batch["input_ids"][:, 1:].reshape(-1),
         reduction="none",
     ).view_as(mask)

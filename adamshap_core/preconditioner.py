@@ -125,3 +125,29 @@ def shared_step_params(optimizer: torch.optim.Optimizer) -> dict[int, torch.Tens
             w.add_(-(h.lr / bc1) * m_shared / denom)
             out[id(p)] = w
     return out
+
+
+def loo_preconditioner(optimizer: torch.optim.Optimizer, kappa: float) -> dict[int, torch.Tensor]:
+    """lr·κ·∂(Adam step)/∂ĝ elementwise, with the second moment linearised too (not held fixed).
+
+    Removing example i changes the clipped gradient ĝ by dĝ; the step changes through m_t *and*
+    v_t: d step = -lr·[c1/(s+ε) − c2·m̂·ĝ/(s·(s+ε)²)] ⊙ dĝ, with s = sqrt(v̂_t),
+    c1 = (1−β1)/(1−β1^t), c2 = (1−β2)/(1−β2^t), m̂ = m_t/(1−β1^t).
+    """
+    out: dict[int, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        h = group_hyper(optimizer, group)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            t = _step_count(optimizer, p) + 1
+            m, v = _moments(optimizer, p)
+            g = _effective_grad(p, h)
+            bc1, bc2 = 1 - h.beta1**t, 1 - h.beta2**t
+            m_hat = (m * h.beta1 + (1 - h.beta1) * g) / bc1
+            s = ((v * h.beta2 + (1 - h.beta2) * g * g) / bc2).sqrt()
+            se = s + h.eps
+            c1, c2 = (1 - h.beta1) / bc1, (1 - h.beta2) / bc2
+            v_term = torch.where(s > 0, c2 * m_hat * g / (s.clamp(min=1e-38) * se * se), 0.0)
+            out[id(p)] = (h.lr * kappa) * (c1 / se - v_term)
+    return out

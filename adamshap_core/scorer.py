@@ -11,7 +11,13 @@ from torch import nn
 
 from .batch import logits_of, per_example_loss, per_example_loss_from_logits, prepare_batch
 from .ghost import GhostCapture
-from .preconditioner import check_optimizer, lr_scale, preconditioner, shared_step_params
+from .preconditioner import (
+    check_optimizer,
+    loo_preconditioner,
+    lr_scale,
+    preconditioner,
+    shared_step_params,
+)
 
 ESTIMATORS: tuple[str, ...] = ("sgd", "adam", "adam2", "adam-loo")
 DEFAULT_CLIP_LINEARISED: frozenset[str] = frozenset({"adam-loo"})
@@ -46,7 +52,9 @@ class InRunScorer:
     `clip_linearised` names the estimators that include the linearised effect of each example on
     the clipping coefficient (default: adam-loo only). With `reuse_val_grad_across_batches`, the
     target gradient after step t serves as the start gradient of step t+1 even when the target
-    batch was redrawn in between (unbiased; halves target passes).
+    batch was redrawn in between (unbiased; halves target passes). With `loo_second_moment`,
+    `adam-loo` also linearises each example's effect on Adam's second moment instead of holding
+    it fixed (same single contraction, different val-side tensor).
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class InRunScorer:
         clip_linearised: Iterable[str] | None = None,
         reuse_val_grad_across_batches: bool = False,
         amp_dtype: torch.dtype | None = None,
+        loo_second_moment: bool = False,
     ):
         self.estimators = tuple(dict.fromkeys(estimators))
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
@@ -73,6 +82,7 @@ class InRunScorer:
         )
         self.reuse_val_grad_across_batches = reuse_val_grad_across_batches
         self.amp_dtype = amp_dtype
+        self.loo_second_moment = loo_second_moment
         self.params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         opt_ids = {id(p) for p in self.params}
         missing = [
@@ -164,6 +174,11 @@ class InRunScorer:
         lin = clipped and bool(est & self.clip_linearised)
 
         P = preconditioner(self.optimizer, kappa) if est - {"sgd"} else {}
+        P_loo = (
+            loo_preconditioner(self.optimizer, kappa)
+            if "adam-loo" in est and self.loo_second_moment
+            else {}
+        )
         lrs = lr_scale(self.optimizer)
         lr0 = lrs[id(self.params[0])]
         ghat = {id(p): p.grad.detach() for p in self.params if p.grad is not None} if lin else {}
@@ -186,8 +201,10 @@ class InRunScorer:
             cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
         if "adam" in est:
             cols["adam"] = _times(P, start.grads)
-        if need_end:
+        if "adam2" in est or ("adam-loo" in est and not self.loo_second_moment):
             cols["end"] = _times(P, end.grads)
+        if "adam-loo" in est and self.loo_second_moment:
+            cols["loo"] = _times(P_loo, end.grads)
         if need_mid:
             cols["mid"] = _times(P, mid.grads)
         if lin:
@@ -210,7 +227,8 @@ class InRunScorer:
             elif e == "adam":
                 v, u = col["adam"], cols["adam"]
             elif e == "adam-loo":
-                v, u = col["end"], cols["end"]
+                key = "loo" if self.loo_second_moment else "end"
+                v, u = col[key], cols[key]
             else:  # adam2: midpoint of the val gradients without and with this batch's step
                 v = 0.5 * (col["mid"] + col["end"])
                 u = {k: 0.5 * (cols["mid"][k] + cols["end"][k]) for k in cols["end"]}

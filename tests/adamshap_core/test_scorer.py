@@ -219,3 +219,40 @@ def test_rejects_other_optimizers(gpt2):
 def test_rejects_unknown_estimator(gpt2):
     with pytest.raises(ValueError, match="unknown estimators"):
         InRunScorer(gpt2, make_opt(gpt2), make_batch(2, 8), estimators=("adam3",))
+
+
+def _loss_after_real_step(model, opt, grads_flat_by_name, val, clip):
+    """Target loss after a real AdamW step (from deep copies) with the given gradient."""
+    m2 = copy.deepcopy(model)
+    d = opt.defaults
+    o2 = type(opt)(m2.parameters(), lr=d["lr"], betas=d["betas"], eps=d["eps"], weight_decay=d["weight_decay"])
+    o2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for k, p in m2.named_parameters():
+        p.grad = grads_flat_by_name[k].clone()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(m2.parameters(), clip)
+    o2.step()
+    from adamshap_core.batch import per_example_loss, prepare_batch
+
+    with torch.no_grad():
+        return float(per_example_loss(m2, prepare_batch(val)).mean())
+
+
+@pytest.mark.parametrize("clip,kind", [(None, "adamw"), (1e-3, "adamw"), (None, "adam")])
+def test_loo_second_moment_is_the_exact_derivative_of_real_steps(gpt2, clip, kind):
+    """adam-loo with v linearised equals d/dε l_val(w_{t+1}(g − ε g_i)) at ε=0 (central FD)."""
+    opt = make_opt(gpt2, kind, 0.1 if kind == "adamw" else 0.05)
+    warm(gpt2, opt, 3, clip=clip)
+    batch, val = make_batch(5, 12, seed=41), make_batch(3, 12, seed=42)
+    pe = per_example_grads(gpt2, batch)
+    g = {k: v.sum(0) for k, v in pe.items()}
+    eps = 1e-5
+    fd = []
+    for i in range(5):
+        lo = _loss_after_real_step(gpt2, opt, {k: g[k] - eps * pe[k][i] for k in g}, val, clip)
+        hi = _loss_after_real_step(gpt2, opt, {k: g[k] + eps * pe[k][i] for k in g}, val, clip)
+        fd.append((lo - hi) / (2 * eps))
+    fd = torch.tensor(fd, dtype=torch.float64)
+    sc = InRunScorer(gpt2, opt, val, estimators=("adam-loo",), max_grad_norm=clip, loo_second_moment=True)
+    got = sc.step(batch).values["adam-loo"]
+    assert torch.allclose(got, fd, rtol=1e-4, atol=1e-4 * float(fd.abs().max())), (got, fd)
