@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .batch import logits_of, per_example_loss, per_example_loss_from_logits, prepare_batch
@@ -55,6 +56,11 @@ class InRunScorer:
     batch was redrawn in between (unbiased; halves target passes). With `loo_second_moment`,
     `adam-loo` also linearises each example's effect on Adam's second moment instead of holding
     it fixed (same single contraction, different val-side tensor).
+
+    Data parallel (torchrun, gloo or NCCL): when `torch.distributed` is initialised, every rank
+    passes its shard of the global batch and of the target batch; losses are normalised by the
+    global counts and gradients are all-reduced (as DDP does), so every rank takes the identical
+    optimizer step and values its own examples against the all-reduced target gradient.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class InRunScorer:
         reuse_val_grad_across_batches: bool = False,
         amp_dtype: torch.dtype | None = None,
         loo_second_moment: bool = False,
+        process_group: dist.ProcessGroup | None = None,
     ):
         self.estimators = tuple(dict.fromkeys(estimators))
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
@@ -83,6 +90,8 @@ class InRunScorer:
         self.reuse_val_grad_across_batches = reuse_val_grad_across_batches
         self.amp_dtype = amp_dtype
         self.loo_second_moment = loo_second_moment
+        self.group = process_group
+        self.distributed = dist.is_available() and dist.is_initialized()
         self.params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         opt_ids = {id(p) for p in self.params}
         missing = [
@@ -113,15 +122,30 @@ class InRunScorer:
     def _versions(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.params)
 
+    def _global_count(self, n: int) -> int:
+        if not self.distributed:
+            return n
+        t = torch.tensor([float(n)], device=self.device)
+        dist.all_reduce(t, group=self.group)
+        return int(t.item())
+
+    def _sum_over_ranks(self, tensors: list[torch.Tensor]) -> None:
+        if self.distributed:
+            for t in tensors:
+                dist.all_reduce(t, group=self.group)
+
     def _val_grad(self) -> _ValGrad:
+        n_val = self._global_count(self.val_batch["input_ids"].shape[0])
         with self._autocast():
-            loss = per_example_loss(self.model, self.val_batch).mean()
+            loss = per_example_loss(self.model, self.val_batch).sum() / n_val
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        out = {
-            id(p): (g.detach() if g is not None else torch.zeros_like(p))
-            for p, g in zip(self.params, grads)
-        }
-        return _ValGrad(out, float(loss.detach()), self._versions(), self._val_version)
+        gs = [
+            g.detach() if g is not None else torch.zeros_like(p) for p, g in zip(self.params, grads)
+        ]
+        lt = loss.detach().reshape(1).clone()
+        self._sum_over_ranks(gs + [lt])
+        out = {id(p): g for p, g in zip(self.params, gs)}
+        return _ValGrad(out, float(lt), self._versions(), self._val_version)
 
     def _cached_start(self) -> _ValGrad | None:
         c = self._cache
@@ -133,8 +157,11 @@ class InRunScorer:
 
     @torch.no_grad()
     def _val_loss(self) -> float:
+        n_val = self._global_count(self.val_batch["input_ids"].shape[0])
         with self._autocast():
-            return float(per_example_loss(self.model, self.val_batch).mean())
+            lt = (per_example_loss(self.model, self.val_batch).sum() / n_val).reshape(1)
+        self._sum_over_ranks([lt])
+        return float(lt)
 
     # ----------------------------------------------------------------------------- the step
     def step(self, batch: Mapping[str, torch.Tensor]) -> StepOutput:
@@ -159,11 +186,19 @@ class InRunScorer:
             with self._autocast():
                 logits = logits_of(self.model, b)
             ex_loss = per_example_loss_from_logits(logits, b)
-            loss = ex_loss.mean()
+            n_global = self._global_count(n)
+            loss = ex_loss.sum() / n_global  # = mean over the global batch
             loss.backward()
         finally:
             self.capture.active = False
         del logits
+        if self.distributed:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            lt = loss.detach().reshape(1).clone()
+            self._sum_over_ranks([p.grad for p in self.params] + [lt])
+            loss = lt
 
         grad_norm = None
         kappa = 1.0

@@ -225,7 +225,9 @@ def _loss_after_real_step(model, opt, grads_flat_by_name, val, clip):
     """Target loss after a real AdamW step (from deep copies) with the given gradient."""
     m2 = copy.deepcopy(model)
     d = opt.defaults
-    o2 = type(opt)(m2.parameters(), lr=d["lr"], betas=d["betas"], eps=d["eps"], weight_decay=d["weight_decay"])
+    o2 = type(opt)(
+        m2.parameters(), lr=d["lr"], betas=d["betas"], eps=d["eps"], weight_decay=d["weight_decay"]
+    )
     o2.load_state_dict(copy.deepcopy(opt.state_dict()))
     for k, p in m2.named_parameters():
         p.grad = grads_flat_by_name[k].clone()
@@ -253,6 +255,8 @@ def test_loo_second_moment_is_the_exact_derivative_of_real_steps(gpt2, clip, kin
         hi = _loss_after_real_step(gpt2, opt, {k: g[k] + eps * pe[k][i] for k in g}, val, clip)
         fd.append((lo - hi) / (2 * eps))
     fd = torch.tensor(fd, dtype=torch.float64)
-    sc = InRunScorer(gpt2, opt, val, estimators=("adam-loo",), max_grad_norm=clip, loo_second_moment=True)
+    sc = InRunScorer(
+        gpt2, opt, val, estimators=("adam-loo",), max_grad_norm=clip, loo_second_moment=True
+    )
     got = sc.step(batch).values["adam-loo"]
     assert torch.allclose(got, fd, rtol=1e-4, atol=1e-4 * float(fd.abs().max())), (got, fd)
