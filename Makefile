@@ -1,0 +1,87 @@
+# adamshap: `make setup` builds .venv (once), `make demo` runs the whole pipeline on the demo corpus,
+# `make test` runs every test (integration included), `make lint` checks style.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ADAMSHAP := $(VENV)/bin/adamshap
+STAMP := $(VENV)/.adamshap-setup
+TORCH_VERSION := 2.13.0
+# Keep in sync with curation.demo_corpus.DEMO_APT_PACKAGES (a test checks it).
+DEMO_APT_PACKAGES := fortunes fortunes-min fortune-anarchism fortunes-bofh-excuses \
+	fortunes-debian-hints bible-kjv-text bible-kjv wordnet-base dict-devil jargon-text \
+	python3.11-doc
+DEMO_MANIFEST := data_manifests/demo.yaml
+DEMO_CORPUS := data_manifests/generated/demo_corpus.jsonl
+DEMO_OUT := runs/demo
+
+# Offline settings (flows/prefect_env.py sets them too; here they also cover plain `prefect`).
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: help setup apt-packages demo test test-fast lint format bench bench-fidelity \
+	bench-source-id bench-pruning clean-demo
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv, install torch 2.13.0 + the project, demo Debian packages
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory apt-packages
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+apt-packages:  ## install the demo corpus's Debian packages (root + apt-get only; else skipped)
+	@if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "setup: no apt-get; skipping the demo's Debian packages ($(DEMO_APT_PACKAGES))"; \
+	elif dpkg -s $(DEMO_APT_PACKAGES) >/dev/null 2>&1; then \
+		echo "setup: demo Debian packages already installed"; \
+	elif [ "$$(id -u)" != "0" ]; then \
+		echo "setup: not root; to build the demo corpus run: sudo apt-get install -y $(DEMO_APT_PACKAGES)"; \
+	else \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEMO_APT_PACKAGES)) \
+		|| echo "setup: warning: apt-get failed; the demo corpus cannot be built until these are installed: $(DEMO_APT_PACKAGES)"; \
+	fi
+
+$(DEMO_CORPUS): | $(STAMP)
+	$(ADAMSHAP) corpus build demo --out $(DEMO_CORPUS)
+
+demo: setup $(DEMO_CORPUS)  ## build the demo corpus if needed, run `adamshap curate` on it
+	$(ADAMSHAP) curate $(DEMO_MANIFEST) --out $(DEMO_OUT)
+	@echo "HTML reports: $$($(PY) -c 'import json; d = json.load(open("$(DEMO_OUT)/curate.json")); print(d["report_html"], d["prune_report_html"])')"
+
+test: setup  ## run every test, integration included (what CI runs)
+	$(PY) -m pytest -q
+
+test-fast: setup  ## unit tests only (-m "not integration")
+	$(PY) -m pytest -q -m "not integration"
+
+lint: setup  ## ruff check + format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: bench-fidelity bench-source-id bench-pruning  ## every benchmark (slow)
+
+bench-fidelity: setup  ## estimator fidelity vs LOO / MC Shapley
+	$(PY) -m benchmarks.fidelity
+
+bench-source-id: setup  ## source identification on ../shared/corpora/multisource.jsonl.gz
+	$(PY) -m benchmarks.source_id
+
+bench-pruning: setup  ## pruning with injected junk, retrained target loss
+	$(PY) -m benchmarks.pruning
+
+clean-demo:  ## remove the demo outputs (the cache lives in there too)
+	rm -rf $(DEMO_OUT)

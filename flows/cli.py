@@ -1,0 +1,494 @@
+"""The `adamshap` command line: score, report, prune, verify, curate, serve, corpus build.
+
+Heavy imports (torch, prefect, polars) happen inside the command handlers so `--help` is fast.
+User errors (`AdamshapError`) print one line on stderr and exit with their code (2); Ctrl-C exits
+with 130. Each stage saves its own arguments as JSON next to its outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
+CORPUS_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".pq")
+EXIT_INTERRUPTED = 130
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def keep_fraction(text: str) -> float:
+    """argparse type: a float in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (expected e.g. 0.7)") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0."""
+    value = non_negative_float(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def estimator_list(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated estimator names, e.g. `adam2,adam-loo`."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown estimator(s) {', '.join(unknown) or '(none)'}; choose from {','.join(ESTIMATORS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def corpus_stem(path: str | Path) -> str:
+    """File name without its corpus suffix (`data/web.jsonl.gz` -> `web`)."""
+    name = Path(path).name
+    for suffix in CORPUS_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)] or name
+    return Path(name).stem or name
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _require_path(path: str | None, what: str) -> None:
+    """Raise UsageError when a given input path does not exist."""
+    from curation.errors import UsageError
+
+    if path is not None and not Path(path).exists():
+        raise UsageError(f"{what} not found: {path}")
+
+
+def build_args(cls: type, values: dict[str, Any], aliases: dict[str, Sequence[str]] | None = None):
+    """Instantiate the dataclass `cls` from `values`, skipping None and mapping names to its fields.
+
+    `aliases` maps a key of `values` to other field names it may have in `cls` (e.g. `out` ->
+    `out_dir`). Keys that match no field raise UsageError naming them.
+    """
+    from curation.errors import UsageError
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        names = [key, *(aliases or {}).get(key, ())]
+        target = next((n for n in names if n in fields), None)
+        if target is None:
+            unknown.append(key)
+        else:
+            kwargs[target] = value
+    if unknown:
+        raise UsageError(f"{cls.__name__} has no option(s) {', '.join(sorted(unknown))}")
+    return cls(**kwargs)
+
+
+OUT_ALIASES: dict[str, Sequence[str]] = {
+    "out": ("out_dir", "run_dir", "output"),
+    "corpus": ("corpus_path", "path"),
+    "target": ("target_path",),
+    "scores": ("scores_dir", "run_dir"),
+    "tokenizer": ("tokenizer_dir",),
+    "model": ("model_dir", "init_model"),
+    "seeds": ("n_seeds",),
+    "curated": ("curated_path",),
+    "full": ("full_path",),
+}
+
+
+def _field_map(args: argparse.Namespace) -> dict[str, str] | None:
+    """Field-name overrides (`--id-field` etc.) as a FieldMap dict, or None when none given."""
+    names = ("id", "source", "text", "prompt", "response")
+    given = {n: getattr(args, f"{n}_field", None) for n in names}
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
+
+
+def _add_field_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("corpus fields")
+    g.add_argument("--id-field", help="name of the id field (default: id)")
+    g.add_argument("--source-field", help="name of the source field (default: source)")
+    g.add_argument("--text-field", help="name of the text field (default: text)")
+    g.add_argument("--prompt-field", help="instruction data: name of the prompt field")
+    g.add_argument("--response-field", help="instruction data: name of the response field")
+    g.add_argument(
+        "--on-bad-rows",
+        choices=("error", "skip"),
+        help="stop at the first bad row (error, default) or write it to a rejects file (skip)",
+    )
+
+
+def _add_score_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scoring")
+    g.add_argument("--preset", choices=("tiny", "cpu-small", "gpt2"), help="proxy GPT-2 size")
+    g.add_argument("--epochs", type=positive_int, help="scored passes over the corpus")
+    g.add_argument(
+        "--warm-start-steps", type=non_negative_int, help="plain AdamW steps before scoring"
+    )
+    g.add_argument(
+        "--estimators",
+        type=estimator_list,
+        help=f"comma-separated subset of {','.join(ESTIMATORS)} (default: all four)",
+    )
+    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument("--batch-size", type=positive_int, help="training examples per step")
+    g.add_argument("--target-batch-size", type=positive_int, help="target examples per step")
+    g.add_argument("--seq-len", type=positive_int, help="tokens per example (longer: truncated)")
+    g.add_argument("--vocab-size", type=positive_int, help="BPE vocabulary size when training one")
+    g.add_argument("--lr", type=positive_float, help="peak AdamW learning rate")
+    g.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer folder")
+    g.add_argument("--model", metavar="DIR", help="start from this local GPT-2 checkpoint folder")
+
+
+def _score_values(args: argparse.Namespace) -> dict[str, Any]:
+    names = (
+        "preset",
+        "epochs",
+        "warm_start_steps",
+        "seed",
+        "batch_size",
+        "target_batch_size",
+        "seq_len",
+        "vocab_size",
+        "lr",
+        "tokenizer",
+        "model",
+        "on_bad_rows",
+    )
+    values = {n: getattr(args, n, None) for n in names}
+    if getattr(args, "estimators", None) is not None:
+        values["estimators"] = list(args.estimators)
+    values["fields"] = _field_map(args)
+    return values
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`adamshap score`: scored training of a proxy on CORPUS against TARGET."""
+    from curation.scoring_run import ScoreArgs, run_scoring
+
+    _require_path(args.corpus, "corpus")
+    _require_path(args.target, "target")
+    for path, what in ((args.tokenizer, "tokenizer folder"), (args.model, "model folder")):
+        _require_path(path, what)
+    values = {"corpus": args.corpus, "target": args.target, "out": args.out, **_score_values(args)}
+    run_dir = run_scoring(build_args(ScoreArgs, values, OUT_ALIASES))
+    print(f"run directory: {run_dir}")
+    print(f"next: adamshap report {run_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`adamshap report`: aggregate a run's ledger and write report.md / report.html."""
+    from curation.aggregate import aggregate_run
+    from curation.errors import UsageError
+    from curation.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "ledger").is_dir():
+        raise UsageError(f"{run_dir} is not a scoring run directory (no ledger/ inside)")
+    aggregate_run(run_dir)
+    md, html = write_report(run_dir)
+    print(f"report: {html}")
+    print(f"markdown: {md}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """`adamshap prune`: keep the most valuable fraction of CORPUS under diversity quotas."""
+    from curation.prune import PruneArgs, run_prune
+
+    _require_path(args.corpus, "corpus")
+    _require_path(args.scores, "scores run directory")
+    _require_path(args.target, "target")
+    out = args.out or str(Path.cwd() / f"adamshap-prune-{corpus_stem(args.corpus)}")
+    values = {
+        "corpus": args.corpus,
+        "keep": args.keep,
+        "out": out,
+        "scores": args.scores,
+        "target": args.target,
+        "clusters": args.clusters,
+        "dedup_eps": args.dedup_eps,
+        "estimator": args.estimator,
+        "floor": args.floor,
+        "seed": args.seed,
+    }
+    out_dir = run_prune(build_args(PruneArgs, values, OUT_ALIASES))
+    print(f"pruned corpus: {out_dir}")
+    for name in ("prune_report.html", "prune.json"):
+        if (Path(out_dir) / name).exists():
+            print(f"  {Path(out_dir) / name}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """`adamshap verify`: retrain on curated vs random-same-size vs full; compare target loss."""
+    from curation.verify import VerifyArgs, run_verify
+
+    for path, what in ((args.curated, "curated corpus"), (args.full, "full corpus")):
+        _require_path(path, what)
+    _require_path(args.target, "target")
+    values = {
+        "curated": args.curated,
+        "full": args.full,
+        "target": args.target,
+        "out": args.out,
+        "seeds": args.seeds,
+        "preset": args.preset,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
+    out_dir = run_verify(build_args(VerifyArgs, values, OUT_ALIASES))
+    print(f"verify results: {out_dir}")
+    for name in ("verify.md", "verify.json", "verify_curve.png"):
+        if (Path(out_dir) / name).exists():
+            print(f"  {Path(out_dir) / name}")
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    """`adamshap curate`: the whole pipeline as a Prefect flow (ephemeral Prefect, cached)."""
+    _require_path(args.manifest, "manifest")
+    from flows import prefect_env
+
+    prefect_env.apply_offline_defaults({"PREFECT_LOGGING_LEVEL": "WARNING"})
+    from curation.manifest import load_manifest
+
+    load_manifest(args.manifest)  # fail fast (no Prefect start-up) on a bad manifest
+    from flows.curate import curate_flow
+    from flows.quiet import quiet_user_errors
+
+    quiet_user_errors()
+    curate_flow(manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`adamshap serve`: serve the curate flow on a schedule (needs a running Prefect server)."""
+    _require_path(args.manifest, "manifest")
+    from flows.serve import serve
+
+    serve(args.manifest, cron=args.cron, interval=args.interval, keep=args.keep, out=args.out)
+    return 0
+
+
+def cmd_corpus_build(args: argparse.Namespace) -> int:
+    """`adamshap corpus build demo`: assemble the demo corpus from installed Debian packages."""
+    from curation.demo_corpus import build_demo_corpus
+
+    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed)
+    print(f"demo corpus: {path or args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `adamshap` argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="adamshap",
+        description="Adam-aware In-Run Data Shapley: value, prune and verify text corpora.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "score",
+        help="scored training: value every example of CORPUS against TARGET",
+        description="Train a proxy GPT-2 on CORPUS and value every example against TARGET.",
+    )
+    p.add_argument("corpus", metavar="CORPUS", help="JSONL(.gz), Parquet or local HF dataset")
+    p.add_argument("--target", required=True, metavar="T", help="target (validation) set")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumable)")
+    _add_score_options(p)
+    _add_field_options(p)
+    p.set_defaults(handler=cmd_score)
+
+    p = sub.add_parser(
+        "report",
+        help="write report.md/report.html for a scoring run",
+        description="Aggregate RUN_DIR's ledger and write report.md and report.html (with plots).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `adamshap score`")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser(
+        "prune",
+        help="keep the most valuable fraction of a corpus, with diversity quotas",
+        description=(
+            "Keep --keep of CORPUS ranked by value within FAISS clusters; write kept and excluded "
+            "rows (with a reason each), prune.json and prune_report.md/.html. Without --scores the "
+            "scoring stage runs first with defaults; without --target a small random sample of "
+            "the corpus is held out as the target (and kept)."
+        ),
+    )
+    p.add_argument("corpus", metavar="CORPUS")
+    p.add_argument(
+        "--keep", type=keep_fraction, default=0.7, help="fraction to keep, in (0, 1] (0.7)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="OUT_DIR",
+        help="output folder (default: ./adamshap-prune-<corpus name> in the current directory)",
+    )
+    p.add_argument("--scores", metavar="RUN_DIR", help="existing scoring run to take values from")
+    p.add_argument("--target", metavar="T", help="target set (used when scoring runs here)")
+    p.add_argument("--clusters", type=positive_int, metavar="K", help="number of FAISS clusters")
+    p.add_argument(
+        "--dedup-eps",
+        type=non_negative_float,
+        metavar="E",
+        help="near-duplicate threshold: cosine > 1-E (0 turns it off)",
+    )
+    p.add_argument(
+        "--estimator", choices=ESTIMATORS, help="value used for ranking (default: adam2)"
+    )
+    p.add_argument("--floor", type=non_negative_float, help="minimum kept share of each cluster")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.set_defaults(handler=cmd_prune)
+
+    p = sub.add_parser(
+        "verify",
+        help="retrain on curated vs random-same-size vs full and compare target loss",
+        description=(
+            "Train fresh proxies on the curated set, on random subsets of the same size (one per "
+            "seed) and on the full corpus; report target loss and perplexity (mean +- std)."
+        ),
+    )
+    p.add_argument("--curated", required=True, metavar="F", help="curated corpus (kept.<ext>)")
+    p.add_argument("--full", required=True, metavar="F", help="the full corpus")
+    p.add_argument("--target", required=True, metavar="T", help="target set")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--seeds", type=positive_int, default=3, help="random subsets / seeds (3)")
+    p.add_argument("--preset", choices=("tiny", "cpu-small", "gpt2"), help="proxy GPT-2 size")
+    p.add_argument("--epochs", type=positive_int, help="passes over the curated set")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--seq-len", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--seed", type=int, help="base random seed")
+    p.set_defaults(handler=cmd_verify)
+
+    p = sub.add_parser(
+        "curate",
+        help="run the whole pipeline from a data manifest (Prefect flow, cached)",
+        description=(
+            "Validate, score, aggregate, prune, verify and report as one Prefect flow. Stages are "
+            "cached on their inputs: rerunning with another --keep reruns only pruning onwards."
+        ),
+    )
+    p.add_argument("manifest", metavar="MANIFEST", help="YAML data manifest (data_manifests/)")
+    p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
+    p.set_defaults(handler=cmd_curate)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the curate flow on a schedule (needs `prefect server start`)",
+        description=(
+            "Register a scheduled deployment of the curate flow and serve it until Ctrl-C. Needs a "
+            "local Prefect server: `prefect server start --host 127.0.0.1` and "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`."
+        ),
+    )
+    p.add_argument("manifest", metavar="MANIFEST")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 3 * * *'")
+    when.add_argument("--interval", type=positive_float, metavar="SECONDS", help="run every N s")
+    p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("corpus", help="corpus utilities", description="Corpus utilities.")
+    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    b = csub.add_parser(
+        "build",
+        help="build a built-in corpus",
+        description="Build a built-in corpus (demo: real text from installed Debian packages).",
+    )
+    b.add_argument("name", choices=("demo",), help="which corpus")
+    b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
+    b.add_argument("--per-source", type=positive_int, default=300, help="documents per source")
+    b.add_argument("--seed", type=int, default=0, help="sampling seed")
+    b.set_defaults(handler=cmd_corpus_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `adamshap` CLI; return the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or an argument error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    from curation.errors import AdamshapError
+
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print(
+            "\nadamshap: interrupted; run the same command again to resume from the last "
+            "checkpoint",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except AdamshapError as exc:
+        print(f"adamshap {args.command}: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
