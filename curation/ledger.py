@@ -1,0 +1,141 @@
+"""The score ledger: one row per (step, example), written as Parquet parts, one per checkpoint.
+
+Layout: `RUN_DIR/ledger/part-<first_step:07d>.parquet`. A part holds the rows of the steps since the
+previous flush; flushes happen right before each checkpoint, so after a crash every part either
+belongs to a checkpointed interval or is removed by `truncate_after` on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .atomic import atomic_write_parquet
+
+LEDGER_DIR = "ledger"
+BASE_SCHEMA: dict[str, pl.DataType] = {
+    "step": pl.Int64(),
+    "epoch": pl.Int32(),
+    "id": pl.String(),
+    "source": pl.String(),
+    "lr": pl.Float64(),
+    "loss": pl.Float64(),
+}
+
+
+def value_column(estimator: str) -> str:
+    """Ledger column name of an estimator (`adam-loo` -> `value_adam_loo`)."""
+    return "value_" + estimator.replace("-", "_")
+
+
+def ledger_schema(estimators: Sequence[str]) -> dict[str, pl.DataType]:
+    """Column name -> dtype of a ledger with these estimators."""
+    schema = dict(BASE_SCHEMA)
+    schema.update({value_column(e): pl.Float64() for e in estimators})
+    return schema
+
+
+def _part_path(run_dir: Path, first_step: int) -> Path:
+    return run_dir / LEDGER_DIR / f"part-{first_step:07d}.parquet"
+
+
+def _parts(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / LEDGER_DIR).glob("part-*.parquet"))
+
+
+def _part_first_step(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+class LedgerWriter:
+    """Buffer ledger rows in memory and write them as one Parquet part per `flush()`."""
+
+    def __init__(self, run_dir: str | Path, estimators: Sequence[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self.estimators = tuple(estimators)
+        self.schema = ledger_schema(self.estimators)
+        self._chunks: list[dict[str, np.ndarray | list]] = []
+        (self.run_dir / LEDGER_DIR).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def n_buffered(self) -> int:
+        """Number of rows waiting for the next flush."""
+        return sum(len(c["id"]) for c in self._chunks)
+
+    def add_step(
+        self,
+        step: int,
+        epoch: int,
+        ids: Sequence[str],
+        sources: Sequence[str],
+        lr: float,
+        losses: Sequence[float] | np.ndarray,
+        values: dict[str, Sequence[float] | np.ndarray],
+    ) -> None:
+        """Buffer the rows of one training step (one per example of the batch)."""
+        n = len(ids)
+        if len(sources) != n or len(losses) != n:
+            raise ValueError("ids, sources and losses must have the same length")
+        missing = [e for e in self.estimators if e not in values]
+        if missing:
+            raise ValueError(f"values missing for estimators {missing}")
+        chunk: dict[str, np.ndarray | list] = {
+            "step": np.full(n, step, dtype=np.int64),
+            "epoch": np.full(n, epoch, dtype=np.int32),
+            "id": list(ids),
+            "source": list(sources),
+            "lr": np.full(n, lr, dtype=np.float64),
+            "loss": np.asarray(losses, dtype=np.float64).reshape(n),
+        }
+        for e in self.estimators:
+            chunk[value_column(e)] = np.asarray(values[e], dtype=np.float64).reshape(n)
+        self._chunks.append(chunk)
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one part (named by its first step); None if nothing buffered."""
+        if not self._chunks:
+            return None
+        cols = {
+            name: (
+                [x for c in self._chunks for x in c[name]]
+                if name in ("id", "source")
+                else np.concatenate([c[name] for c in self._chunks])
+            )
+            for name in self.schema
+        }
+        df = pl.DataFrame(cols, schema=self.schema)
+        path = _part_path(self.run_dir, int(df["step"][0]))
+        atomic_write_parquet(df, path)
+        self._chunks.clear()
+        return path
+
+    def discard(self) -> None:
+        """Drop buffered rows without writing them."""
+        self._chunks.clear()
+
+
+def read_ledger(run_dir: str | Path) -> pl.DataFrame:
+    """All ledger rows of a run, ordered by step (then batch order)."""
+    parts = _parts(Path(run_dir))
+    if not parts:
+        raise FileNotFoundError(f"no ledger parts under {Path(run_dir) / LEDGER_DIR}")
+    return pl.concat([pl.read_parquet(p) for p in parts], how="vertical")
+
+
+def truncate_after(run_dir: str | Path, step: int) -> int:
+    """Remove every ledger row with step > `step` (parts deleted or rewritten); return rows removed."""
+    removed = 0
+    for part in _parts(Path(run_dir)):
+        if _part_first_step(part) > step:
+            removed += pl.scan_parquet(part).select(pl.len()).collect().item()
+            part.unlink()
+            continue
+        df = pl.read_parquet(part)
+        keep = df.filter(pl.col("step") <= step)
+        if keep.height < df.height:
+            removed += df.height - keep.height
+            atomic_write_parquet(keep, part)
+    return removed

@@ -1,0 +1,281 @@
+"""Per-source value report of a scoring run: `report.md` and a self-contained `report.html`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .aggregate import BY_EXAMPLE_FILE, BY_SOURCE_FILE, EXAMPLES_FILE, aggregate_run
+from .atomic import atomic_write_bytes, atomic_write_text
+from .ledger import read_ledger
+
+N_TOP = 10
+PLOT_DIR = "report_plots"  # PNGs beside report.md; report.html embeds them
+SNIPPET_CHARS = 160
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1,h2,h3{font-weight:600}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}
+.note{color:#555;font-size:.9em}code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _primary_estimator(columns: list[str]) -> str:
+    ests = [c.removeprefix("mean_") for c in columns if c.startswith("mean_")]
+    for pref in ("adam2", "adam_loo", "adam", "sgd"):
+        if pref in ests:
+            return pref
+    return ests[0]
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return "" if x is None else str(x)
+
+
+def _snippet(text: str | None) -> str:
+    t = " ".join((text or "").split())
+    return t if len(t) <= SNIPPET_CHARS else t[: SNIPPET_CHARS - 1] + "…"
+
+
+def _texts(run_dir: Path, ids: list[str]) -> dict[str, str]:
+    """Texts of some example ids, read from the corpus named in run.json (empty on failure)."""
+    import tempfile
+
+    try:
+        from .corpus import FieldMap, read_corpus
+
+        args = json.loads((run_dir / "run.json").read_text())["args"]
+        fields = FieldMap(**args["fields"]) if args.get("fields") else FieldMap()
+        extra = {"template": args["template"]} if args.get("template") else {}
+        with tempfile.TemporaryDirectory() as tmp:
+            df = read_corpus(
+                args["corpus"],
+                fields=fields,
+                on_bad_rows=args.get("on_bad_rows", "error"),
+                rejects_path=Path(tmp) / "rejects.jsonl",
+                **extra,
+            ).df
+        df = df.filter(pl.col("id").is_in(ids)).select("id", "text")
+        return dict(zip(df["id"].to_list(), df["text"].to_list()))
+    except Exception:
+        return {}
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(
+    by_src: pl.DataFrame, by_ex: pl.DataFrame, ledger: pl.DataFrame, est: str
+) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str] = {}
+    srcs = by_src["source"].to_list()
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, col, title in (
+        (axes[0], f"total_{est}", "total value"),
+        (axes[1], f"mean_{est}", "mean value per example"),
+    ):
+        vals = by_src[col].to_list()
+        ax.bar(srcs, vals, color=["#3a7" if v >= 0 else "#c44" for v in vals])
+        ax.axhline(0, color="#888", lw=0.8)
+        ax.set_title(f"{title} by source ({est})")
+        ax.tick_params(axis="x", rotation=30)
+    out["value_by_source"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    data = [by_ex.filter(pl.col("source") == s)[f"value_{est}"].to_numpy() for s in srcs]
+    ax.boxplot(data, showfliers=True, flierprops={"markersize": 2})
+    ax.set_xticks(range(1, len(srcs) + 1), srcs, rotation=30)
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_title(f"distribution of example values per source ({est})")
+    out["value_distribution"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    v = by_ex.sort(f"value_{est}", descending=True)[f"value_{est}"].to_numpy()
+    ax.plot(range(1, len(v) + 1), v.cumsum(), color="#357")
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_xlabel("examples, sorted by value (highest first)")
+    ax.set_ylabel("cumulative value")
+    ax.set_title(f"cumulative value of the corpus ({est})")
+    out["cumulative_value"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    per_step = (
+        ledger.group_by("step", "source")
+        .agg(pl.col(f"value_{est}").sum())
+        .sort("step")
+        .pivot(on="source", index="step", values=f"value_{est}")
+        .sort("step")
+        .fill_null(0.0)
+    )
+    for s in srcs:
+        if s in per_step.columns:
+            ax.plot(per_step["step"].to_numpy(), per_step[s].cum_sum().to_numpy(), label=s)
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cumulative value")
+    ax.set_title(f"value per source over training ({est})")
+    ax.legend(fontsize=8)
+    out["value_over_steps"] = _png(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+PLOT_TITLES = {
+    "value_by_source": "Value by source",
+    "value_distribution": "Value distribution per source",
+    "cumulative_value": "Cumulative value of the corpus, sorted by value",
+    "value_over_steps": "Value per source over training steps",
+}
+
+
+def _source_table(by_src: pl.DataFrame, est: str) -> tuple[list[str], list[list[Any]]]:
+    cols = ["source", "n_examples", "n_tokens"]
+    cols += [f"{k}_{est}" for k in ("total", "mean", "share", "frac_negative")]
+    return cols, [list(r) for r in by_src.select(cols).iter_rows()]
+
+
+def _estimator_table(by_src: pl.DataFrame) -> tuple[list[str], list[list[Any]]]:
+    cols = ["source"] + [c for c in by_src.columns if c.startswith("mean_")]
+    return cols, [list(r) for r in by_src.select(cols).iter_rows()]
+
+
+def _example_table(
+    df: pl.DataFrame, est: str, texts: dict[str, str]
+) -> tuple[list[str], list[list[Any]]]:
+    head = ["id", "source", f"value_{est}", "n_steps", "text"]
+    rows = [
+        [r["id"], r["source"], r[f"value_{est}"], r["n_steps"], _snippet(texts.get(r["id"]))]
+        for r in df.iter_rows(named=True)
+    ]
+    return head, rows
+
+
+def _md_table(head: list[str], rows: list[list[Any]]) -> str:
+    esc = [[_fmt(x).replace("|", "\\|") for x in r] for r in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in esc]
+    return "\n".join(lines)
+
+
+def _html_table(head: list[str], rows: list[list[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{_fmt(x)}</td>'
+            if isinstance(x, int | float)
+            else f"<td>{html.escape(_fmt(x))}</td>"
+            for x in r
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[str]:
+    lines = []
+    try:
+        rec = json.loads((run_dir / "run.json").read_text())
+        a = rec["args"]
+        lines.append(f"corpus `{a['corpus']}`, target `{a['target']}`")
+        lines.append(
+            f"model preset `{a['preset']}`{' from ' + a['model'] if a.get('model') else ''}, seq_len {a['seq_len']}, "
+            f"batch {a['batch_size']}, target batch {a['target_batch_size']}, epochs {a['epochs']}, "
+            f"warm start {a['warm_start_steps']} steps, lr {a['lr']}, seed {a['seed']}"
+        )
+    except (OSError, KeyError, ValueError):
+        pass
+    lines.append(
+        f"{by_ex.height} examples scored over {ledger['step'].n_unique()} steps "
+        f"(steps {ledger['step'].min()}–{ledger['step'].max()})"
+    )
+    ex_path = run_dir / EXAMPLES_FILE
+    if ex_path.exists():
+        ex = pl.read_parquet(ex_path)
+        if "truncated" in ex.columns:
+            lines.append(
+                f"{int(ex['truncated'].sum())} of {ex.height} examples truncated to the context length"
+            )
+    return lines
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write `report.md` and a self-contained `report.html` for a finished run; return both paths."""
+    run_dir = Path(run_dir)
+    if not (run_dir / BY_SOURCE_FILE).exists() or not (run_dir / BY_EXAMPLE_FILE).exists():
+        aggregate_run(run_dir)
+    by_src = pl.read_parquet(run_dir / BY_SOURCE_FILE)
+    by_ex = pl.read_parquet(run_dir / BY_EXAMPLE_FILE)
+    ledger = read_ledger(run_dir)
+    est = _primary_estimator(by_src.columns)
+    plots = _plots(by_src, by_ex, ledger, est)
+    ranked = by_ex.sort([f"value_{est}", "id"], descending=[True, False])
+    top, bottom = ranked.head(N_TOP), ranked.tail(N_TOP).reverse()
+    texts = _texts(run_dir, top["id"].to_list() + bottom["id"].to_list())
+    summary = _summary(run_dir, ledger, by_ex)
+    note = (
+        f"Values are Adam-aware In-Run Data Shapley values summed over the run (positive = the example "
+        f"lowered the target loss). Plots and rankings use `{est}`. `share` is the signed share of the "
+        "summed value (shares add to 1); `mean` is the mean value per example."
+    )
+    sections = [
+        (f"Per source ({est})", *_source_table(by_src, est)),
+        ("Mean value per example, every estimator", *_estimator_table(by_src)),
+        (f"Top {N_TOP} examples", *_example_table(top, est, texts)),
+        (f"Bottom {N_TOP} examples", *_example_table(bottom, est, texts)),
+    ]
+
+    md = ["# Data value report", "", note, ""] + [f"- {s}" for s in summary] + [""]
+    for key, title in PLOT_TITLES.items():
+        png = atomic_write_bytes(run_dir / PLOT_DIR / f"{key}.png", base64.b64decode(plots[key]))
+        md += [f"## {title}", "", f"![{title}]({PLOT_DIR}/{png.name})", ""]
+    for title, head, rows in sections:
+        md += [f"## {title}", "", _md_table(head, rows), ""]
+
+    body = ["<h1>Data value report</h1>", f'<p class="note">{html.escape(note)}</p>', "<ul>"]
+    body += [f"<li>{html.escape(s)}</li>" for s in summary] + ["</ul>"]
+    for key, title in PLOT_TITLES.items():
+        body += [
+            f"<h2>{html.escape(title)}</h2>",
+            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{plots[key]}">',
+        ]
+    for title, head, rows in sections:
+        body += [f"<h2>{html.escape(title)}</h2>", _html_table(head, rows)]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Data value report</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    md_path = atomic_write_text(run_dir / "report.md", "\n".join(md))
+    html_path = atomic_write_text(run_dir / "report.html", page)
+    return md_path, html_path

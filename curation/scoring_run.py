@@ -1,0 +1,584 @@
+"""Scored training on a corpus: warm start, InRun scoring, ledger, checkpoints and resume.
+
+Step numbering: `step` is the global optimizer step t (1-based, Adam's t), counting warm-start
+steps first; the ledger holds the scored steps `warm_start_steps+1 .. warm_start_steps+n_scored`.
+Every random choice is a function of (seed, step) or (seed, epoch), so a resumed run draws exactly
+the batches an uninterrupted one draws; RNG states are checkpointed as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import random
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from .aggregate import EXAMPLES_FILE, aggregate_run
+from .atomic import atomic_dir, atomic_path, atomic_write_parquet, atomic_write_text
+from .errors import AdamshapError, UsageError
+from .ledger import LedgerWriter, truncate_after
+
+ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
+COMPLETE_MARKER = ".complete"
+# Arguments that do not change the outputs; a resume may differ in them.
+_NON_IDENTITY_ARGS = ("progress",)
+
+
+class NonFiniteError(AdamshapError):
+    """A loss or value became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class ScoreArgs:
+    """Every setting of a scoring run; saved as `run.json` next to its outputs."""
+
+    corpus: str
+    target: str
+    out: str
+    preset: str = "tiny"
+    tokenizer: str | None = None
+    vocab_size: int = 4096
+    model: str | None = None
+    seq_len: int = 128
+    batch_size: int = 16
+    target_batch_size: int = 16
+    epochs: int = 1
+    warm_start_steps: int = 50
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    max_grad_norm: float | None = 1.0
+    warmup_frac: float = 0.05
+    estimators: tuple[str, ...] = ESTIMATORS
+    seed: int = 0
+    checkpoint_every: int = 50
+    fields: dict[str, str] | None = None
+    template: str | None = None
+    on_bad_rows: str = "error"
+    progress: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self.estimators = tuple(self.estimators)
+        for name in ("corpus", "target", "out", "tokenizer", "model"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, str(v))
+
+    def validate(self) -> None:
+        """Raise UsageError for settings that cannot work."""
+        bad = [e for e in self.estimators if e not in ESTIMATORS]
+        if bad or not self.estimators:
+            raise UsageError(f"unknown estimators {bad}; choose from {', '.join(ESTIMATORS)}")
+        for name in ("seq_len", "batch_size", "target_batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise UsageError("seq_len must be >= 2 (one input and one target token)")
+        if self.epochs < 0 or self.warm_start_steps < 0:
+            raise UsageError("epochs and warm_start_steps must be >= 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.warmup_frac < 1:
+            raise UsageError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if self.on_bad_rows not in ("error", "skip"):
+            raise UsageError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of the arguments."""
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        d["estimators"] = list(self.estimators)
+        return d
+
+    def to_json(self) -> str:
+        """JSON text of the arguments."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreArgs:
+        """Arguments from a dict (unknown keys are an error)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"unknown ScoreArgs fields {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> ScoreArgs:
+        """Arguments from JSON text (as written by `to_json`, or a run.json's `args`)."""
+        d = json.loads(text)
+        return cls.from_dict(d["args"] if "args" in d and "corpus" not in d else d)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    try:
+        from importlib.metadata import version
+
+        ours = version("adamshap")
+    except Exception:  # pragma: no cover - not installed
+        ours = "unknown"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "adamshap": ours,
+    }
+
+
+def _run_record(args: ScoreArgs) -> dict[str, Any]:
+    from .corpus import corpus_sha256
+
+    return {
+        "args": args.to_dict(),
+        "corpus_sha256": corpus_sha256(args.corpus),
+        "target_sha256": corpus_sha256(args.target),
+        "versions": _versions(),
+    }
+
+
+def _identity(record: dict[str, Any]) -> dict[str, Any]:
+    a = {k: v for k, v in record["args"].items() if k not in _NON_IDENTITY_ARGS}
+    return {"args": a, "corpus": record["corpus_sha256"], "target": record["target_sha256"]}
+
+
+def _seed_for(*parts: int) -> int:
+    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded shuffled order of `n` examples for one epoch."""
+    g = torch.Generator().manual_seed(_seed_for(seed, 1, epoch))
+    return torch.randperm(n, generator=g).numpy()
+
+
+def warm_batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the warm-start batch of (1-based) step `step`: consecutive seeded epochs."""
+    start = (step - 1) * batch_size
+    out = []
+    while len(out) < min(batch_size, n):
+        ep, pos = divmod(start + len(out), n)
+        order = epoch_order(n, seed + 7919, ep)
+        out.extend(order[pos : pos + min(batch_size, n) - len(out)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+def target_batch_indices(n: int, size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the target batch drawn for (1-based) step `step`."""
+    g = torch.Generator().manual_seed(_seed_for(seed, 2, step))
+    return torch.randperm(n, generator=g)[: min(size, n)].sort().values.numpy()
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "python_version": int(py_state[0]),
+        "python_state": torch.tensor(py_state[1], dtype=torch.int64),
+        "python_gauss": py_state[2],
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    keys = s["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, s["numpy_pos"], s["numpy_has_gauss"], s["numpy_gauss"]))
+    random.setstate(
+        (s["python_version"], tuple(int(x) for x in s["python_state"]), s["python_gauss"])
+    )
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
+
+
+class _SigintFlag:
+    """Turn SIGINT into a flag checked between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old: Any = None
+
+    def __enter__(self) -> _SigintFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.raised = True
+        print("\ninterrupt: finishing this step, then checkpointing ...", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _load_inputs(args: ScoreArgs, run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    from .corpus import FieldMap, read_corpus
+
+    fields = FieldMap(**args.fields) if args.fields else FieldMap()
+    extra = {"template": args.template} if args.template is not None else {}
+    rejects = run_dir / "rejects"
+    corpus = read_corpus(
+        args.corpus,
+        fields=fields,
+        on_bad_rows=args.on_bad_rows,
+        rejects_path=rejects / "corpus.jsonl" if args.on_bad_rows == "skip" else None,
+        **extra,
+    ).df
+    target = read_corpus(
+        args.target,
+        fields=fields,
+        on_bad_rows=args.on_bad_rows,
+        rejects_path=rejects / "target.jsonl" if args.on_bad_rows == "skip" else None,
+        **extra,
+    ).df
+    if corpus.height == 0:
+        raise UsageError(f"corpus {args.corpus} has no usable rows")
+    if target.height == 0:
+        raise UsageError(f"target set {args.target} has no usable rows")
+    return corpus, target
+
+
+def _tokenizer(args: ScoreArgs, run_dir: Path, corpus: pl.DataFrame) -> Any:
+    from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    folder = run_dir / "tokenizer"
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(folder)
+    if args.tokenizer is not None:
+        tok = load_tokenizer(args.tokenizer)
+    elif args.model is not None and (Path(args.model) / "tokenizer.json").exists():
+        tok = load_tokenizer(args.model)
+    else:
+        tok = train_tokenizer(corpus["text"].to_list(), args.vocab_size, seed=args.seed)
+    with atomic_dir(folder) as tmp:
+        save_tokenizer(tok, tmp)
+    return load_tokenizer(folder)
+
+
+def _encode(df: pl.DataFrame, tok: Any, args: ScoreArgs) -> Any:
+    from .encode import encode_corpus
+
+    if args.template is not None:
+        return encode_corpus(df, tok, args.seq_len, template=args.template)
+    return encode_corpus(df, tok, args.seq_len)
+
+
+def _model(args: ScoreArgs, tok: Any) -> torch.nn.Module:
+    from transformers import GPT2LMHeadModel
+
+    from adamshap_core import build_model
+
+    if args.model is not None:
+        folder = Path(args.model)
+        if not (folder / "config.json").exists():
+            raise UsageError(f"--model {folder} is not a saved model folder (no config.json)")
+        model = GPT2LMHeadModel.from_pretrained(folder)
+        if len(tok) > model.config.vocab_size:
+            raise UsageError(
+                f"tokenizer has {len(tok)} tokens but model {folder} only {model.config.vocab_size}; "
+                "pass the model's own tokenizer with --tokenizer"
+            )
+        if model.config.n_positions < args.seq_len:
+            raise UsageError(f"seq_len {args.seq_len} > model context {model.config.n_positions}")
+        model.config.use_cache = False
+    else:
+        eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+        model = build_model(args.preset, len(tok), args.seq_len, seed=args.seed, eos_token_id=eos)
+    return model.to(args.device)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _check_run_dir(args: ScoreArgs, run_dir: Path, record: dict[str, Any]) -> bool:
+    """Compare with an existing run.json (error if it differs); True when that run is complete."""
+    run_json = run_dir / "run.json"
+    if run_json.exists():
+        old = json.loads(run_json.read_text())
+        if _identity(old) != _identity(record):
+            a, b = _identity(old), _identity(record)
+            diff = sorted(
+                k for k in set(a["args"]) | set(b["args"]) if a["args"].get(k) != b["args"].get(k)
+            )
+            if a["corpus"] != b["corpus"]:
+                diff.append("corpus contents (sha256)")
+            if a["target"] != b["target"]:
+                diff.append("target contents (sha256)")
+            raise UsageError(
+                f"{run_dir} holds a different run (differs in: {', '.join(diff)}); "
+                "use another --out folder or delete this one"
+            )
+        if old.get("versions") != record["versions"]:
+            print(f"warning: {run_dir} was started with {old.get('versions')}", file=sys.stderr)
+        return (run_dir / COMPLETE_MARKER).exists()
+    return False
+
+
+def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path:
+    path = run_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in _checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    for path in reversed(_checkpoints(run_dir)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file: fall back to the one before
+            print(
+                f"warning: cannot read checkpoint {path.name} ({e}); trying older", file=sys.stderr
+            )
+    return None
+
+
+def _check_finite(step: int, what: str, x: float | torch.Tensor, last_ckpt: int) -> None:
+    ok = math.isfinite(x) if isinstance(x, float) else bool(torch.isfinite(x).all())
+    if not ok:
+        where = f"step {last_ckpt}" if last_ckpt > 0 else "none yet"
+        raise NonFiniteError(
+            f"non-finite {what} at step {step}; stopped. Last good checkpoint: {where}. "
+            "Try a lower --lr, a smaller --max-grad-norm, or more warm-start steps."
+        )
+
+
+def run_scoring(args: ScoreArgs) -> Path:
+    """Run (or resume, or skip if complete) a scored training run; return RUN_DIR."""
+    args.validate()
+    run_dir = Path(args.out)
+    for p, what in ((args.corpus, "corpus"), (args.target, "target")):
+        if not Path(p).exists():
+            raise UsageError(f"{what} {p} does not exist")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _run_record(args)
+    if _check_run_dir(args, run_dir, record):
+        print(f"{run_dir} is already complete; nothing to do", file=sys.stderr)
+        return run_dir
+
+    corpus_df, target_df = _load_inputs(args, run_dir)  # validates every row before any work
+    if not (run_dir / "run.json").exists():
+        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    tok = _tokenizer(args, run_dir, corpus_df)
+    train = _encode(corpus_df, tok, args)
+    target = _encode(target_df, tok, args)
+    if not (run_dir / EXAMPLES_FILE).exists():
+        examples = pl.DataFrame(
+            {
+                "id": list(train.ids),
+                "source": list(train.sources),
+                "n_tokens": np.asarray(train.n_tokens, dtype=np.int64),
+                "truncated": np.asarray(train.truncated, dtype=bool),
+            }
+        )
+        atomic_write_parquet(examples, run_dir / EXAMPLES_FILE)
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed % (1 << 32))
+    random.seed(args.seed)
+    model = _model(args, tok)
+    n = len(train)
+    steps_per_epoch = math.ceil(n / args.batch_size)
+    n_scored = args.epochs * steps_per_epoch
+    total = args.warm_start_steps + n_scored
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay
+    )
+    from adamshap_core import plain_step, warmup_cosine
+
+    sched = warmup_cosine(opt, int(args.warmup_frac * total), max(1, total))
+    scorer: Any = None  # built when scoring starts, after the warm start has moved the weights
+    scorer_state: Any = None
+
+    step = 0
+    ckpt = _load_checkpoint(run_dir)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scorer_state = ckpt.get("scorer")
+        _set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        print(f"resuming {run_dir} from step {step}/{total}", file=sys.stderr)
+    truncate_after(run_dir, step)
+    last_ckpt = step
+    ledger = LedgerWriter(run_dir, args.estimators)
+
+    def checkpoint(at: int) -> None:
+        nonlocal last_ckpt
+        ledger.flush()
+        state: dict[str, Any] = {
+            "step": at,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(),
+            "data": {
+                "phase": "warm" if at <= args.warm_start_steps else "scored",
+                "scored_steps_done": max(0, at - args.warm_start_steps),
+                "steps_per_epoch": steps_per_epoch,
+            },
+        }
+        if scorer is not None and hasattr(scorer, "state_dict"):
+            state["scorer"] = scorer.state_dict()
+        _save_checkpoint(run_dir, state)
+        last_ckpt = at
+
+    from tqdm.auto import tqdm
+
+    orders: dict[int, np.ndarray] = {}
+
+    with _SigintFlag() as sigint:
+        bar = tqdm(total=total, initial=step, desc="score", unit="step", disable=not args.progress)
+        try:
+            while step < total:
+                t = step + 1
+                if t <= args.warm_start_steps:
+                    idx = warm_batch_indices(n, args.batch_size, args.seed, t)
+                    loss = plain_step(
+                        model, opt, _to_device(train.batch(idx), args.device), args.max_grad_norm
+                    )
+                    _check_finite(t, "warm-start loss", loss, last_ckpt)
+                    bar.set_postfix(phase="warm", loss=f"{loss:.3f}")
+                else:
+                    k = t - args.warm_start_steps - 1
+                    epoch, pos = divmod(k, steps_per_epoch)
+                    if epoch not in orders:
+                        orders.clear()
+                        orders[epoch] = epoch_order(n, args.seed, epoch)
+                    idx = orders[epoch][pos * args.batch_size : (pos + 1) * args.batch_size]
+                    tidx = target_batch_indices(len(target), args.target_batch_size, args.seed, t)
+                    tbatch = _to_device(target.batch(tidx), args.device)
+                    if scorer is None:
+                        scorer = _make_scorer(args, model, opt, tbatch)
+                        if scorer_state is not None and hasattr(scorer, "load_state_dict"):
+                            scorer.load_state_dict(scorer_state)
+                    else:
+                        scorer.set_val_batch(tbatch)
+                    out = scorer.step(_to_device(train.batch(idx), args.device))
+                    _check_finite(t, "training loss", float(out.loss), last_ckpt)
+                    _check_finite(t, "target loss", float(out.val_loss), last_ckpt)
+                    for e in args.estimators:
+                        _check_finite(t, f"{e} value", out.values[e], last_ckpt)
+                    ledger.add_step(
+                        t,
+                        epoch,
+                        [train.ids[i] for i in idx],
+                        [train.sources[i] for i in idx],
+                        float(out.lr),
+                        out.example_losses.detach().double().cpu().numpy(),
+                        {e: out.values[e].detach().double().cpu().numpy() for e in args.estimators},
+                    )
+                    bar.set_postfix(
+                        epoch=epoch, loss=f"{out.loss:.3f}", target=f"{out.val_loss:.3f}"
+                    )
+                sched.step()
+                step = t
+                bar.update(1)
+                if step % args.checkpoint_every == 0 or step == total:
+                    checkpoint(step)
+                if sigint.raised:
+                    if last_ckpt != step:
+                        checkpoint(step)
+                    bar.close()
+                    print(
+                        f"interrupted at step {step}/{total}; checkpoint saved. Resume with the same "
+                        f"command (same --out {run_dir}).",
+                        file=sys.stderr,
+                    )
+                    raise SystemExit(130)
+        finally:
+            bar.close()
+            if scorer is not None and hasattr(scorer, "close"):
+                scorer.close()
+    if total == 0:
+        checkpoint(0)
+
+    with atomic_dir(run_dir / "final_model") as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    if n_scored > 0:
+        aggregate_run(run_dir)
+    atomic_write_text(run_dir / COMPLETE_MARKER, json.dumps({"steps": total}) + "\n")
+    return run_dir
+
+
+def _make_scorer(
+    args: ScoreArgs, model: torch.nn.Module, opt: torch.optim.Optimizer, val_batch: dict
+) -> Any:
+    """The InRun scorer; pipelines val passes across redrawn target batches when it can checkpoint.
+
+    Reusing the previous step's endpoint val gradient makes the scorer stateful; without
+    `state_dict`/`load_state_dict` on the scorer a resumed run could not reproduce that state, so
+    the reuse is switched on only when the scorer can save it.
+    """
+    try:
+        from adamshap_core import InRunScorer
+    except ImportError:  # older __init__ without the re-export
+        from adamshap_core.scorer import InRunScorer
+
+    stateful = hasattr(InRunScorer, "state_dict") and hasattr(InRunScorer, "load_state_dict")
+    return InRunScorer(
+        model,
+        opt,
+        val_batch,
+        estimators=tuple(args.estimators),
+        max_grad_norm=args.max_grad_norm,
+        reuse_val_grad_across_batches=stateful,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m curation.scoring_run --args-json FILE` (test entry point; the CLI is elsewhere)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m curation.scoring_run")
+    p.add_argument("--args-json", required=True, help="a ScoreArgs JSON file")
+    ns = p.parse_args(argv)
+    args = ScoreArgs.from_json(Path(ns.args_json).read_text())
+    try:
+        print(run_scoring(args))
+    except AdamshapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
