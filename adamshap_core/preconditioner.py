@@ -69,24 +69,43 @@ def _effective_grad(p: torch.Tensor, h: GroupHyper) -> torch.Tensor:
     return g
 
 
-def preconditioner(optimizer: torch.optim.Optimizer, kappa: float) -> dict[int, torch.Tensor]:
-    """Return, per parameter id, lr·P with P = c1_t κ / (sqrt(v̂_t) + ε) under the fixed state."""
-    out: dict[int, torch.Tensor] = {}
+@dataclass
+class _StepState:
+    """One parameter's Adam quantities for the coming step, computed without touching the state."""
+
+    h: GroupHyper
+    m: torch.Tensor  # m_{t-1}
+    g: torch.Tensor  # effective (clipped, + L2 for Adam) gradient
+    bc1: float  # 1 - β1^t
+    bc2: float  # 1 - β2^t
+    s: torch.Tensor  # sqrt(v̂_t)
+
+    @property
+    def denom(self) -> torch.Tensor:
+        return self.s + self.h.eps
+
+
+def _states(optimizer: torch.optim.Optimizer):
+    """Yield (param, _StepState) for every parameter that has a gradient."""
     for group in optimizer.param_groups:
         h = group_hyper(optimizer, group)
         for p in group["params"]:
             if p.grad is None:
                 continue
             t = _step_count(optimizer, p) + 1
-            _, v = _moments(optimizer, p)
+            m, v = _moments(optimizer, p)
             g = _effective_grad(p, h)
-            v_t = v * h.beta2 + (1 - h.beta2) * g * g
-            bc1 = 1 - h.beta1**t
-            bc2 = 1 - h.beta2**t
-            denom = (v_t.sqrt() / (bc2**0.5)).add_(h.eps)
-            c1 = (1 - h.beta1) / bc1
-            out[id(p)] = (h.lr * c1 * kappa) / denom
-    return out
+            bc1, bc2 = 1 - h.beta1**t, 1 - h.beta2**t
+            s = (v * h.beta2 + (1 - h.beta2) * g * g).sqrt() / (bc2**0.5)
+            yield p, _StepState(h, m, g, bc1, bc2, s)
+
+
+def preconditioner(optimizer: torch.optim.Optimizer, kappa: float) -> dict[int, torch.Tensor]:
+    """Return, per parameter id, lr·P with P = c1_t κ / (sqrt(v̂_t) + ε) under the fixed state."""
+    return {
+        id(p): (st.h.lr * (1 - st.h.beta1) / st.bc1 * kappa) / st.denom
+        for p, st in _states(optimizer)
+    }
 
 
 def lr_scale(optimizer: torch.optim.Optimizer) -> dict[int, float]:
@@ -103,27 +122,17 @@ def lr_scale(optimizer: torch.optim.Optimizer) -> dict[int, float]:
 def shared_step_params(optimizer: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
     """Return w_t + Δ_0: the step with this batch's gradient removed, state held fixed."""
     out: dict[int, torch.Tensor] = {}
-    for group in optimizer.param_groups:
-        h = group_hyper(optimizer, group)
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            t = _step_count(optimizer, p) + 1
-            m, v = _moments(optimizer, p)
-            g = _effective_grad(p, h)
-            v_t = v * h.beta2 + (1 - h.beta2) * g * g
-            bc1 = 1 - h.beta1**t
-            bc2 = 1 - h.beta2**t
-            denom = (v_t.sqrt() / (bc2**0.5)).add_(h.eps)
-            m_shared = h.beta1 * m
-            w = p.detach().clone()
-            if h.weight_decay:
-                if h.decoupled:
-                    w.mul_(1 - h.lr * h.weight_decay)
-                else:
-                    m_shared = m_shared + (1 - h.beta1) * h.weight_decay * p.detach()
-            w.add_(-(h.lr / bc1) * m_shared / denom)
-            out[id(p)] = w
+    for p, st in _states(optimizer):
+        h = st.h
+        m_shared = h.beta1 * st.m
+        w = p.detach().clone()
+        if h.weight_decay:
+            if h.decoupled:
+                w.mul_(1 - h.lr * h.weight_decay)
+            else:
+                m_shared = m_shared + (1 - h.beta1) * h.weight_decay * p.detach()
+        w.add_(-(h.lr / st.bc1) * m_shared / st.denom)
+        out[id(p)] = w
     return out
 
 
@@ -135,19 +144,10 @@ def loo_preconditioner(optimizer: torch.optim.Optimizer, kappa: float) -> dict[i
     c1 = (1−β1)/(1−β1^t), c2 = (1−β2)/(1−β2^t), m̂ = m_t/(1−β1^t).
     """
     out: dict[int, torch.Tensor] = {}
-    for group in optimizer.param_groups:
-        h = group_hyper(optimizer, group)
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            t = _step_count(optimizer, p) + 1
-            m, v = _moments(optimizer, p)
-            g = _effective_grad(p, h)
-            bc1, bc2 = 1 - h.beta1**t, 1 - h.beta2**t
-            m_hat = (m * h.beta1 + (1 - h.beta1) * g) / bc1
-            s = ((v * h.beta2 + (1 - h.beta2) * g * g) / bc2).sqrt()
-            se = s + h.eps
-            c1, c2 = (1 - h.beta1) / bc1, (1 - h.beta2) / bc2
-            v_term = torch.where(s > 0, c2 * m_hat * g / (s.clamp(min=1e-38) * se * se), 0.0)
-            out[id(p)] = (h.lr * kappa) * (c1 / se - v_term)
+    for p, st in _states(optimizer):
+        h, s, se = st.h, st.s, st.denom
+        m_hat = (st.m * h.beta1 + (1 - h.beta1) * st.g) / st.bc1
+        c1, c2 = (1 - h.beta1) / st.bc1, (1 - h.beta2) / st.bc2
+        v_term = torch.where(s > 0, c2 * m_hat * st.g / (s.clamp(min=1e-38) * se * se), 0.0)
+        out[id(p)] = (h.lr * kappa) * (c1 / se - v_term)
     return out
