@@ -165,7 +165,7 @@ def markdown(args: FidelityArgs, summary: dict, rows: list[dict], elapsed: float
         + " and ".join(f"{b[0]}/{b[1]}" for b in args.betas)
         + f", seeds {list(args.seeds)}, {args.steps_per_phase} steps per phase "
         + ", ".join(f"{n} = step {s}" for n, s in args.phases)
-        + ". Cell: Pearson R mean ± std over (betas, seed, step) / Spearman rho mean / pooled R.",
+        + ". Cell: Pearson R mean ± std over (betas, seed, step) / Spearman rho mean / pooled R (n = steps).",
         "",
     ]
     for truth, title in (
@@ -193,7 +193,7 @@ def markdown(args: FidelityArgs, summary: dict, rows: list[dict], elapsed: float
                     cells.append(
                         "–"
                         if s is None
-                        else f"{s['pearson_mean']:.3f} ± {s['pearson_std']:.3f} / {s['spearman_mean']:.3f} / {s['pooled_pearson']:.3f}"
+                        else f"{s['pearson_mean']:.3f} ± {s['pearson_std']:.3f} / {s['spearman_mean']:.3f} / {s['pooled_pearson']:.3f} (n={s['n_steps']})"
                     )
                 lines.append(f"| {lr:g} | {phase} | " + " | ".join(cells) + " |")
         if truth == "shapley":
@@ -248,9 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for truth in truths:
         preset = args.loo_preset if truth == "loo" else args.shapley_preset
-        for betas in args.betas:
-            for lr in args.lrs:
-                for seed in args.seeds:
+        # seed-major order: every (betas, lr) cell gets a first seed before any gets a third
+        for seed in args.seeds:
+            for betas in args.betas:
+                for lr in args.lrs:
                     if (truth, lr, tuple(betas), seed) in finished:
                         continue
                     rows = run_one(args, enc, train_idx, val_idx, preset, truth, lr, betas, seed)
