@@ -6,7 +6,7 @@ Definitions, per estimator `<est>` (column suffix uses `_` for `-`):
 - per source: `total_<est>` = sum of the example values, `mean_<est>` = total / `n_examples` (mean
   value per example), `share_<est>` = total / (sum of all sources' totals), i.e. the *signed* share of
   the summed value (shares add up to 1; a source with negative total has a negative share, and shares
-  can exceed 1 when totals have mixed signs), `frac_negative_<est>` = fraction of its examples whose
+  can exceed 1 when totals have mixed signs; null when the grand total is 0), `frac_negative_<est>` = fraction of its examples whose
   value is < 0. `n_tokens` is the number of counted target tokens of the source's examples
   (from `examples.parquet`, written by the scoring run; null when that file is absent).
 """
@@ -63,7 +63,14 @@ def values_by_source(by_example: pl.DataFrame, examples: pl.DataFrame | None) ->
         ]
     out = df.group_by("source").agg(aggs)
     out = out.with_columns(
-        [(pl.col(f"total_{e}") / pl.col(f"total_{e}").sum()).alias(f"share_{e}") for e in ests]
+        [
+            # a zero grand total has no shares: null, never NaN
+            pl.when(pl.col(f"total_{e}").sum() != 0)
+            .then(pl.col(f"total_{e}") / pl.col(f"total_{e}").sum())
+            .otherwise(None)
+            .alias(f"share_{e}")
+            for e in ests
+        ]
     )
     order = ["source", "n_examples", "n_tokens"]
     for e in ests:

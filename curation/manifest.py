@@ -253,7 +253,11 @@ def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
     except FileNotFoundError:
         raise ManifestError(f"manifest {path} not found") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: not valid YAML ({exc})") from None
+        detail = " ".join(str(exc).split())  # one line: YAML errors span several
+        raise ManifestError(
+            f"{path}: not valid YAML ({detail}); fix the file (plain YAML only: tags such as "
+            "!!python/object are refused)"
+        ) from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{path}: a manifest must be a YAML mapping")
     root = path.parent.absolute()

@@ -398,6 +398,16 @@ def run_scoring(args: ScoreArgs) -> Path:
     tok = _tokenizer(args, run_dir, corpus_df)
     train = _encode(corpus_df, tok, args)
     target = _encode(target_df, tok, args)
+    n_truncated = int(np.asarray(train.truncated).sum())
+    for name, enc in (("training", train), ("target", target)):
+        k = int(np.asarray(enc.truncated).sum())
+        if k:
+            print(
+                f"note: {k} of {len(enc)} {name} documents are longer than --seq-len "
+                f"{args.seq_len} tokens and were truncated to it (policy: truncate; counted in "
+                "examples.parquet and the report)",
+                file=sys.stderr,
+            )
     if not (run_dir / EXAMPLES_FILE).exists():
         examples = pl.DataFrame(
             {
@@ -535,7 +545,8 @@ def run_scoring(args: ScoreArgs) -> Path:
         tok.save_pretrained(tmp)
     if n_scored > 0:
         aggregate_run(run_dir)
-    atomic_write_text(run_dir / COMPLETE_MARKER, json.dumps({"steps": total}) + "\n")
+    done = {"steps": total, "n_examples": n, "n_truncated": n_truncated}
+    atomic_write_text(run_dir / COMPLETE_MARKER, json.dumps(done) + "\n")
     return run_dir
 
 

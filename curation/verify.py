@@ -146,21 +146,46 @@ def train_and_evaluate(
     points = set(eval_points(steps, n_evals))
     curve: list[tuple[int, float]] = []
     if 0 in points:
-        curve.append((0, target_loss(model, target, cfg.eval_batch_size)))
+        curve.append(
+            (
+                0,
+                _check_finite(
+                    target_loss(model, target, cfg.eval_batch_size), "target loss", 0, seed
+                ),
+            )
+        )
     for step in range(1, steps + 1):
         while len(order) < cfg.batch_size:
             order = np.concatenate([order, rng.permutation(len(train))])
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         loss = plain_step(model, opt, train.batch(idx), cfg.max_grad_norm)
         sched.step()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {step} (seed {seed})")
+        _check_finite(loss, "training loss", step, seed)
         if step in points:
-            curve.append((step, target_loss(model, target, cfg.eval_batch_size)))
+            curve.append(
+                (
+                    step,
+                    _check_finite(
+                        target_loss(model, target, cfg.eval_batch_size), "target loss", step, seed
+                    ),
+                )
+            )
         if pbar is not None:
             pbar.update(1)
     final = curve[-1][1]
     return {"seed": seed, "final_loss": final, "perplexity": math.exp(final), "curve": curve}
+
+
+def _check_finite(x: float, what: str, step: int, seed: int) -> float:
+    """`x`, or NonFiniteError when it is NaN/inf (no verify.json is written then)."""
+    if not math.isfinite(x):
+        from curation.scoring_run import NonFiniteError
+
+        raise NonFiniteError(
+            f"non-finite {what} ({x}) at step {step} (seed {seed}); verify stopped and wrote no "
+            "results (try a lower --lr)"
+        )
+    return x
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -263,10 +288,14 @@ def run_verify(args: VerifyArgs) -> Path:
         save_tokenizer(tok, out / "tokenizer")
     kw = {} if args.template is None else {"template": args.template}
 
-    def enc(df: pl.DataFrame) -> Arrays:
-        return Arrays.of(encode_corpus(df, tok, args.seq_len, **kw))
+    n_truncated: dict[str, int] = {}
 
-    cur, full, target = enc(cur_df), enc(full_df), enc(target_df)
+    def enc(df: pl.DataFrame, name: str) -> Arrays:
+        encoded = encode_corpus(df, tok, args.seq_len, **kw)
+        n_truncated[name] = int(np.asarray(encoded.truncated).sum())
+        return Arrays.of(encoded)
+
+    cur, full, target = enc(cur_df, "curated"), enc(full_df, "full"), enc(target_df, "target")
     steps = args.steps or max(1, math.ceil(len(cur) / args.batch_size) * max(1, args.epochs))
     cfg = TrainConfig(
         preset=args.preset,
@@ -299,9 +328,12 @@ def run_verify(args: VerifyArgs) -> Path:
         "n_full": len(full),
         "n_target": len(target),
         "n_target_removed": n_removed,
+        # documents longer than seq_len tokens are truncated to it (policy: truncate; counted)
+        "n_truncated": n_truncated,
     }
     plot_curves(results, out / "verify_curve.png", "target loss while training from scratch")
     atomic_write_text(out / "verify.md", _markdown(results, meta))
     payload = {"args": asdict(args), "meta": meta, "arms": results}
-    atomic_write_text(out / "verify.json", json.dumps(payload, indent=2))
+    # allow_nan=False: a NaN or inf can never reach verify.json
+    atomic_write_text(out / "verify.json", json.dumps(payload, indent=2, allow_nan=False))
     return out

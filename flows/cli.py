@@ -245,6 +245,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """`adamshap prune`: keep the most valuable fraction of CORPUS under diversity quotas."""
+    from curation.errors import AdamshapError
     from curation.prune import PruneArgs, run_prune
 
     _require_path(args.corpus, "corpus")
@@ -263,7 +264,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "floor": args.floor,
         "seed": args.seed,
     }
-    out_dir = run_prune(build_args(PruneArgs, values, OUT_ALIASES))
+    prune_args = build_args(PruneArgs, values, OUT_ALIASES)
+    try:
+        out_dir = run_prune(prune_args)
+    except AdamshapError as exc:
+        raise _strict_corpus_hint("prune")(exc) from None
     print(f"pruned corpus: {out_dir}")
     for name in ("prune_report.html", "prune.json"):
         if (Path(out_dir) / name).exists():
@@ -273,6 +278,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """`adamshap verify`: retrain on curated vs random-same-size vs full; compare target loss."""
+    from curation.errors import AdamshapError
     from curation.verify import VerifyArgs, run_verify
 
     for path, what in ((args.curated, "curated corpus"), (args.full, "full corpus")):
@@ -291,7 +297,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "seed": args.seed,
     }
-    out_dir = run_verify(build_args(VerifyArgs, values, OUT_ALIASES))
+    verify_args = build_args(VerifyArgs, values, OUT_ALIASES)
+    try:
+        out_dir = run_verify(verify_args)
+    except AdamshapError as exc:
+        raise _strict_corpus_hint("verify")(exc) from None
     print(f"verify results: {out_dir}")
     for name in ("verify.md", "verify.json", "verify_curve.png"):
         if (Path(out_dir) / name).exists():
@@ -302,18 +312,75 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_curate(args: argparse.Namespace) -> int:
     """`adamshap curate`: the whole pipeline as a Prefect flow (ephemeral Prefect, cached)."""
     _require_path(args.manifest, "manifest")
+    from curation.errors import AdamshapError
     from flows import prefect_env
 
     prefect_env.apply_offline_defaults({"PREFECT_LOGGING_LEVEL": "WARNING"})
     from curation.manifest import load_manifest
 
-    load_manifest(args.manifest)  # fail fast (no Prefect start-up) on a bad manifest
+    manifest = load_manifest(args.manifest)  # fail fast (no Prefect start-up) on a bad manifest
+    check_run_settings(manifest.run, args.keep, where=str(args.manifest))
     from flows.curate import curate_flow
     from flows.quiet import quiet_user_errors
 
     quiet_user_errors()
-    curate_flow(manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out)
+    try:
+        curate_flow(manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out)
+    except AdamshapError as exc:
+        raise _strict_corpus_hint("curate")(exc) from None
     return 0
+
+
+def check_run_settings(run: dict[str, Any], keep: float | None, where: str) -> float:
+    """Check a manifest's `run` settings that would otherwise fail late; return the keep fraction.
+
+    `--keep` (or `run.keep`) must be in (0, 1]; `run.clusters` (also under `run.prune`) a
+    positive integer. Raises UsageError naming the manifest and the setting.
+    """
+    from curation.errors import UsageError
+    from curation.selection import validate_keep
+
+    value = keep if keep is not None else run.get("keep", 0.7)
+    try:
+        fraction = validate_keep(value)
+    except UsageError as exc:
+        what = "--keep" if keep is not None else "run.keep"
+        raise UsageError(f"{where}: {what}: {exc} (set a fraction such as 0.7)") from None
+    prune = run.get("prune") if isinstance(run.get("prune"), dict) else {}
+    for key, v in (
+        ("run.clusters", run.get("clusters")),
+        ("run.prune.clusters", prune.get("clusters")),
+    ):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise UsageError(f"{where}: {key}: expected a positive integer, got {v!r}")
+    return fraction
+
+
+_BAD_ROW_HINTS = {
+    "prune": (
+        "fix or remove that row; `adamshap prune` reads its inputs strictly "
+        "(`adamshap score --on-bad-rows skip` lists every bad row in RUN_DIR/rejects/)"
+    ),
+    "verify": (
+        "fix or remove that row; `adamshap verify` reads its inputs strictly "
+        "(`adamshap score --on-bad-rows skip` lists every bad row in RUN_DIR/rejects/)"
+    ),
+    "curate": "fix the row, or set `on_bad_rows: skip` under `run:` in the manifest",
+}
+
+
+def _strict_corpus_hint(command: str) -> Callable[[BaseException], BaseException]:
+    """Rewrite a CorpusError's `--on-bad-rows` hint for commands that have no such option."""
+
+    def rewrite(exc: BaseException) -> BaseException:
+        from curation.errors import CorpusError
+
+        if isinstance(exc, CorpusError) and exc.hint and "--on-bad-rows" in exc.hint:
+            hint = _BAD_ROW_HINTS[command]
+            return CorpusError(exc.path, exc.row, exc.field, exc.message, hint, exc.unit)
+        return exc
+
+    return rewrite
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -260,7 +260,8 @@ def curate_flow(manifest_path: str, keep: float | None = None, out: str | None =
     # 1. validate: the materialised corpus and target land in OUT/data.
     info = progress.run(1, "validate", validate_stage, manifest_path, str(out_dir / "data"))
     settings = {k: v for k, v in info["settings"].items() if k not in _DATA_ONLY_SETTINGS}
-    keep = float(keep if keep is not None else settings.get("keep", DEFAULT_KEEP))
+    keep = _checked_keep(keep, settings, manifest_path)
+    _check_clusters(settings, info["n_corpus"], manifest_path)
 
     # 2. score (content-addressed run dir; run_scoring resumes from checkpoints).
     common = {"corpus": info["corpus"], "target": info["target"]}
@@ -347,6 +348,36 @@ def curate_flow(manifest_path: str, keep: float | None = None, out: str | None =
     print(f"  verify:  {outputs['verify_md']}")
     print(f"  kept set: {outputs['kept']}")
     return outputs
+
+
+def _checked_keep(keep: float | None, settings: dict[str, Any], manifest_path: str) -> float:
+    """`keep`, else the manifest's `run.keep` (default 0.7), checked to lie in (0, 1]."""
+    from curation.errors import UsageError
+    from curation.selection import validate_keep
+
+    value = keep if keep is not None else settings.get("keep", DEFAULT_KEEP)
+    try:
+        return validate_keep(value)
+    except UsageError as exc:
+        what = "--keep" if keep is not None else "run.keep"
+        raise UsageError(f"{manifest_path}: {what}: {exc}") from None
+
+
+def _check_clusters(settings: dict[str, Any], n_corpus: int, manifest_path: str) -> None:
+    """Fail before scoring when the manifest asks for more clusters than there are documents."""
+    from curation.errors import UsageError
+
+    prune = settings.get("prune") if isinstance(settings.get("prune"), dict) else {}
+    k = prune.get("clusters", settings.get("clusters"))
+    if k is None:
+        return
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise UsageError(f"{manifest_path}: run.clusters: expected a positive integer, got {k!r}")
+    if k > n_corpus:
+        raise UsageError(
+            f"{manifest_path}: run.clusters {k} is more than the {n_corpus} training documents; "
+            "lower it or remove it (the default suits the corpus size)"
+        )
 
 
 def _find_one(folder: Path, stem: str) -> Path:
