@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .lowrank import LowRank
+
 try:  # HF GPT-2 uses a transposed linear layer.
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a hard dependency, kept optional here
@@ -104,16 +106,36 @@ class GhostCapture:
             h.remove()
         self._handles.clear()
 
+    def matmul_weights(self) -> dict[int, torch.Tensor]:
+        """The 2-D weights used by a Linear/Conv1D layer (candidates for a low-rank val side)."""
+        out: dict[int, torch.Tensor] = {}
+        for use in self.uses:
+            if isinstance(use.module, nn.Embedding | nn.LayerNorm):
+                continue
+            w = use.module.weight
+            if w.requires_grad and w.dim() == 2:
+                out[id(w)] = w
+        return out
+
     def contract(
-        self, val_side: dict[int, torch.Tensor], n: int, dtype=torch.float32
+        self,
+        val_side: dict[int, torch.Tensor],
+        n: int,
+        dtype=torch.float32,
+        low: dict[int, LowRank] | None = None,
     ) -> torch.Tensor:
-        """Return [n, E]: <G_e, g_i> for each example i and val-side tensor G_e (keyed by id(param))."""
+        """Return [n, E]: <G_e, g_i> for each example i and val-side tensor G_e (keyed by id(param)).
+
+        `low` optionally maps a Linear/Conv1D weight id to a low-rank form of its val-side stack;
+        those layers then contract through the factors (embeddings, tied or not, stay exact).
+        """
         out = None
+        low = low or {}
         for use in self.uses:
             for rec in use.records:
                 if rec.b is None:  # layer output did not reach the loss
                     continue
-                part = _contract_one(use.module, rec, val_side, dtype)
+                part = _contract_one(use.module, rec, val_side, dtype, low)
                 if part is None:
                     continue
                 out = part.double() if out is None else out + part.double()
@@ -123,8 +145,27 @@ class GhostCapture:
         return out
 
 
+def _rowdot(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[n, T, E, d] · [n, T, d] summed over T and d -> [n, E], as one batched matmul."""
+    n, T, E, d = p.shape
+    lhs = (
+        p.reshape(n, T * d, 1).transpose(1, 2) if E == 1 else p.transpose(1, 2).reshape(n, E, T * d)
+    )
+    return torch.bmm(lhs, x.reshape(n, T * d, 1)).squeeze(-1)
+
+
+def _stack_matrix(F: torch.Tensor) -> torch.Tensor:
+    """[E, m, k] -> [m, E*k] (column block e is F[e]), a view when E == 1."""
+    E, m, k = F.shape
+    return F.permute(1, 0, 2).reshape(m, E * k)
+
+
 def _contract_one(
-    mod: nn.Module, rec: _Record, val_side: dict[int, torch.Tensor], dtype
+    mod: nn.Module,
+    rec: _Record,
+    val_side: dict[int, torch.Tensor],
+    dtype,
+    low: dict[int, LowRank],
 ) -> torch.Tensor | None:
     a, b = rec.a, rec.b
     n = b.shape[0]
@@ -156,20 +197,31 @@ def _contract_one(
     is_conv1d = Conv1D is not None and isinstance(mod, Conv1D)
     res = None
     bb = b.reshape(n, -1, b.shape[-1]).to(dtype)  # [n, T, out]
-    if id(mod.weight) in val_side:
+    if id(mod.weight) in low:
+        # G ≈ L R in the weight's layout: Linear [out, in] (rows meet b), Conv1D [in, out].
+        lr_ = low[id(mod.weight)]
+        L, R = lr_.left.to(dtype), lr_.right.to(dtype)
+        E, _, r = L.shape
+        x = a.reshape(n, -1, a.shape[-1]).to(dtype)
+        T = x.shape[1]
+        rows, cols = (x, bb) if is_conv1d else (bb, x)
+        p1 = rows.reshape(n * T, -1) @ _stack_matrix(L)  # [nT, E*r]
+        p2 = cols.reshape(n * T, -1) @ _stack_matrix(R.transpose(1, 2))  # [nT, E*r]
+        res = (p1 * p2).view(n, T, E, r).sum((1, 3))
+    elif id(mod.weight) in val_side:
         G = val_side[id(mod.weight)].to(dtype)
-        if is_conv1d:
-            G = G.transpose(1, 2)  # -> [E, out, in]
-        E, d_out, d_in = G.shape
+        if not is_conv1d:
+            G = G.transpose(1, 2)  # -> [E, in, out]
+        E, d_in, d_out = G.shape
         x = a.reshape(n, -1, a.shape[-1]).to(dtype)  # [n, T, in]
         T = x.shape[1]
         if d_in <= d_out:
             # project the output grads through G: [nT, out] @ [out, E*in] -> [n, T, E, in]
-            proj = bb.reshape(n * T, d_out) @ G.permute(1, 0, 2).reshape(d_out, E * d_in)
-            res = torch.einsum("ntei,nti->ne", proj.view(n, T, E, d_in), x)
+            proj = bb.reshape(n * T, d_out) @ _stack_matrix(G.transpose(1, 2))
+            res = _rowdot(proj.view(n, T, E, d_in), x)
         else:
-            proj = x.reshape(n * T, d_in) @ G.permute(2, 0, 1).reshape(d_in, E * d_out)
-            res = torch.einsum("nteo,nto->ne", proj.view(n, T, E, d_out), bb)
+            proj = x.reshape(n * T, d_in) @ _stack_matrix(G)
+            res = _rowdot(proj.view(n, T, E, d_out), bb)
     if getattr(mod, "bias", None) is not None and id(mod.bias) in val_side:
         gb = bb.sum(1) @ val_side[id(mod.bias)].to(dtype).T
         res = gb if res is None else res + gb

@@ -12,6 +12,7 @@ from torch import nn
 
 from .batch import logits_of, per_example_loss, per_example_loss_from_logits, prepare_batch
 from .ghost import GhostCapture
+from .lowrank import CONTRACTIONS, LowRank, randomized_lowrank, use_lowrank
 from .preconditioner import (
     check_optimizer,
     loo_preconditioner,
@@ -57,6 +58,22 @@ class InRunScorer:
     `adam-loo` also linearises each example's effect on Adam's second moment instead of holding
     it fixed (same single contraction, different val-side tensor).
 
+    Speed options (benchmarks/results/speed.md measures each against the exact contraction):
+
+    - `val_grad_every=k` recomputes the start-of-step target gradient ∇l_val(w_t) (used by `sgd`
+      and `adam`) only every k steps and reuses the last one in between; the preconditioner P
+      is still this step's. Bias: a step j < k steps after the refresh values examples against
+      ∇l_val(w_{t-j}) instead of ∇l_val(w_t), an error of about Σ_j H_val·Δw (the curvature of
+      the target loss times the last j updates); values are no longer exact, and `val_loss` is
+      the target loss at the refresh step. A fresh end-of-step gradient (computed anyway by
+      `adam2`/`adam-loo`) is always preferred. `adam2`/`adam-loo` themselves stay exact.
+    - `contraction="lowrank"` replaces each Linear/Conv1D weight's val-side tensor
+      G̃ = lr·P ⊙ ∇l_val (per estimator column) by a rank-`rank` seeded randomised SVD and
+      contracts through the factors: nT·(d_in + d_out)·r instead of nT·d_in·d_out per layer.
+      Embeddings (tied or not), biases and LayerNorms stay exact. `"auto"` uses the low-rank
+      form only where (d_in + d_out)·r < d_in·d_out / 4. `"exact"` (with `val_grad_every=1`)
+      is the exact path the tests check against torch.func and real optimizer steps.
+
     Data parallel (torchrun, gloo or NCCL): when `torch.distributed` is initialised, every rank
     passes its shard of the global batch and of the target batch; losses are normalised by the
     global counts and gradients are all-reduced (as DDP does), so every rank takes the identical
@@ -75,6 +92,11 @@ class InRunScorer:
         amp_dtype: torch.dtype | None = None,
         loo_second_moment: bool = False,
         process_group: dist.ProcessGroup | None = None,
+        val_grad_every: int = 1,
+        contraction: str = "exact",
+        rank: int = 8,
+        lowrank_niter: int = 1,
+        seed: int = 0,
     ):
         self.estimators = tuple(dict.fromkeys(estimators))
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
@@ -92,6 +114,14 @@ class InRunScorer:
         self.loo_second_moment = loo_second_moment
         self.group = process_group
         self.distributed = dist.is_available() and dist.is_initialized()
+        if contraction not in CONTRACTIONS:
+            raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
+        if int(val_grad_every) < 1 or int(rank) < 1:
+            raise ValueError("val_grad_every and rank must be positive integers")
+        self.val_grad_every = int(val_grad_every)
+        self.contraction = contraction
+        self.rank = int(rank)
+        self.lowrank_niter = int(lowrank_niter)
         self.params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         opt_ids = {id(p) for p in self.params}
         missing = [
@@ -104,8 +134,16 @@ class InRunScorer:
             torch.float64 if any(p.dtype == torch.float64 for p in self.params) else torch.float32
         )
         self.capture = GhostCapture(model)
+        self._lowrank_ids = [
+            k
+            for k, w in self.capture.matmul_weights().items()
+            if use_lowrank(tuple(w.shape), self.rank, contraction)
+        ]
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
         self._val_version = 0
         self._cache: _ValGrad | None = None
+        self._stale: _ValGrad | None = None  # last computed start gradient (val_grad_every > 1)
+        self._stale_age = 0  # steps since self._stale was computed
         self.set_val_batch(val_batch)
 
     # ----------------------------------------------------------------------------- target side
@@ -155,6 +193,15 @@ class InRunScorer:
             return None
         return c
 
+    def _stale_start(self) -> _ValGrad | None:
+        """The last start gradient while it is younger than `val_grad_every` steps."""
+        c = self._stale
+        if c is None or self._stale_age >= self.val_grad_every:
+            return None
+        if c.val_version != self._val_version and not self.reuse_val_grad_across_batches:
+            return None
+        return c
+
     @torch.no_grad()
     def _val_loss(self) -> float:
         n_val = self._global_count(self.val_batch["input_ids"].shape[0])
@@ -175,7 +222,11 @@ class InRunScorer:
 
         start = self._cached_start()
         if start is None and need_start:
-            start = self._val_grad()
+            start = self._stale_start() if self.val_grad_every > 1 else None
+            if start is None:
+                start = self._val_grad()
+        if self.val_grad_every > 1 and start is not None and start is not self._stale:
+            self._stale, self._stale_age = start, 0
         val_loss = start.loss if start is not None else self._val_loss()
 
         # Training forward/backward, keeping each layer's inputs and output grads.
@@ -229,6 +280,8 @@ class InRunScorer:
         if need_end:
             end = self._val_grad()
             self._cache = end
+        if self._stale is not None:
+            self._stale_age += 1
 
         # Val-side tensors, one column per distinct contraction.
         cols: dict[str, dict[int, torch.Tensor]] = {}
@@ -245,13 +298,9 @@ class InRunScorer:
         if lin:
             cols["gg"] = ghat
         names = list(cols)
-        val_side = {
-            id(p): torch.stack(
-                [cols[c].get(id(p), torch.zeros_like(p)).to(self.contract_dtype) for c in names]
-            )
-            for p in self.params
-        }
-        C = self.capture.contract(val_side, n, dtype=self.contract_dtype)
+        val_side = {id(p): self._stack([cols[c].get(id(p)) for c in names], p) for p in self.params}
+        low = self._low_rank(val_side)
+        C = self.capture.contract(val_side, n, dtype=self.contract_dtype, low=low)
         self.capture.clear()
         col = {c: C[:, i] for i, c in enumerate(names)}
 
@@ -282,6 +331,19 @@ class InRunScorer:
             clipped=clipped,
         )
 
+    def _stack(self, cols: list[torch.Tensor | None], p: torch.Tensor) -> torch.Tensor:
+        dt = self.contract_dtype
+        if len(cols) == 1 and cols[0] is not None:
+            return cols[0].to(dt).unsqueeze(0)
+        return torch.stack([torch.zeros_like(p, dtype=dt) if c is None else c.to(dt) for c in cols])
+
+    def _low_rank(self, val_side: dict[int, torch.Tensor]) -> dict[int, LowRank]:
+        return {
+            k: randomized_lowrank(val_side[k], self.rank, self._gen, niter=self.lowrank_niter)
+            for k in self._lowrank_ids
+            if k in val_side
+        }
+
     @torch.no_grad()
     def _swap_in(self, new: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         saved = [p.detach().clone() for p in self.params]
@@ -301,18 +363,39 @@ class InRunScorer:
 
     # ----------------------------------------------------------------------------- resume
     def state_dict(self) -> dict:
-        """The cached target gradient (needed to resume a pipelined run exactly)."""
+        """The cached target gradients and RNG state (needed to resume a run exactly)."""
         c = self._cache
-        if c is None or c.versions != self._versions():
-            return {"cache": None}
-        return {
-            "cache": [c.grads[id(p)].detach().cpu() for p in self.params],
-            "cache_loss": c.loss,
-            "cache_same_val_batch": c.val_version == self._val_version,
-        }
+        out: dict = {"cache": None}
+        if c is not None and c.versions == self._versions():
+            out = {
+                "cache": [c.grads[id(p)].detach().cpu() for p in self.params],
+                "cache_loss": c.loss,
+                "cache_same_val_batch": c.val_version == self._val_version,
+            }
+        s = self._stale
+        if s is not None and self.val_grad_every > 1:
+            out["stale"] = [s.grads[id(p)].detach().cpu() for p in self.params]
+            out["stale_loss"] = s.loss
+            out["stale_age"] = self._stale_age
+            out["stale_same_val_batch"] = s.val_version == self._val_version
+        out["generator"] = self._gen.get_state()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the cached target gradient; the model must already hold the saved weights."""
+        if "generator" in state:
+            self._gen.set_state(state["generator"])
+        stale = state.get("stale")
+        self._stale, self._stale_age = None, 0
+        if stale is not None:
+            vv = self._val_version if state.get("stale_same_val_batch", True) else -1
+            self._stale = _ValGrad(
+                {id(p): g.to(p.device, p.dtype) for p, g in zip(self.params, stale)},
+                float(state["stale_loss"]),
+                (),
+                vv,
+            )
+            self._stale_age = int(state["stale_age"])
         grads = state.get("cache")
         if grads is None:
             self._cache = None
