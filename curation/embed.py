@@ -1,4 +1,11 @@
-"""Document embeddings from the proxy: mean-pooled last hidden states, L2-normalised, cached."""
+"""Document embeddings from the proxy: mean-pooled last hidden states, L2-normalised, cached.
+
+`embed_corpus` / `embed_run` return the raw pooled directions (what is cached). Anything that
+compares documents by cosine (k-means clusters, near-duplicate candidates) must first pass them
+through `prepare_for_similarity`, which removes the corpus-mean direction: an undertrained proxy
+maps every document to nearly the same direction (pairwise cosine > 0.98), so raw cosine measures
+the shared direction, not the differences between documents.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +62,60 @@ def embed_corpus(
     if not out:
         return np.zeros((0, d), dtype=np.float32)
     return np.concatenate(out, axis=0)
+
+
+def prepare_for_similarity(emb: np.ndarray, rel_tol: float = 1e-4) -> np.ndarray:
+    """Centre rows on their mean and re-normalise to unit length: float32 [N, d].
+
+    Cosine between the returned rows is the cosine of the documents' deviations from the
+    corpus mean. Rows (almost) equal to the mean (centred norm below `rel_tol` times the median
+    centred norm) become zero vectors: they have no direction of their own, so they are similar
+    to nothing. With fewer than two rows, or when every row is the same (all centred norms zero),
+    the input is returned L2-normalised and uncentred: there is no spread to measure.
+    """
+    x = np.asarray(emb, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array [N, d], got shape {x.shape}")
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        nrm = np.linalg.norm(a, axis=1, keepdims=True)
+        return np.where(nrm > 0, a / np.where(nrm > 0, nrm, 1.0), 0.0)
+
+    if x.shape[0] < 2:
+        return unit(x).astype(np.float32)
+    c = x - x.mean(axis=0, keepdims=True)
+    nrm = np.linalg.norm(c, axis=1)
+    med = float(np.median(nrm))
+    if not np.isfinite(med) or nrm.max() <= 1e-12:
+        return unit(x).astype(np.float32)
+    tiny = nrm <= rel_tol * max(med, 1e-12)
+    out = c / np.where(tiny, 1.0, nrm)[:, None]
+    out[tiny] = 0.0
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def document_token_ids(df: pl.DataFrame, tokenizer: Any, template: str | None = None) -> list:
+    """Untruncated token ids of every document (no special tokens), for token-level dedup."""
+    from curation.corpus import DEFAULT_TEMPLATE, join_template
+    from curation.encode import _plain_backend
+
+    texts = [str(t) if t is not None else "" for t in df["text"].to_list()]
+    if "prompt" in df.columns and "response" in df.columns:
+        tpl = template or DEFAULT_TEMPLATE
+        for i, (p, r) in enumerate(zip(df["prompt"].to_list(), df["response"].to_list())):
+            if p is not None and r is not None:
+                texts[i] = join_template(tpl, p, r)[0]
+    encs = _plain_backend(tokenizer).encode_batch(texts, add_special_tokens=False)
+    return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+
+
+def run_token_ids(run_dir: str | Path, df: pl.DataFrame) -> list:
+    """`document_token_ids` with RUN_DIR's tokenizer and template."""
+    from curation.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    _, template = _run_seq_len(run_dir)
+    return document_token_ids(df, load_tokenizer(run_dir / "tokenizer"), template)
 
 
 def ids_key(ids: list[str] | pl.Series) -> str:

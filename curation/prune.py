@@ -3,6 +3,13 @@
 Outputs in OUT_DIR: kept.<ext> (input format and fields), excluded.<ext> (plus `reason`,
 `value`), prune.json (arguments + summary; written last, so its presence means complete),
 prune_report.md/.html, and, when no --target is given, target.<ext> (the held-out sample).
+
+Similarity: the proxy embeddings are centred on the corpus mean and re-normalised
+(`curation.embed.prepare_for_similarity`) once, and that one array feeds both the k-means
+clusters and the near-duplicate candidates. Near-duplicates are proposed by embedding cosine
+(> 1 - dedup_eps, same cluster) and confirmed on the untruncated token ids (Jaccard of token
+3-gram sets >= dedup_jaccard); see `curation.selection`. The rule, its counts and a loud warning
+when it would exclude more than max_dedup_frac of the corpus are in prune.json and the report.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ class PruneArgs:
     target: str | None = None
     clusters: int | None = None
     dedup_eps: float = 0.02
+    dedup_jaccard: float = 0.8
+    max_dedup_frac: float = 0.3
     estimator: str = "adam2"
     floor: float | None = None
     seed: int = 0
@@ -171,7 +180,8 @@ def _summary(res: SelectionResult, df: pl.DataFrame, k: int) -> dict[str, Any]:
         "cluster_threshold": {str(c): fin(t) for c, t in res.cluster_threshold.items()},
         "by_source": by_src.to_dicts(),
         "by_cluster": by_cl.to_dicts(),
-        "warnings": res.warnings,
+        "dedup": res.dedup,
+        "warnings": [*res.alerts, *res.warnings],
     }
 
 
@@ -180,8 +190,9 @@ def run_prune(args: PruneArgs) -> Path:
     from curation.atomic import atomic_write_text
     from curation.cluster import default_k, spherical_kmeans
     from curation.corpus import read_corpus, write_corpus
-    from curation.embed import embed_run
+    from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.prune_report import write_prune_report
+    from curation.selection import token_shingles
 
     keep = validate_keep(args.keep)
     if not 0 < args.target_frac < 1:
@@ -221,10 +232,27 @@ def run_prune(args: PruneArgs) -> Path:
     n_unscored = int(np.isnan(values[~is_target]).sum())
     if n_unscored:
         print(f"warning: {n_unscored} documents have no {args.estimator} value; ranked lowest")
-    emb = embed_run(run_dir, df, progress=args.progress)
+    emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress))
     k = args.clusters or default_k(int((~is_target).sum()) or n)
     labels, _ = spherical_kmeans(emb, k, seed=args.seed)
-    res = select(ids, values, labels, emb, keep, args.floor, args.dedup_eps, is_target)
+    shingles = None
+    if args.dedup_eps > 0:
+        shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]
+    res = select(
+        ids,
+        values,
+        labels,
+        emb,
+        keep,
+        args.floor,
+        args.dedup_eps,
+        is_target,
+        shingles=shingles,
+        dedup_jaccard=args.dedup_jaccard,
+        max_dedup_frac=args.max_dedup_frac,
+    )
+    for w in res.alerts:
+        print(f"\n*** {w} ***\n")
     for w in res.warnings:
         print(f"warning: {w}")
 

@@ -81,9 +81,11 @@ def _snippet(text: str, n: int = 140) -> str:
 def report_markdown(df: pl.DataFrame, res: SelectionResult, summary: dict[str, Any]) -> str:
     """The Markdown body of the pruning report."""
     s = summary
-    lines = [
-        "# Pruning report",
-        "",
+    lines = ["# Pruning report", ""]
+    loud = [w for w in s.get("warnings", []) if w.startswith("LOUD")]
+    lines += [f"**{w}**" for w in loud] + ([""] if loud else [])
+    dd = s.get("dedup") or {}
+    lines += [
         f"- kept **{s['n_kept']}** of {s['n_input']} documents (requested {s['n_requested']}),"
         f" excluded {s['n_excluded']}; target documents (kept, marked `target`): {s['n_target']}",
         f"- estimator `{s.get('estimator')}`; clusters: {s['clusters']};"
@@ -92,6 +94,13 @@ def report_markdown(df: pl.DataFrame, res: SelectionResult, summary: dict[str, A
         f"- reasons: {', '.join(f'{k}: {v}' for k, v in sorted(s['reasons'].items()))}",
         f"- scores: `{s.get('scores')}`; target: `{s.get('target')}`",
     ]
+    if dd:
+        lines.append(
+            f"- near-duplicates: {dd.get('n_removed', 0)} excluded "
+            f"({dd.get('removed_frac', 0.0):.1%} of the non-target documents; "
+            f"{dd.get('candidate_pairs', 0)} embedding candidate pairs, "
+            f"{dd.get('confirmed_pairs', 0)} confirmed); rule: {dd.get('rule')}"
+        )
     lines += [f"- **warning**: {w}" for w in s.get("warnings", [])]
     lines += [
         "",

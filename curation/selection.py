@@ -1,4 +1,19 @@
-"""Value-ranked selection under cluster quotas with near-duplicate removal (pure numpy + FAISS)."""
+"""Value-ranked selection under cluster quotas with near-duplicate removal (pure numpy + FAISS).
+
+Near-duplicate rule (embeddings propose, tokens confirm). Within one cluster, visiting documents
+from the highest value down, document B is excluded as `near_duplicate_of:A` when A is an
+already-kept (higher-valued) document of the same cluster and
+
+1. the cosine of their *centred* embeddings (`curation.embed.prepare_for_similarity`) exceeds
+   `1 - dedup_eps` (FAISS range search: cheap candidate proposal), and
+2. the Jaccard similarity of their token 3-gram sets (untruncated token ids) is at least
+   `dedup_jaccard` (default 0.8: confirmation in the original token space).
+
+Without token ids (`shingles=None`) only rule 1 applies; callers that have the corpus
+(`run_prune`, the benchmark) always pass them. If dedup would exclude more than
+`max_dedup_frac` (default 30%) of the non-target documents, a loud warning is recorded (it goes to
+prune.json and the report); dedup is never silent.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +45,9 @@ class SelectionResult:
     cluster_floor: dict[int, int] = field(default_factory=dict)
     cluster_threshold: dict[int, float] = field(default_factory=dict)
     floor_frac: float = 0.0
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the kept count differs from asked
+    alerts: list[str] = field(default_factory=list)  # loud, count unaffected (e.g. dedup > 30%)
+    dedup: dict = field(default_factory=dict)  # rule, thresholds and counts of near-dup removal
 
     @property
     def n_kept(self) -> int:
@@ -79,10 +96,51 @@ def _order_desc(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return idx[np.lexsort((idx, -key))]
 
 
+NGRAM = 3
+DEDUP_JACCARD = 0.8
+MAX_DEDUP_FRAC = 0.3
+
+
+def token_shingles(tokens: Sequence[int] | np.ndarray, n: int = NGRAM) -> np.ndarray:
+    """Sorted unique token n-grams of one document, each packed exactly into one int64.
+
+    Documents shorter than n tokens use their unigrams (offset so they never equal an n-gram).
+    Packing uses 21 bits per token, exact for vocabularies below 2**21 (larger ids are hashed).
+    """
+    t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if t.size and (t.max() >= 1 << 21 or t.min() < 0):
+        t = t % ((1 << 21) - 9)  # deterministic fold for huge vocabularies
+    if len(t) < n:
+        return np.unique(t - (1 << 62)) if len(t) else np.zeros(0, np.int64)
+    h = np.zeros(len(t) - n + 1, np.int64)
+    for j in range(n):
+        h = (h << 21) | t[j : len(t) - n + 1 + j]
+    return np.unique(h)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two sorted unique int64 arrays (1.0 when both are empty)."""
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
 def near_duplicates(
-    idx: np.ndarray, values: np.ndarray, emb: np.ndarray, eps: float
+    idx: np.ndarray,
+    values: np.ndarray,
+    emb: np.ndarray,
+    eps: float,
+    shingles: Sequence[np.ndarray] | None = None,
+    min_jaccard: float = DEDUP_JACCARD,
+    stats: dict[str, int] | None = None,
 ) -> dict[int, int]:
-    """Within one group: map dropped doc -> higher-valued kept doc with cosine > 1 - eps."""
+    """Within one group: map dropped doc -> higher-valued kept doc that it nearly duplicates.
+
+    A pair is a candidate when the cosine of `emb` rows exceeds 1 - eps; with `shingles`
+    (per-document token n-gram sets, see `token_shingles`) it must also have Jaccard >=
+    `min_jaccard`. `stats` (if given) accumulates `candidates` and `confirmed` pair counts.
+    """
     if eps <= 0 or len(idx) < 2:
         return {}
     order = _order_desc(values, idx)
@@ -92,13 +150,26 @@ def near_duplicates(
     lims, _, nbr = index.range_search(x, float(1.0 - eps))
     kept_pos: set[int] = set()
     dups: dict[int, int] = {}
+    n_cand = n_conf = 0
     for p in range(len(order)):
         nb = nbr[lims[p] : lims[p + 1]]
-        earlier = [int(q) for q in nb if q < p and int(q) in kept_pos]
-        if earlier:
-            dups[int(order[p])] = int(order[min(earlier)])
+        earlier = sorted(int(q) for q in nb if q < p and int(q) in kept_pos)
+        n_cand += len(earlier)
+        rep = None
+        for q in earlier:
+            if shingles is None or (
+                jaccard(shingles[int(order[p])], shingles[int(order[q])]) >= min_jaccard
+            ):
+                rep = q
+                n_conf += 1
+                break
+        if rep is not None:
+            dups[int(order[p])] = int(order[rep])
         else:
             kept_pos.add(p)
+    if stats is not None:
+        stats["candidates"] = stats.get("candidates", 0) + n_cand
+        stats["confirmed"] = stats.get("confirmed", 0) + n_conf
     return dups
 
 
@@ -111,8 +182,15 @@ def select(
     floor_frac: float | None = None,
     dedup_eps: float = 0.02,
     is_target: np.ndarray | None = None,
+    shingles: Sequence[np.ndarray] | None = None,
+    dedup_jaccard: float = DEDUP_JACCARD,
+    max_dedup_frac: float = MAX_DEDUP_FRAC,
 ) -> SelectionResult:
-    """Keep exactly round(keep*N) docs: targets, then per-cluster floors by value, then top values."""
+    """Keep exactly round(keep*N) docs: targets, then per-cluster floors by value, then top values.
+
+    `emb` should already be centred and re-normalised (`curation.embed.prepare_for_similarity`);
+    `shingles` (one `token_shingles` array per document) confirm near-duplicate candidates.
+    """
     keep = validate_keep(keep)
     ids = [str(i) for i in ids]
     n = len(ids)
@@ -130,6 +208,10 @@ def select(
         raise UsageError(f"--dedup-eps must be >= 0, got {dedup_eps!r}")
     if dedup_eps > 0 and (emb is None or len(emb) != n):
         raise UsageError("near-duplicate removal needs one embedding per document")
+    if shingles is not None and len(shingles) != n:
+        raise UsageError(f"got {len(shingles)} token shingle sets for {n} documents")
+    if not 0.0 <= dedup_jaccard <= 1.0:
+        raise UsageError(f"--dedup-jaccard must be in [0, 1], got {dedup_jaccard!r}")
     target = np.zeros(n, bool) if is_target is None else np.asarray(is_target, bool)
     warnings: list[str] = []
     reason = [LOW_VALUE] * n
@@ -148,10 +230,45 @@ def select(
     eligible = pool.copy()
     clusters = np.unique(labels[pool])
     members = {int(c): np.flatnonzero(pool & (labels == c)) for c in clusters}
+    stats: dict[str, int] = {"candidates": 0, "confirmed": 0}
     for _c, idx in members.items():
-        for dup, rep in near_duplicates(idx, values, emb, dedup_eps).items():
+        for dup, rep in near_duplicates(
+            idx, values, emb, dedup_eps, shingles, dedup_jaccard, stats
+        ).items():
             reason[dup] = f"{NEAR_DUP}{ids[rep]}"
             eligible[dup] = False
+    n_pool = int(pool.sum())
+    n_dup = n_pool - int(eligible.sum())
+    dup_frac = n_dup / n_pool if n_pool else 0.0
+    dedup = {
+        "rule": (
+            "off (dedup_eps = 0)"
+            if dedup_eps <= 0
+            else f"same cluster, cosine of centred embeddings > 1 - {dedup_eps:g}"
+            + (
+                f" AND Jaccard of token {NGRAM}-gram sets >= {dedup_jaccard:g}"
+                if shingles is not None
+                else " (embeddings only: no token ids given)"
+            )
+            + "; the higher-valued document is kept"
+        ),
+        "eps": float(dedup_eps),
+        "jaccard_min": float(dedup_jaccard) if shingles is not None else None,
+        "ngram": NGRAM if shingles is not None else None,
+        "token_confirmed": shingles is not None,
+        "candidate_pairs": stats["candidates"],
+        "confirmed_pairs": stats["confirmed"],
+        "n_removed": n_dup,
+        "removed_frac": dup_frac,
+        "max_frac": float(max_dedup_frac),
+    }
+    alerts: list[str] = []
+    if n_pool and dup_frac > max_dedup_frac:
+        alerts.append(
+            f"LOUD WARNING: near-duplicate removal excluded {n_dup} of {n_pool} documents "
+            f"({dup_frac:.0%} > {max_dedup_frac:.0%}); check the embeddings (centred?) and the "
+            f"rule ({dedup['rule']}), or lower --dedup-eps (0 turns it off)."
+        )
     n_elig = int(eligible.sum())
     if n_elig < budget:
         warnings.append(
@@ -168,7 +285,7 @@ def select(
     if sum(floors.values()) > budget:
         scale = budget / max(1, sum(floors.values()))
         floors = {c: int(math.floor(f * scale)) for c, f in floors.items()}
-        warnings.append(f"cluster floors exceeded the budget; scaled down by {scale:.3f}")
+        alerts.append(f"cluster floors exceeded the budget; scaled down by {scale:.3f}")
     for c, ix in members.items():
         top = _order_desc(values, ix[eligible[ix]])[: floors[c]]
         kept[top] = True
@@ -197,4 +314,6 @@ def select(
         cluster_threshold=cthr,
         floor_frac=float(floor_frac),
         warnings=warnings,
+        alerts=alerts,
+        dedup=dedup,
     )

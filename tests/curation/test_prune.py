@@ -231,3 +231,125 @@ def test_run_prune_empty_corpus_and_too_many_clusters(tmp_path: Path) -> None:
     _corpus(small, n=5)
     with pytest.raises(UsageError, match="clusters"):
         run_prune(PruneArgs(corpus=str(small), out=str(tmp_path / "o"), clusters=6))
+
+
+# ------------------------------------------------------------------- robust near-duplicates
+
+
+def _parallel_case(n: int = 40, seed: int = 0):
+    """Nearly parallel raw embeddings (pairwise cosine > 0.98) of n distinct token sequences."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=16)
+    raw = shared * 40 + rng.normal(size=(n, 16))
+    raw = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    tokens = [rng.integers(0, 500, size=60) for _ in range(n)]
+    return [f"p{i}" for i in range(n)], rng.normal(size=n), np.zeros(n, np.int64), raw, tokens
+
+
+def test_token_shingles_and_jaccard() -> None:
+    from curation.selection import jaccard, token_shingles
+
+    a = token_shingles([1, 2, 3, 4, 1, 2, 3])
+    assert len(a) == 4  # (1,2,3) twice -> one shingle
+    assert jaccard(a, a) == 1.0
+    assert jaccard(a, token_shingles([9, 8, 7, 6])) == 0.0
+    assert jaccard(token_shingles([1, 2]), token_shingles([1, 2])) == 1.0  # short docs: unigrams
+    assert len(token_shingles([])) == 0
+    assert jaccard(token_shingles([]), token_shingles([])) == 1.0
+
+
+def test_parallel_but_distinct_embeddings_are_not_deduplicated() -> None:
+    from curation.embed import prepare_for_similarity
+    from curation.selection import token_shingles
+
+    ids, v, lab, raw, tokens = _parallel_case()
+    assert (raw @ raw.T)[np.triu_indices(len(ids), 1)].min() > 0.98
+    sh = [token_shingles(t) for t in tokens]
+    # the old failure: raw embeddings alone collapse the cluster to one document
+    collapsed = select(ids, v, lab, raw, keep=0.5, dedup_eps=0.02)
+    assert collapsed.n_kept == 1 and collapsed.alerts and "LOUD" in collapsed.alerts[0]
+    # centred embeddings: no candidates at all
+    res = select(ids, v, lab, prepare_for_similarity(raw), keep=0.5, dedup_eps=0.02, shingles=sh)
+    assert not any(r.startswith("near_duplicate") for r in res.reason)
+    assert res.n_kept == 20 and not res.alerts and not res.warnings
+    assert res.dedup["n_removed"] == 0 and res.dedup["token_confirmed"]
+    # even raw (parallel) embeddings propose, but distinct tokens veto every pair
+    res2 = select(ids, v, lab, raw, keep=0.5, dedup_eps=0.02, shingles=sh)
+    assert res2.dedup["candidate_pairs"] > 0 and res2.dedup["confirmed_pairs"] == 0
+    assert res2.n_kept == 20 and not res2.alerts
+
+
+def test_exact_duplicate_texts_are_deduplicated() -> None:
+    from curation.embed import prepare_for_similarity
+    from curation.selection import token_shingles
+
+    ids, v, lab, raw, tokens = _parallel_case()
+    raw[5], tokens[5] = raw[4], tokens[4]  # an exact copy (same text, same embedding)
+    raw[7], tokens[7] = raw[6], tokens[6].copy()
+    tokens[7][-1] = (tokens[7][-1] + 1) % 500  # one token differs: still a near-duplicate
+    raw[9] = raw[8]  # same embedding, different text: not a duplicate
+    v[4], v[5], v[6], v[7] = 1.0, 2.0, 3.0, -3.0
+    sh = [token_shingles(t) for t in tokens]
+    res = select(ids, v, lab, prepare_for_similarity(raw), keep=0.5, dedup_eps=0.02, shingles=sh)
+    assert res.reason[4] == "near_duplicate_of:p5"  # the higher-valued copy is kept
+    assert res.reason[7] == "near_duplicate_of:p6"
+    assert not res.reason[8].startswith("near_dup") and not res.reason[9].startswith("near_dup")
+    assert res.dedup["n_removed"] == 2 and res.n_kept == 20 and not res.alerts
+
+
+def test_mass_dedup_raises_a_loud_alert() -> None:
+    from curation.selection import token_shingles
+
+    ids, v, lab, emb = _case(n=20, k=1)
+    emb[:10] = emb[0]
+    sh = [token_shingles([1, 2, 3, 4] if i < 10 else [i, i + 1, i + 2]) for i in range(20)]
+    res = select(ids, v, lab, emb, keep=0.5, dedup_eps=0.02, shingles=sh)
+    assert res.dedup["n_removed"] == 9 and res.dedup["removed_frac"] == pytest.approx(0.45)
+    assert res.alerts and res.alerts[0].startswith("LOUD WARNING") and "45%" in res.alerts[0]
+    assert res.n_kept == 10  # the count is unaffected: 11 eligible >= 10 asked
+
+
+@pytest.mark.integration
+def test_run_prune_records_dedup_rule_and_dedups_copies(tmp_path: Path) -> None:
+    corpus, target = tmp_path / "c.jsonl", tmp_path / "t.jsonl"
+    _corpus(corpus)
+    rows = [json.loads(ln) for ln in corpus.read_text().splitlines()]
+    for i in (1, 3, 5):  # three exact copies
+        rows[i]["text"] = rows[i - 1]["text"]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target.write_text(json.dumps({"id": "t-0", "source": "s0", "text": "alpha beta"}) + "\n")
+    _fake_run(tmp_path / "run", corpus)
+    out = run_prune(
+        PruneArgs(
+            corpus=str(corpus),
+            keep=0.5,
+            out=str(tmp_path / "o"),
+            scores=str(tmp_path / "run"),
+            target=str(target),
+            clusters=3,
+            progress=False,
+        )
+    )
+    summary = json.loads((out / "prune.json").read_text())["summary"]
+    dd = summary["dedup"]
+    assert dd["token_confirmed"] and dd["jaccard_min"] == 0.8 and "Jaccard" in dd["rule"]
+    assert dd["n_removed"] == 3 and summary["reasons"]["near_duplicate"] == 3
+    assert not summary["warnings"] and summary["n_kept"] == 24
+    excl = pl.read_ndjson(out / "excluded.jsonl")
+    dups = excl.filter(pl.col("reason").str.starts_with("near_duplicate_of:"))
+    pairs = {f"doc-{i - 1}": f"doc-{i}" for i in (1, 3, 5)}
+    pairs.update({b: a for a, b in pairs.items()})
+    for dup, reason in zip(dups["id"], dups["reason"]):
+        assert reason == f"near_duplicate_of:{pairs[dup]}"  # each copy points at its twin
+    assert len({min(d, pairs[d]) for d in dups["id"]}) == 3
+    assert "near-duplicates: 3 excluded" in (out / "prune_report.md").read_text()
+
+
+def test_scaled_floors_do_not_count_as_a_short_keep() -> None:
+    # regression (found by test_nothing_lost): targets use the whole budget, floors scale to 0
+    ids, v, lab, emb = _case(n=51, k=1)
+    t = np.zeros(51, bool)
+    t[:3] = True
+    res = select(ids, v, lab, emb, keep=0.0625, dedup_eps=0.0, is_target=t)
+    assert res.n_kept == 3 == res.n_requested and not res.warnings
+    assert res.alerts and "floors" in res.alerts[0]
