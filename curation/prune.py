@@ -205,12 +205,21 @@ def run_prune(args: PruneArgs) -> Path:
         raise UsageError(f"{corpus_path} holds no documents; nothing to prune")
     if args.clusters is not None and args.clusters > n:
         raise UsageError(
-            f"--clusters {args.clusters} is more than the {n} documents in {corpus_path.name}"
+            f"--clusters {args.clusters} is more than the {n} documents in {corpus_path.name}; "
+            "pass a smaller --clusters (or leave it out for the default rule)"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prune.json").unlink(missing_ok=True)  # absent until this run completes
     ext = _ext(corpus_path)
+    # A previous run's outputs go first: none of them may outlive a failed rerun.
+    for stale in (
+        "prune.json",
+        f"kept.{ext}",
+        f"excluded.{ext}",
+        "prune_report.md",
+        "prune_report.html",
+    ):
+        (out / stale).unlink(missing_ok=True)
     ids = df["id"].to_list()
 
     target = args.target or (_run_target(Path(args.scores)) if args.scores else None)
