@@ -131,18 +131,10 @@ def summarise(rows: list[dict]) -> dict:
         for e in ESTS:
             pr = np.array([r[f"pearson_{e}"] for r in sel], dtype=float)
             sr = np.array([r[f"spearman_{e}"] for r in sel], dtype=float)
-            # pooled: standardise each step's values, then correlate all (step, example) pairs
-            xs, ys = [], []
-            for r in sel:
-                v, t = np.array(r[f"values_{e}"]), np.array(r["truth_values"])
-                if v.std() > 0 and t.std() > 0:
-                    xs.append((v - v.mean()) / v.std())
-                    ys.append((t - t.mean()) / t.std())
-            pooled = (
-                float(np.corrcoef(np.concatenate(xs), np.concatenate(ys))[0, 1])
-                if xs
-                else float("nan")
-            )
+            # pooled: all (step, example) pairs of the cell in one correlation, raw values
+            xs = np.concatenate([np.array(r[f"values_{e}"]) for r in sel])
+            ys = np.concatenate([np.array(r["truth_values"]) for r in sel])
+            pooled = _r(xs, ys)[0]
             out[f"{truth}|{lr}|{phase}|{e}"] = {
                 "pearson_mean": float(np.nanmean(pr)),
                 "pearson_std": float(np.nanstd(pr)),
