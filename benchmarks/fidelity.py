@@ -157,7 +157,7 @@ def markdown(args: FidelityArgs, summary: dict, rows: list[dict], elapsed: float
         + " and ".join(f"{b[0]}/{b[1]}" for b in args.betas)
         + f", seeds {list(args.seeds)}, {args.steps_per_phase} steps per phase "
         + ", ".join(f"{n} = step {s}" for n, s in args.phases)
-        + ". Cell: Pearson R mean ± std over (betas, seed, step) / Spearman rho mean / pooled R (n = steps).",
+        + ". Cell: Pearson R mean ± std over (betas, seed, step) / Spearman rho mean / pooled R over all (step, example) pairs of the cell, raw values (n = steps).",
         "",
     ]
     for truth, title in (
