@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -533,6 +535,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_INTERRUPTED = threading.Event()
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Turn the first Ctrl-C into KeyboardInterrupt; later ones (or a replay of it) do nothing.
+
+    Native code (polars) may raise KeyboardInterrupt itself and still leave this handler pending:
+    while that KeyboardInterrupt is being handled, the replay is ignored.
+    """
+    if _INTERRUPTED.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        return
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `adamshap` CLI; return the process exit code."""
     parser = build_parser()
@@ -543,9 +560,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     from curation.errors import AdamshapError
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         return handler(args)
     except KeyboardInterrupt:
+        _INTERRUPTED.set()  # the message and the exit status must always get out
         print(
             "\nadamshap: interrupted; run the same command again to resume from the last "
             "checkpoint",
