@@ -16,6 +16,7 @@ import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -26,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 from adamshap_core import InRunScorer, build_model, plain_step
 from adamshap_core.batch import per_example_loss, per_example_loss_from_logits, prepare_batch
 
-from .common import environment, write_results
+from .common import RESULTS, environment, write_results
 
 VARIANTS: dict[str, tuple[str, ...] | None] = {
     "plain": None,
@@ -44,12 +45,12 @@ class ThroughputArgs:
     """Grid of the throughput benchmark."""
 
     configs: tuple[tuple[str, int, int], ...] = (
-        ("tiny", 64, 5),
-        ("tiny", 128, 5),
-        ("tiny", 256, 5),
-        ("cpu-small", 64, 4),
-        ("cpu-small", 128, 4),
-        ("cpu-small", 256, 3),
+        ("tiny", 64, 3),
+        ("tiny", 128, 3),
+        ("tiny", 256, 3),
+        ("cpu-small", 64, 2),
+        ("cpu-small", 128, 2),
+        ("cpu-small", 256, 2),
         ("gpt2", 64, 2),
         ("gpt2", 128, 2),
         ("gpt2", 256, 1),
@@ -147,17 +148,37 @@ def time_config(preset: str, T: int, rounds: int, a: ThroughputArgs) -> dict:
     }
 
 
+def _rss_mib() -> float:
+    """Current resident set size of this process (Linux /proc), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def _memory_child(variant: str, preset: str, T: int) -> None:
     a = ThroughputArgs()
     batches = [_data(a.vocab_size, a.batch_size, T, seed=s) for s in range(2)]
     run = make_runner(variant, preset, T, a)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _rss_mib()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:  # the peak of the *current* RSS while steps run
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     for b in batches * 2:
         run(b)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (peak - base) / 1024, "base_mib": base / 1024}))
+    stop.set()
+    th.join()
+    out = {"peak_mib": peak[0] - base, "base_mib": base}
+    if torch.cuda.is_available():
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(out))
 
 
 def memory(a: ThroughputArgs) -> dict:
@@ -220,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--presets", default=None, help="comma list to restrict presets")
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "PRESET", "SEQ"))
+    ap.add_argument("--memory-only", action="store_true", help="redo memory, keep timed rows")
     ns = ap.parse_args(argv)
     if ns.memory_child:
         v, p, t = ns.memory_child
@@ -236,7 +258,11 @@ def main(argv: list[str] | None = None) -> None:
     if ns.presets:
         keep = set(ns.presets.split(","))
         configs = tuple(c for c in configs if c[0] in keep)
+    name = "throughput_quick" if ns.quick else "throughput"
     rows = []
+    if ns.memory_only:
+        rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+        configs = ()
     for preset, T, rounds in configs:
         t0 = time.time()
         rows.append(time_config(preset, T, rounds, a))
@@ -249,7 +275,6 @@ def main(argv: list[str] | None = None) -> None:
     mem = memory(a)
     env = environment()
     md = markdown(rows, mem, a, env)
-    name = "throughput_quick" if ns.quick else "throughput"
     write_results(name, {"args": asdict(a), "environment": env, "rows": rows, "memory": mem}, md)
     print(md)
 
