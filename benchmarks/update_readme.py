@@ -24,7 +24,9 @@ def main() -> None:
         if not md.exists():
             print(f"no {md}; leaving the {name} section as it is")
             continue
-        body = "\n".join(ln for ln in md.read_text().splitlines() if not ln.startswith("# ")).strip()
+        body = "\n".join(
+            ln for ln in md.read_text().splitlines() if not ln.startswith("# ")
+        ).strip()
         pattern = re.compile(rf"(<!-- bench:{name} -->).*?(<!-- /bench:{name} -->)", re.S)
         text = pattern.sub(lambda mm, b=body: f"{mm.group(1)}\n{b}\n{mm.group(2)}", text)
         print(f"updated {name}")
