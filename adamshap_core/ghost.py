@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .lowrank import LowRank
@@ -31,8 +32,12 @@ class UnsupportedModuleError(TypeError):
 
 @dataclass
 class _Record:
-    a: torch.Tensor
+    a: torch.Tensor | None
     b: torch.Tensor | None = None
+    # LayerNorm: the per-example weight/bias gradients [n, d], formed as soon as the output
+    # gradient arrives so neither the layer's input nor its output gradient is kept.
+    gw: torch.Tensor | None = None
+    gb: torch.Tensor | None = None
 
 
 @dataclass
@@ -91,7 +96,10 @@ class GhostCapture:
             def grab(grad: torch.Tensor) -> None:
                 rec.b = grad.detach()
 
-            output.register_hook(grab)
+            def grab_layernorm(grad: torch.Tensor) -> None:
+                _layernorm_per_example(module, rec, grad.detach())
+
+            output.register_hook(grab_layernorm if isinstance(module, nn.LayerNorm) else grab)
 
         return hook
 
@@ -145,6 +153,26 @@ class GhostCapture:
         return out
 
 
+_REACHED = torch.empty(0)
+
+
+def _layernorm_per_example(mod: nn.LayerNorm, rec: _Record, grad: torch.Tensor) -> None:
+    """Per-example LayerNorm weight and bias gradients, [n, d] each; frees the record's input."""
+    n, d = grad.shape[0], grad.shape[-1]
+    dt = torch.promote_types(grad.dtype, torch.float32)
+    if mod.weight is not None and mod.weight.dtype == torch.float64:
+        dt = torch.float64
+    bb = grad.reshape(n, -1, d).to(dt)
+    if mod.weight is not None and mod.weight.requires_grad:
+        x = rec.a.reshape(n, -1, d).to(dt)
+        xhat = F.layer_norm(x, (d,), eps=mod.eps)  # the normalised input, fused
+        rec.gw = (xhat * bb).sum(1)
+    if mod.bias is not None and mod.bias.requires_grad:
+        rec.gb = bb.sum(1)
+    rec.a = None
+    rec.b = _REACHED  # the output reached the loss; its gradient is not kept
+
+
 def _rowdot(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """[n, T, E, d] · [n, T, d] summed over T and d -> [n, E], as one batched matmul."""
     n, T, E, d = p.shape
@@ -180,17 +208,11 @@ def _contract_one(
             gathered = gathered * (ids != mod.padding_idx).unsqueeze(-1).to(dtype)
         return torch.einsum("entd,ntd->ne", gathered, bb)
     if isinstance(mod, nn.LayerNorm):
-        bb = b.reshape(n, -1, b.shape[-1]).to(dtype)
         res = None
-        if mod.weight is not None and id(mod.weight) in val_side:
-            x = a.reshape(n, -1, a.shape[-1]).to(dtype)
-            mu = x.mean(-1, keepdim=True)
-            var = x.var(-1, keepdim=True, unbiased=False)
-            xhat = (x - mu) * torch.rsqrt(var + mod.eps)
-            gw = (xhat * bb).sum(1)  # [n, d]
-            res = gw @ val_side[id(mod.weight)].to(dtype).T
-        if mod.bias is not None and id(mod.bias) in val_side:
-            gb = bb.sum(1) @ val_side[id(mod.bias)].to(dtype).T
+        if rec.gw is not None and id(mod.weight) in val_side:
+            res = rec.gw.to(dtype) @ val_side[id(mod.weight)].to(dtype).T
+        if rec.gb is not None and id(mod.bias) in val_side:
+            gb = rec.gb.to(dtype) @ val_side[id(mod.bias)].to(dtype).T
             res = gb if res is None else res + gb
         return res
     # Linear (weight [out, in]) or Conv1D (weight [in, out]).

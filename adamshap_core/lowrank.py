@@ -19,10 +19,15 @@ CONTRACTIONS: tuple[str, ...] = ("exact", "lowrank", "auto")
 
 @dataclass
 class LowRank:
-    """`G ≈ left @ right` for a stack of E matrices: left [E, m, r], right [E, r, k]."""
+    """`G ≈ left @ right` for a stack of E matrices: left [E, m, r], right [E, r, k].
+
+    `residual` is an upper estimate of the relative Frobenius error `‖G − left·right‖/‖G‖`,
+    the largest over the E matrices (from the captured singular values; exact when r = rank G).
+    """
 
     left: torch.Tensor
     right: torch.Tensor
+    residual: float = 0.0
 
 
 def use_lowrank(shape: tuple[int, ...], rank: int, mode: str) -> bool:
@@ -63,10 +68,15 @@ def randomized_lowrank(
         Y = G @ Z
     Q = torch.linalg.qr(Y).Q  # [E, m, q]
     B = Q.transpose(1, 2) @ G  # [E, q, k]
+    total = G.double().square().sum((1, 2))  # ‖G‖² per matrix
     if q > rank:
         Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
         left = Q @ Ub[:, :, :rank]
         right = S[:, :rank, None] * Vh[:, :rank, :]
+        kept = S[:, :rank].double().square().sum(1)
     else:
         left, right = Q, B
-    return LowRank(left.contiguous(), right.contiguous())
+        kept = B.double().square().sum((1, 2))
+    # ‖G − LR‖² = ‖G‖² − ‖LR‖² (LR is G's projection onto an orthonormal basis, then truncated).
+    rel = ((total - kept).clamp(min=0) / total.clamp(min=1e-300)).sqrt()
+    return LowRank(left.contiguous(), right.contiguous(), float(rel.max()))

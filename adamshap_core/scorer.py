@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.profiler import record_function
 
 from .batch import logits_of, per_example_loss, per_example_loss_from_logits, prepare_batch
 from .ghost import GhostCapture
@@ -71,8 +72,10 @@ class InRunScorer:
       G̃ = lr·P ⊙ ∇l_val (per estimator column) by a rank-`rank` seeded randomised SVD and
       contracts through the factors: nT·(d_in + d_out)·r instead of nT·d_in·d_out per layer.
       Embeddings (tied or not), biases and LayerNorms stay exact. `"auto"` uses the low-rank
-      form only where (d_in + d_out)·r < d_in·d_out / 4. `"exact"` (with `val_grad_every=1`)
-      is the exact path the tests check against torch.func and real optimizer steps.
+      form only where (d_in + d_out)·r < d_in·d_out / 4, so small layers stay exact.
+      `"exact"` (the default, with `val_grad_every=1`) is the exact path the tests check
+      against torch.func and real optimizer steps; benchmarks/results/speed.md shows why it
+      stays the default (low-rank saves ≤ 5% here and its fidelity depends on the data).
 
     Data parallel (torchrun, gloo or NCCL): when `torch.distributed` is initialised, every rank
     passes its shard of the global batch and of the target batch; losses are normalised by the
@@ -224,7 +227,8 @@ class InRunScorer:
         if start is None and need_start:
             start = self._stale_start() if self.val_grad_every > 1 else None
             if start is None:
-                start = self._val_grad()
+                with record_function("adamshap.target_grad"):
+                    start = self._val_grad()
         if self.val_grad_every > 1 and start is not None and start is not self._stale:
             self._stale, self._stale_age = start, 0
         val_loss = start.loss if start is not None else self._val_loss()
@@ -234,12 +238,13 @@ class InRunScorer:
         self.capture.clear()
         self.capture.active = True
         try:
-            with self._autocast():
-                logits = logits_of(self.model, b)
-            ex_loss = per_example_loss_from_logits(logits, b)
-            n_global = self._global_count(n)
-            loss = ex_loss.sum() / n_global  # = mean over the global batch
-            loss.backward()
+            with record_function("adamshap.train_forward_backward"):
+                with self._autocast():
+                    logits = logits_of(self.model, b)
+                ex_loss = per_example_loss_from_logits(logits, b)
+                n_global = self._global_count(n)
+                loss = ex_loss.sum() / n_global  # = mean over the global batch
+                loss.backward()
         finally:
             self.capture.active = False
         del logits
@@ -259,26 +264,30 @@ class InRunScorer:
         clipped = kappa < 1.0
         lin = clipped and bool(est & self.clip_linearised)
 
-        P = preconditioner(self.optimizer, kappa) if est - {"sgd"} else {}
-        P_loo = (
-            loo_preconditioner(self.optimizer, kappa)
-            if "adam-loo" in est and self.loo_second_moment
-            else {}
-        )
+        with record_function("adamshap.preconditioner"):
+            P = preconditioner(self.optimizer, kappa) if est - {"sgd"} else {}
+            P_loo = (
+                loo_preconditioner(self.optimizer, kappa)
+                if "adam-loo" in est and self.loo_second_moment
+                else {}
+            )
         lrs = lr_scale(self.optimizer)
         lr0 = lrs[id(self.params[0])]
         ghat = {id(p): p.grad.detach() for p in self.params if p.grad is not None} if lin else {}
 
         mid = None
         if need_mid:
-            mid = self._val_grad_at(shared_step_params(self.optimizer))
+            with record_function("adamshap.target_grad"):
+                mid = self._val_grad_at(shared_step_params(self.optimizer))
 
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with record_function("adamshap.optimizer_step"):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
         end = None
         if need_end:
-            end = self._val_grad()
+            with record_function("adamshap.target_grad"):
+                end = self._val_grad()
             self._cache = end
         if self._stale is not None:
             self._stale_age += 1
@@ -289,18 +298,24 @@ class InRunScorer:
             cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
         if "adam" in est:
             cols["adam"] = _times(P, start.grads)
-        if "adam2" in est or ("adam-loo" in est and not self.loo_second_moment):
+        if "adam-loo" in est and not self.loo_second_moment:
             cols["end"] = _times(P, end.grads)
         if "adam-loo" in est and self.loo_second_moment:
             cols["loo"] = _times(P_loo, end.grads)
         if need_mid:
-            cols["mid"] = _times(P, mid.grads)
+            # adam2 is linear in the val side: contract P ⊙ ½(mid + end) once, not two columns
+            # (each column costs one forward-sized matmul per layer).
+            cols["adam2"] = {k: P[k] * (0.5 * (mid.grads[k] + end.grads[k])) for k in P}
         if lin:
             cols["gg"] = ghat
         names = list(cols)
-        val_side = {id(p): self._stack([cols[c].get(id(p)) for c in names], p) for p in self.params}
-        low = self._low_rank(val_side)
-        C = self.capture.contract(val_side, n, dtype=self.contract_dtype, low=low)
+        with record_function("adamshap.val_side"):
+            val_side = {
+                id(p): self._stack([cols[c].get(id(p)) for c in names], p) for p in self.params
+            }
+            low = self._low_rank(val_side)
+        with record_function("adamshap.contract"):
+            C = self.capture.contract(val_side, n, dtype=self.contract_dtype, low=low)
         self.capture.clear()
         col = {c: C[:, i] for i, c in enumerate(names)}
 
@@ -314,8 +329,7 @@ class InRunScorer:
                 key = "loo" if self.loo_second_moment else "end"
                 v, u = col[key], cols[key]
             else:  # adam2: midpoint of the val gradients without and with this batch's step
-                v = 0.5 * (col["mid"] + col["end"])
-                u = {k: 0.5 * (cols["mid"][k] + cols["end"][k]) for k in cols["end"]}
+                v, u = col["adam2"], cols["adam2"]
             if lin and e in self.clip_linearised:
                 v = v - (_dot(u, ghat) / _dot(ghat, ghat)) * col["gg"]
             values[e] = v.detach().cpu().double()
