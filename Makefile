@@ -24,7 +24,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: help setup apt-packages demo test test-fast lint format bench bench-fidelity \
-	bench-source-id bench-pruning clean-demo
+	bench-source-id bench-pruning bench-throughput bench-speed bench-gpu clean-demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -82,6 +82,15 @@ bench-source-id: setup  ## source identification on ../shared/corpora/multisourc
 
 bench-pruning: setup  ## pruning with injected junk, retrained target loss
 	$(PY) -m benchmarks.pruning
+
+bench-throughput: setup  ## scored vs plain throughput and memory (CPU grid)
+	$(PY) -m benchmarks.throughput
+
+bench-speed: setup  ## speed vs fidelity of the cheaper contractions, with a profile
+	$(PY) -m benchmarks.speed_fidelity
+
+bench-gpu:  ## on a CUDA machine: scorer precision check + GPU throughput grid (< 10 min)
+	bash benchmarks/gpu_check.sh
 
 clean-demo:  ## remove the demo outputs (the cache lives in there too)
 	rm -rf $(DEMO_OUT)

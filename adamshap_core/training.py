@@ -7,7 +7,13 @@ import math
 import torch
 from torch import nn
 
-from .batch import Batch, per_example_loss, prepare_batch
+from .batch import (
+    Batch,
+    logits_of,
+    per_example_loss,
+    per_example_loss_from_logits,
+    prepare_batch,
+)
 
 
 def plain_step(
@@ -15,12 +21,18 @@ def plain_step(
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     max_grad_norm: float | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> float:
     """One ordinary training step on the mean per-example loss; returns the loss."""
     device = next(model.parameters()).device
     b = prepare_batch(batch, device)
     optimizer.zero_grad(set_to_none=True)
-    loss = per_example_loss(model, b).mean()
+    if amp_dtype is None:
+        loss = per_example_loss(model, b).mean()
+    else:  # the forward under autocast, as InRunScorer(amp_dtype=...) runs it
+        with torch.autocast(device_type=device.type, dtype=amp_dtype):
+            logits = logits_of(model, b)
+        loss = per_example_loss_from_logits(logits, b).mean()
     loss.backward()
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)

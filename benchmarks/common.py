@@ -7,14 +7,16 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import torch
 
-from curation.corpus import read_corpus
-from curation.encode import EncodedCorpus, encode_corpus
-from curation.tokenizer import train_tokenizer
+if TYPE_CHECKING:  # the corpus side (polars, curation) is imported where it is used, so the
+    # throughput benchmark runs on a machine with only torch + transformers (a lent GPU box)
+    import polars as pl
+
+    from curation.encode import EncodedCorpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -37,6 +39,10 @@ def default_corpus() -> Path:
 
 def sample_corpus(path: Path, per_source: int, seed: int = 0) -> pl.DataFrame:
     """A seeded sample of at most `per_source` documents from every source."""
+    import polars as pl
+
+    from curation.corpus import read_corpus
+
     df = read_corpus(path).df
     parts = []
     for src in sorted(df["source"].unique().to_list()):
@@ -47,6 +53,9 @@ def sample_corpus(path: Path, per_source: int, seed: int = 0) -> pl.DataFrame:
 
 def tokenized(df: pl.DataFrame, vocab_size: int, seq_len: int, seed: int = 0):
     """Train a byte-level BPE on the frame's text and encode it."""
+    from curation.encode import encode_corpus
+    from curation.tokenizer import train_tokenizer
+
     tok = train_tokenizer(df["text"].to_list(), vocab_size=vocab_size, seed=seed)
     return tok, encode_corpus(df, tok, seq_len)
 

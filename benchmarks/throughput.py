@@ -7,11 +7,15 @@ building model and data; CUDA: `torch.cuda.max_memory_allocated`).
 
     python -m benchmarks.throughput                # presets tiny, cpu-small, gpt2 x seq 64/128/256
     python -m benchmarks.throughput --quick
+    python -m benchmarks.throughput --gpu          # one CUDA GPU, bf16 autocast (benchmarks/gpu_check.sh)
+
+Only torch and transformers are needed (no polars/curation), so it runs on a bare GPU machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -60,6 +64,28 @@ class ThroughputArgs:
     vocab_size: int = 4096
     steps_per_round: int = 2
     memory_config: tuple[str, int] = ("cpu-small", 128)
+    device: str = "cpu"
+    amp: str | None = None  # "bf16": forward under torch.autocast(bfloat16), values in fp32/fp64
+
+
+GPU_ARGS = ThroughputArgs(
+    configs=(
+        ("cpu-small", 128, 5),
+        ("gpt2", 128, 5),
+        ("gpt2", 256, 5),
+        ("gpt2", 512, 3),
+    ),
+    steps_per_round=5,
+    memory_config=("gpt2", 256),
+    device="cuda",
+    amp="bf16",
+)
+AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _data(vocab: int, n: int, T: int, seed: int) -> dict[str, torch.Tensor]:
@@ -71,11 +97,13 @@ class PerExampleStep:
     """The naive alternative: materialise every per-example gradient with torch.func, then dot."""
 
     def __init__(self, model, opt, val, max_grad_norm=1.0):
-        self.model, self.opt, self.val, self.clip = model, opt, prepare_batch(val), max_grad_norm
+        self.device = next(model.parameters()).device
+        self.model, self.opt, self.clip = model, opt, max_grad_norm
+        self.val = prepare_batch(val, self.device)
         self.names = [k for k, _ in model.named_parameters()]
 
     def step(self, batch):
-        b = prepare_batch(batch)
+        b = prepare_batch(batch, self.device)
         n = b["input_ids"].shape[0]
         params = {k: v.detach() for k, v in self.model.named_parameters()}
 
@@ -94,7 +122,7 @@ class PerExampleStep:
         for k, p in self.model.named_parameters():
             p.grad = pe[k].sum(0)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        vals = torch.zeros(n, dtype=torch.float64)
+        vals = torch.zeros(n, dtype=torch.float64, device=self.device)
         for (k, p), g in zip(self.model.named_parameters(), vg):
             st = self.opt.state.get(p, {})
             v = st.get("exp_avg_sq", torch.zeros_like(p))
@@ -108,44 +136,83 @@ class PerExampleStep:
         return vals
 
 
-def make_runner(variant: str, preset: str, T: int, a: ThroughputArgs, seed: int = 0):
-    """A model, optimizer and a `step(batch)` callable for one variant."""
-    model = build_model(preset, a.vocab_size, max(T, 256), seed=seed)
+def _model_opt(preset: str, T: int, a: ThroughputArgs, seed: int = 0):
+    model = build_model(preset, a.vocab_size, max(T, 256), seed=seed).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    return model, opt
+
+
+def make_runner(variant: str, preset: str, T: int, a: ThroughputArgs, seed: int = 0, shared=None):
+    """A `step(batch)` callable for one variant, on its own model + optimizer or on `shared`."""
+    model, opt = shared if shared is not None else _model_opt(preset, T, a, seed)
     val = _data(a.vocab_size, a.val_size, T, seed=999)
     ests = VARIANTS[variant]
+    amp = AMP[a.amp]
     if ests is None:
-        return lambda b: plain_step(model, opt, b, 1.0)
+        return lambda b: plain_step(model, opt, b, 1.0, amp_dtype=amp)
     if ests == ():
         return PerExampleStep(model, opt, val).step
-    sc = InRunScorer(model, opt, val, estimators=ests, max_grad_norm=1.0)
+    sc = InRunScorer(model, opt, val, estimators=ests, max_grad_norm=1.0, amp_dtype=amp)
     return sc.step
 
 
 def time_config(preset: str, T: int, rounds: int, a: ThroughputArgs) -> dict:
-    """Interleave all variants for `rounds` rounds; return steps/s and ratios vs plain."""
-    runners = {v: make_runner(v, preset, T, a) for v in VARIANTS}
-    if preset == "gpt2":
-        runners.pop("per-example grads (torch.func), adam")  # minutes per step on 2 CPU cores
+    """Interleave all variants for `rounds` rounds; return steps/s and ratios vs plain.
+
+    gpt2 on CPU: one model and optimizer shared by every variant, restored to the same snapshot
+    (untimed) before each step, since six gpt2 copies with their optimizer states and a seq-256
+    step do not fit in 24 GiB. Inactive scorers' hooks return at once, so sharing costs nothing.
+    """
+    big = preset == "gpt2" and a.device == "cpu"
+    shared = _model_opt(preset, T, a) if big else None
+    variants = [v for v in VARIANTS if not (big and VARIANTS[v] == ())]  # torch.func: minutes
+    runners = {v: make_runner(v, preset, T, a, shared=shared) for v in variants}
+    if shared is not None:
+        plain_step(*shared, _data(a.vocab_size, a.batch_size, T, seed=7), 1.0)  # Adam state
+        snap = (copy.deepcopy(shared[0].state_dict()), copy.deepcopy(shared[1].state_dict()))
+
+        def restore() -> None:
+            shared[0].load_state_dict(snap[0])
+            shared[1].load_state_dict(copy.deepcopy(snap[1]))
+
+        inner = dict(runners)
+        runners = {v: _restoring(run, restore) for v, run in inner.items()}
     batches = [_data(a.vocab_size, a.batch_size, T, seed=s) for s in range(4)]
-    for run in runners.values():  # warm-up
-        run(batches[0])
+    for run in runners.values():  # warm-up (twice on a GPU: kernels, allocator, autotuning)
+        for _ in range(1 if a.device == "cpu" else 2):
+            getattr(run, "prepare", lambda: None)()
+            run(batches[0])
+    _sync(a.device)
     times = {v: [] for v in runners}
+    spr = 1 if preset == "gpt2" and a.device == "cpu" else a.steps_per_round  # ~2-20 s a step
     for r in range(rounds):
         for v, run in runners.items():
+            getattr(run, "prepare", lambda: None)()  # gpt2 on CPU: restore the snapshot, untimed
             t0 = time.perf_counter()
-            for k in range(a.steps_per_round):
+            for k in range(spr):
                 run(batches[(r + k) % len(batches)])
-            times[v].append((time.perf_counter() - t0) / a.steps_per_round)
+            _sync(a.device)
+            times[v].append((time.perf_counter() - t0) / spr)
     med = {v: float(np.median(ts)) for v, ts in times.items()}
     return {
         "preset": preset,
         "seq_len": T,
         "rounds": rounds,
+        "steps_per_round": spr,
         "seconds_per_step": med,
         "steps_per_s": {v: 1 / s for v, s in med.items()},
         "ratio_vs_plain": {v: med["plain"] / s for v, s in med.items()},
     }
+
+
+class _restoring:
+    """A runner whose model is restored (untimed) before each step: call `prepare()` first."""
+
+    def __init__(self, run, restore):
+        self.run, self.prepare = run, restore
+
+    def __call__(self, b):
+        return self.run(b)
 
 
 def _rss_mib() -> float:
@@ -154,8 +221,8 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _memory_child(variant: str, preset: str, T: int) -> None:
-    a = ThroughputArgs()
+def _memory_child(variant: str, preset: str, T: int, gpu: bool = False) -> None:
+    a = GPU_ARGS if gpu else ThroughputArgs()
     batches = [_data(a.vocab_size, a.batch_size, T, seed=s) for s in range(2)]
     run = make_runner(variant, preset, T, a)
     base = _rss_mib()
@@ -181,22 +248,33 @@ def _memory_child(variant: str, preset: str, T: int) -> None:
     print(json.dumps(out))
 
 
-def memory(a: ThroughputArgs) -> dict:
-    """Peak memory above baseline of each variant, each in its own process."""
+def memory(a: ThroughputArgs, repeats: int = 3) -> dict:
+    """Peak memory above baseline of each variant, each in its own process (median of repeats).
+
+    Sampled RSS varies by ~±5% between identical runs (allocator timing), hence the median.
+    """
     preset, T = a.memory_config
     out = {}
+    gpu = ["--gpu"] if a.device != "cpu" else []
     for v in VARIANTS:
-        res = subprocess.run(
-            [sys.executable, "-m", "benchmarks.throughput", "--memory-child", v, preset, str(T)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        out[v] = json.loads(res.stdout.strip().splitlines()[-1])
-    plain = out["plain"]["peak_mib"]
+        runs = []
+        for _ in range(repeats):
+            res = subprocess.run(
+                [sys.executable, "-m", "benchmarks.throughput", "--memory-child", v, preset, str(T)]
+                + gpu,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        key = "cuda_peak_mib" if a.device != "cpu" else "peak_mib"
+        out[v] = dict(sorted(runs, key=lambda r: r[key])[len(runs) // 2])
+        out[v]["runs_mib"] = [r[key] for r in runs]
+    key = "cuda_peak_mib" if a.device != "cpu" else "peak_mib"
+    plain = out["plain"][key]
     for v in out:
-        out[v]["ratio_vs_plain"] = out[v]["peak_mib"] / plain if plain > 0 else float("nan")
-    return {"preset": preset, "seq_len": T, "variants": out}
+        out[v]["ratio_vs_plain"] = out[v][key] / plain if plain > 0 else float("nan")
+    return {"preset": preset, "seq_len": T, "variants": out, "measure": key}
 
 
 def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
@@ -206,7 +284,8 @@ def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
         "# Throughput: scored vs plain AdamW training",
         "",
         f"Batch {a.batch_size}, target batch {a.val_size}, vocab {a.vocab_size}, AdamW + clipping 1.0, "
-        f"exact ghost contraction, {env['threads']} torch threads on {env['device']} "
+        f"exact ghost contraction, precision {a.amp or 'fp32'}, {env['threads']} torch threads "
+        f"on {env['device']} "
         f"({env['cpu_count']} cores). Cell: throughput as a fraction of plain training, "
         "interleaved in one process (median over rounds); plain steps/s in the first column.",
         "",
@@ -224,13 +303,16 @@ def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
         lines += [
             "",
             f"Peak memory above the process baseline ({mem['preset']}, seq {mem['seq_len']}, each variant in "
-            "its own process):",
+            "its own process, median of 3 runs):",
             "",
             "| variant | peak MiB | x plain |",
             "|---|---|---|",
         ]
+        key = mem.get("measure", "peak_mib")
+        if key == "cuda_peak_mib":
+            lines[-4] = lines[-4].replace("process baseline", "CUDA allocator's peak")
         for v, m in mem["variants"].items():
-            lines.append(f"| {v} | {m['peak_mib']:.0f} | {m['ratio_vs_plain']:.2f} |")
+            lines.append(f"| {v} | {m[key]:.0f} | {m['ratio_vs_plain']:.2f} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -239,15 +321,18 @@ def main(argv: list[str] | None = None) -> None:
     """Run the grid and write benchmarks/results/throughput.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gpu", action="store_true", help="the CUDA grid: bf16 autocast, gpt2 shapes")
     ap.add_argument("--presets", default=None, help="comma list to restrict presets")
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "PRESET", "SEQ"))
     ap.add_argument("--memory-only", action="store_true", help="redo memory, keep timed rows")
     ns = ap.parse_args(argv)
     if ns.memory_child:
         v, p, t = ns.memory_child
-        _memory_child(v, p, int(t))
+        _memory_child(v, p, int(t), gpu=ns.gpu)
         return
-    a = ThroughputArgs()
+    a = GPU_ARGS if ns.gpu else ThroughputArgs()
+    if ns.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device (torch.cuda.is_available() is False)")
     if ns.quick:
         a = ThroughputArgs(
             configs=(("tiny", 64, 2), ("tiny", 128, 2)),
@@ -258,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.presets:
         keep = set(ns.presets.split(","))
         configs = tuple(c for c in configs if c[0] in keep)
-    name = "throughput_quick" if ns.quick else "throughput"
+    name = "throughput_quick" if ns.quick else "throughput_gpu" if ns.gpu else "throughput"
     rows = []
     if ns.memory_only:
         rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
@@ -271,6 +356,12 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(f"{k}={v:.3f}" for k, v in rows[-1]["ratio_vs_plain"].items())
             + f"  ({time.time() - t0:.0f}s)",
             flush=True,
+        )
+        env = environment()  # written after every configuration: a crash keeps the rows so far
+        write_results(
+            name,
+            {"args": asdict(a), "environment": env, "rows": rows, "memory": {}, "partial": True},
+            markdown(rows, {}, a, env),
         )
     mem = memory(a)
     env = environment()
