@@ -74,7 +74,9 @@ def run_one(
     model = build_model(preset, args.vocab_size, args.seq_len, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=args.weight_decay)
     val = batch_of(enc, val_idx)
-    scorer = InRunScorer(model, opt, val, estimators=ESTS, max_grad_norm=args.max_grad_norm)
+    scorer = InRunScorer(
+        model, opt, val, estimators=ESTS, max_grad_norm=args.max_grad_norm, contraction="exact"
+    )  # the estimators themselves; the low-rank default's own error is in speed.md
     eval_steps = {s + k: name for name, s in args.phases for k in range(args.steps_per_phase)}
     last = max(eval_steps)
     rows = []
