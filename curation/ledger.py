@@ -38,8 +38,8 @@ def ledger_schema(estimators: Sequence[str]) -> dict[str, pl.DataType]:
     return schema
 
 
-def _part_path(run_dir: Path, first_step: int) -> Path:
-    return run_dir / LEDGER_DIR / f"part-{first_step:07d}.parquet"
+def _part_path(run_dir: Path, first_step: int, suffix: str = "") -> Path:
+    return run_dir / LEDGER_DIR / f"part-{first_step:07d}{suffix}.parquet"
 
 
 def _parts(run_dir: Path) -> list[Path]:
@@ -47,14 +47,15 @@ def _parts(run_dir: Path) -> list[Path]:
 
 
 def _part_first_step(path: Path) -> int:
-    return int(path.stem.split("-", 1)[1])
+    return int(path.stem.split("-")[1])  # part-<step>[-rank<r>]
 
 
 class LedgerWriter:
     """Buffer ledger rows in memory and write them as one Parquet part per `flush()`."""
 
-    def __init__(self, run_dir: str | Path, estimators: Sequence[str]) -> None:
+    def __init__(self, run_dir: str | Path, estimators: Sequence[str], suffix: str = "") -> None:
         self.run_dir = Path(run_dir)
+        self.suffix = suffix  # "-rank<r>" when each torchrun rank writes its own parts
         self.estimators = tuple(estimators)
         self.schema = ledger_schema(self.estimators)
         self._chunks: list[dict[str, np.ndarray | list]] = []
@@ -107,7 +108,7 @@ class LedgerWriter:
             for name in self.schema
         }
         df = pl.DataFrame(cols, schema=self.schema)
-        path = _part_path(self.run_dir, int(df["step"][0]))
+        path = _part_path(self.run_dir, int(df["step"][0]), self.suffix)
         atomic_write_parquet(df, path)
         self._chunks.clear()
         return path
@@ -118,11 +119,12 @@ class LedgerWriter:
 
 
 def read_ledger(run_dir: str | Path) -> pl.DataFrame:
-    """All ledger rows of a run, ordered by step (then batch order)."""
+    """All ledger rows of a run, ordered by step (then rank, then batch order)."""
     parts = _parts(Path(run_dir))
     if not parts:
         raise FileNotFoundError(f"no ledger parts under {Path(run_dir) / LEDGER_DIR}")
-    return pl.concat([pl.read_parquet(p) for p in parts], how="vertical")
+    df = pl.concat([pl.read_parquet(p) for p in parts], how="vertical")
+    return df.sort("step", maintain_order=True)  # stable: per-rank parts interleave by step
 
 
 def truncate_after(run_dir: str | Path, step: int) -> int:

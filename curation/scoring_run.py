@@ -25,10 +25,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from adamshap_core.lowrank import CONTRACTIONS
+
 from .aggregate import EXAMPLES_FILE, aggregate_run
 from .atomic import atomic_dir, atomic_path, atomic_write_parquet, atomic_write_text
 from .errors import AdamshapError, UsageError
 from .ledger import LedgerWriter, truncate_after
+from .ranks import Ranks, ranks_from_env
 
 ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
 COMPLETE_MARKER = ".complete"
@@ -62,6 +65,8 @@ class ScoreArgs:
     max_grad_norm: float | None = 1.0
     warmup_frac: float = 0.05
     estimators: tuple[str, ...] = ESTIMATORS
+    contraction: str = "exact"  # exact | lowrank | auto (see benchmarks/results/speed.md)
+    rank: int = 8
     seed: int = 0
     checkpoint_every: int = 50
     fields: dict[str, str] | None = None
@@ -83,7 +88,11 @@ class ScoreArgs:
         bad = [e for e in self.estimators if e not in ESTIMATORS]
         if bad or not self.estimators:
             raise UsageError(f"unknown estimators {bad}; choose from {', '.join(ESTIMATORS)}")
-        for name in ("seq_len", "batch_size", "target_batch_size", "checkpoint_every"):
+        if self.contraction not in CONTRACTIONS:
+            raise UsageError(
+                f"contraction must be one of {', '.join(CONTRACTIONS)}, got {self.contraction!r}"
+            )
+        for name in ("seq_len", "batch_size", "target_batch_size", "checkpoint_every", "rank"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 2:
@@ -242,24 +251,27 @@ class _SigintFlag:
 # ----------------------------------------------------------------------------- data
 
 
-def _load_inputs(args: ScoreArgs, run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _load_inputs(
+    args: ScoreArgs, run_dir: Path, write_rejects: bool = True
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     from .corpus import FieldMap, read_corpus
 
     fields = FieldMap(**args.fields) if args.fields else FieldMap()
     extra = {"template": args.template} if args.template is not None else {}
     rejects = run_dir / "rejects"
+    keep = args.on_bad_rows == "skip" and write_rejects
     corpus = read_corpus(
         args.corpus,
         fields=fields,
         on_bad_rows=args.on_bad_rows,
-        rejects_path=rejects / "corpus.jsonl" if args.on_bad_rows == "skip" else None,
+        rejects_path=rejects / "corpus.jsonl" if keep else None,
         **extra,
     ).df
     target = read_corpus(
         args.target,
         fields=fields,
         on_bad_rows=args.on_bad_rows,
-        rejects_path=rejects / "target.jsonl" if args.on_bad_rows == "skip" else None,
+        rejects_path=rejects / "target.jsonl" if keep else None,
         **extra,
     ).df
     if corpus.height == 0:
@@ -294,7 +306,7 @@ def _encode(df: pl.DataFrame, tok: Any, args: ScoreArgs) -> Any:
     return encode_corpus(df, tok, args.seq_len)
 
 
-def _model(args: ScoreArgs, tok: Any) -> torch.nn.Module:
+def _model(args: ScoreArgs, tok: Any, device: str) -> torch.nn.Module:
     from transformers import GPT2LMHeadModel
 
     from adamshap_core import build_model
@@ -315,7 +327,7 @@ def _model(args: ScoreArgs, tok: Any) -> torch.nn.Module:
     else:
         eos = tok.eos_token_id if tok.eos_token_id is not None else 0
         model = build_model(args.preset, len(tok), args.seq_len, seed=args.seed, eos_token_id=eos)
-    return model.to(args.device)
+    return model.to(device)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -380,22 +392,35 @@ def _check_finite(step: int, what: str, x: float | torch.Tensor, last_ckpt: int)
 
 
 def run_scoring(args: ScoreArgs) -> Path:
-    """Run (or resume, or skip if complete) a scored training run; return RUN_DIR."""
+    """Run (or resume, or skip if complete) a scored training run; return RUN_DIR.
+
+    Under `torchrun` every rank runs this with the same arguments: each scores its share of
+    every global batch (against the all-reduced target gradient) and writes its own ledger
+    parts; rank 0 writes everything else (see curation/ranks.py).
+    """
     args.validate()
     run_dir = Path(args.out)
     for p, what in ((args.corpus, "corpus"), (args.target, "target")):
         if not Path(p).exists():
             raise UsageError(f"{what} {p} does not exist")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ranks, device = ranks_from_env(args.device)
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ranks.barrier()
     record = _run_record(args)
     if _check_run_dir(args, run_dir, record):
         print(f"{run_dir} is already complete; nothing to do", file=sys.stderr)
         return run_dir
 
-    corpus_df, target_df = _load_inputs(args, run_dir)  # validates every row before any work
-    if not (run_dir / "run.json").exists():
+    rejects_ok = ranks.main  # one rank writes the rejects files
+    corpus_df, target_df = _load_inputs(args, run_dir, write_rejects=rejects_ok)
+    if ranks.main and not (run_dir / "run.json").exists():
         atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
-    tok = _tokenizer(args, run_dir, corpus_df)
+    if ranks.main:
+        tok = _tokenizer(args, run_dir, corpus_df)
+    ranks.barrier()
+    if not ranks.main:
+        tok = _tokenizer(args, run_dir, corpus_df)  # rank 0 has saved it: load
     train = _encode(corpus_df, tok, args)
     target = _encode(target_df, tok, args)
     n_truncated = int(np.asarray(train.truncated).sum())
@@ -408,7 +433,8 @@ def run_scoring(args: ScoreArgs) -> Path:
                 "examples.parquet and the report)",
                 file=sys.stderr,
             )
-    if not (run_dir / EXAMPLES_FILE).exists():
+    _check_shards(ranks, len(train), len(target), args)
+    if ranks.main and not (run_dir / EXAMPLES_FILE).exists():
         examples = pl.DataFrame(
             {
                 "id": list(train.ids),
@@ -422,7 +448,7 @@ def run_scoring(args: ScoreArgs) -> Path:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed % (1 << 32))
     random.seed(args.seed)
-    model = _model(args, tok)
+    model = _model(args, tok, device)
     n = len(train)
     steps_per_epoch = math.ceil(n / args.batch_size)
     n_scored = args.epochs * steps_per_epoch
@@ -445,14 +471,23 @@ def run_scoring(args: ScoreArgs) -> Path:
         scorer_state = ckpt.get("scorer")
         _set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
-        print(f"resuming {run_dir} from step {step}/{total}", file=sys.stderr)
-    truncate_after(run_dir, step)
+        if ranks.main:
+            print(f"resuming {run_dir} from step {step}/{total}", file=sys.stderr)
+    ranks.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+    if ranks.main:
+        truncate_after(run_dir, step)
+    ranks.barrier()
     last_ckpt = step
-    ledger = LedgerWriter(run_dir, args.estimators)
+    ledger = LedgerWriter(run_dir, args.estimators, suffix=ranks.suffix)
 
     def checkpoint(at: int) -> None:
         nonlocal last_ckpt
         ledger.flush()
+        ranks.barrier()  # every rank's rows up to `at` are on disk before the checkpoint says so
+        last_ckpt = at
+        if not ranks.main:
+            ranks.barrier()
+            return
         state: dict[str, Any] = {
             "step": at,
             "model": model.state_dict(),
@@ -465,24 +500,31 @@ def run_scoring(args: ScoreArgs) -> Path:
                 "steps_per_epoch": steps_per_epoch,
             },
         }
-        if scorer is not None and hasattr(scorer, "state_dict"):
+        if scorer is not None:
             state["scorer"] = scorer.state_dict()
         _save_checkpoint(run_dir, state)
-        last_ckpt = at
+        ranks.barrier()
 
     from tqdm.auto import tqdm
 
     orders: dict[int, np.ndarray] = {}
 
     with _SigintFlag() as sigint:
-        bar = tqdm(total=total, initial=step, desc="score", unit="step", disable=not args.progress)
+        bar = tqdm(
+            total=total,
+            initial=step,
+            desc="score" + (f" ({ranks.world} ranks)" if ranks.active else ""),
+            unit="step",
+            disable=not (args.progress and ranks.main),
+        )
         try:
             while step < total:
                 t = step + 1
                 if t <= args.warm_start_steps:
                     idx = warm_batch_indices(n, args.batch_size, args.seed, t)
+                    # every rank takes the same full warm-start step (no sharding needed)
                     loss = plain_step(
-                        model, opt, _to_device(train.batch(idx), args.device), args.max_grad_norm
+                        model, opt, _to_device(train.batch(idx), device), args.max_grad_norm
                     )
                     _check_finite(t, "warm-start loss", loss, last_ckpt)
                     bar.set_postfix(phase="warm", loss=f"{loss:.3f}")
@@ -494,14 +536,15 @@ def run_scoring(args: ScoreArgs) -> Path:
                         orders[epoch] = epoch_order(n, args.seed, epoch)
                     idx = orders[epoch][pos * args.batch_size : (pos + 1) * args.batch_size]
                     tidx = target_batch_indices(len(target), args.target_batch_size, args.seed, t)
-                    tbatch = _to_device(target.batch(tidx), args.device)
+                    idx, tidx = ranks.shard(idx), ranks.shard(tidx)
+                    tbatch = _to_device(target.batch(tidx), device)
                     if scorer is None:
                         scorer = _make_scorer(args, model, opt, tbatch)
-                        if scorer_state is not None and hasattr(scorer, "load_state_dict"):
+                        if scorer_state is not None:
                             scorer.load_state_dict(scorer_state)
                     else:
                         scorer.set_val_batch(tbatch)
-                    out = scorer.step(_to_device(train.batch(idx), args.device))
+                    out = scorer.step(_to_device(train.batch(idx), device))
                     _check_finite(t, "training loss", float(out.loss), last_ckpt)
                     _check_finite(t, "target loss", float(out.val_loss), last_ckpt)
                     for e in args.estimators:
@@ -523,7 +566,7 @@ def run_scoring(args: ScoreArgs) -> Path:
                 bar.update(1)
                 if step % args.checkpoint_every == 0 or step == total:
                     checkpoint(step)
-                if sigint.raised:
+                if ranks.any(sigint.raised):
                     if last_ckpt != step:
                         checkpoint(step)
                     bar.close()
@@ -535,43 +578,65 @@ def run_scoring(args: ScoreArgs) -> Path:
                     raise SystemExit(130)
         finally:
             bar.close()
-            if scorer is not None and hasattr(scorer, "close"):
+            if scorer is not None:
                 scorer.close()
     if total == 0:
         checkpoint(0)
+    if not ranks.main:
+        ranks.barrier()  # rank 0 writes the final model, aggregates and the completion marker
+        return run_dir
 
     with atomic_dir(run_dir / "final_model") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     if n_scored > 0:
         aggregate_run(run_dir)
-    done = {"steps": total, "n_examples": n, "n_truncated": n_truncated}
+    done = {"steps": total, "n_examples": n, "n_truncated": n_truncated, "ranks": ranks.world}
     atomic_write_text(run_dir / COMPLETE_MARKER, json.dumps(done) + "\n")
+    ranks.barrier()
     return run_dir
+
+
+def _check_shards(ranks: Ranks, n_train: int, n_target: int, args: ScoreArgs) -> None:
+    """Under torchrun every rank needs at least one example of every batch it shares."""
+    if not ranks.active:
+        return
+    last = n_train % args.batch_size
+    sizes = {
+        "--batch-size": args.batch_size,
+        "--target-batch-size": min(args.target_batch_size, n_target),
+    }
+    if 0 < last < ranks.world:
+        sizes["the last batch of each epoch"] = last
+    small = {k: v for k, v in sizes.items() if v < ranks.world}
+    if small:
+        what = ", ".join(f"{k} = {v}" for k, v in small.items())
+        raise UsageError(
+            f"{ranks.world} ranks need at least {ranks.world} examples in every batch; {what}. "
+            "Use a larger batch (or a batch size that divides the corpus evenly) or fewer ranks"
+        )
 
 
 def _make_scorer(
     args: ScoreArgs, model: torch.nn.Module, opt: torch.optim.Optimizer, val_batch: dict
 ) -> Any:
-    """The InRun scorer; pipelines val passes across redrawn target batches when it can checkpoint.
+    """The InRun scorer, pipelining target passes across the redrawn target batches.
 
-    Reusing the previous step's endpoint val gradient makes the scorer stateful; without
-    `state_dict`/`load_state_dict` on the scorer a resumed run could not reproduce that state, so
-    the reuse is switched on only when the scorer can save it.
+    Reusing the previous step's endpoint target gradient makes the scorer stateful; its
+    `state_dict` goes into every checkpoint, so a resumed run reproduces that state exactly.
     """
-    try:
-        from adamshap_core import InRunScorer
-    except ImportError:  # older __init__ without the re-export
-        from adamshap_core.scorer import InRunScorer
+    from adamshap_core import InRunScorer
 
-    stateful = hasattr(InRunScorer, "state_dict") and hasattr(InRunScorer, "load_state_dict")
     return InRunScorer(
         model,
         opt,
         val_batch,
         estimators=tuple(args.estimators),
         max_grad_norm=args.max_grad_norm,
-        reuse_val_grad_across_batches=stateful,
+        reuse_val_grad_across_batches=True,
+        contraction=args.contraction,
+        rank=args.rank,
+        seed=args.seed,
     )
 
 

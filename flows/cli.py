@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -179,6 +180,13 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
         type=estimator_list,
         help=f"comma-separated subset of {','.join(ESTIMATORS)} (default: all four)",
     )
+    g.add_argument(
+        "--contraction",
+        choices=("auto", "lowrank", "exact"),
+        help="ghost contraction: exact (default), lowrank (rank-r target side), or auto "
+        "(low-rank only where it pays); speed and fidelity in benchmarks/results/speed.md",
+    )
+    g.add_argument("--rank", type=positive_int, help="rank of the low-rank contraction (8)")
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--batch-size", type=positive_int, help="training examples per step")
     g.add_argument("--target-batch-size", type=positive_int, help="target examples per step")
@@ -197,6 +205,8 @@ def _score_values(args: argparse.Namespace) -> dict[str, Any]:
         "seed",
         "batch_size",
         "target_batch_size",
+        "contraction",
+        "rank",
         "seq_len",
         "vocab_size",
         "lr",
@@ -224,8 +234,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         _require_path(path, what)
     values = {"corpus": args.corpus, "target": args.target, "out": args.out, **_score_values(args)}
     run_dir = run_scoring(build_args(ScoreArgs, values, OUT_ALIASES))
-    print(f"run directory: {run_dir}")
-    print(f"next: adamshap report {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(f"run directory: {run_dir}")
+        print(f"next: adamshap report {run_dir}")
     return 0
 
 

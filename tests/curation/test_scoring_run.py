@@ -98,6 +98,10 @@ def test_args_json_roundtrip(tmp_path) -> None:
         ScoreArgs.from_json(json.dumps({"corpus": "c", "target": "t", "out": "o", "nope": 1}))
     with pytest.raises(UsageError):
         ScoreArgs(corpus="c", target="t", out="o", estimators=("adam3",)).validate()
+    with pytest.raises(UsageError, match="contraction must be one of"):
+        ScoreArgs(corpus="c", target="t", out="o", contraction="ghost").validate()
+    with pytest.raises(UsageError, match="rank must be >= 1"):
+        ScoreArgs(corpus="c", target="t", out="o", contraction="lowrank", rank=0).validate()
 
 
 def test_orders_are_seeded_permutations() -> None:
