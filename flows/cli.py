@@ -576,12 +576,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        _INTERRUPTED.set()  # the message and the exit status must always get out
-        print(
-            "\nadamshap: interrupted; run the same command again to resume from the last "
-            "checkpoint",
-            file=sys.stderr,
-        )
+        _INTERRUPTED.set()  # the message and the exit status must always get out:
+        if threading.current_thread() is threading.main_thread():
+            # a replayed or second SIGINT during the exit would end the process by the signal
+            # (status -2) instead of 130, so the interrupt is ignored from here on
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            print(
+                "\nadamshap: interrupted; run the same command again to resume from the last "
+                "checkpoint",
+                file=sys.stderr,
+            )
+        except KeyboardInterrupt:  # raised before the handler above took over
+            pass
         return EXIT_INTERRUPTED
     except AdamshapError as exc:
         print(f"adamshap {args.command}: error: {exc}", file=sys.stderr)
