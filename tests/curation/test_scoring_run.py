@@ -214,9 +214,14 @@ def test_sigint_then_sigkill_then_resume_equals_uninterrupted(
     assert a.select("step", "epoch", "id", "source").equals(
         b.select("step", "epoch", "id", "source")
     )
+    # The resumed process recomputes in float32 from the restored state; its matmuls are not
+    # guaranteed the same summation order as the reference process (one CI run differed by
+    # 4e-6 relative), so: bit-exact rows, float32-rounding-exact numbers. A lost or stale
+    # scorer state (cached target gradient) would change values by O(1), far outside this.
+    assert a["lr"].equals(b["lr"])
     for c in a.columns:
-        if c.startswith("value_") or c in ("loss", "lr"):
-            np.testing.assert_allclose(b[c].to_numpy(), a[c].to_numpy(), rtol=1e-6, atol=1e-12)
+        if c.startswith("value_") or c == "loss":
+            np.testing.assert_allclose(b[c].to_numpy(), a[c].to_numpy(), rtol=1e-4, atol=1e-9)
 
 
 @pytest.mark.integration
