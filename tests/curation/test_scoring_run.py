@@ -214,14 +214,16 @@ def test_sigint_then_sigkill_then_resume_equals_uninterrupted(
     assert a.select("step", "epoch", "id", "source").equals(
         b.select("step", "epoch", "id", "source")
     )
-    # The resumed process recomputes in float32 from the restored state; its matmuls are not
-    # guaranteed the same summation order as the reference process (one CI run differed by
-    # 4e-6 relative), so: bit-exact rows, float32-rounding-exact numbers. A lost or stale
-    # scorer state (cached target gradient) would change values by O(1), far outside this.
+    # The reference run is computed in the pytest process, the resumed one in a fresh process;
+    # in the full suite their float32 contractions differ by up to ~5e-6 of a column's scale
+    # (never in isolation: summation order, not state). So: bit-exact rows and lr, numbers to
+    # 1e-5 of the column's scale. A lost or stale scorer state (the cached target gradient)
+    # changes values by O(1) of that scale, far outside this.
     assert a["lr"].equals(b["lr"])
     for c in a.columns:
         if c.startswith("value_") or c == "loss":
-            np.testing.assert_allclose(b[c].to_numpy(), a[c].to_numpy(), rtol=1e-4, atol=1e-9)
+            x, y = b[c].to_numpy(), a[c].to_numpy()
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * np.abs(y).max(), err_msg=c)
 
 
 @pytest.mark.integration
