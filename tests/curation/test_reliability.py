@@ -383,7 +383,18 @@ def test_curate_interrupted_twice_then_rerun_equals_uninterrupted(tmp_path):
 
     res = _cli(args, tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert _curate_outcome(out) == expected
+    got = _curate_outcome(out)
+    # Same documents scored and kept, exactly. The values come from two processes whose float32
+    # contractions may sum in another order (a fresh-clone CI run saw 2e-7 of the values' scale),
+    # so they are compared to 1e-5 of that scale, as the README promises; a lost or stale
+    # checkpoint changes them by O(1) of it. Verify retrains in yet another process: 1e-5 relative.
+    assert got["ids"] == expected["ids"]
+    assert got["kept"] == expected["kept"]
+    y = np.asarray(expected["values"])
+    np.testing.assert_allclose(got["values"], y, rtol=1e-4, atol=1e-5 * np.abs(y).max())
+    assert got["verify"].keys() == expected["verify"].keys()
+    for arm, loss in expected["verify"].items():
+        assert got["verify"][arm] == pytest.approx(loss, rel=1e-5), arm
 
 
 # ----------------------------------------------------------------------------- numerical guards
