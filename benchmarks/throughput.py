@@ -2,8 +2,11 @@
 
 All variants of one configuration run interleaved in one process (A B C ... A B C ...) on the
 same model shape, batches and target batch, so the ratios are robust to machine noise. Peak memory
-is measured per variant in a fresh subprocess (CPU: peak RSS above the process's baseline after
-building model and data; CUDA: `torch.cuda.max_memory_allocated`).
+is measured per variant in a fresh subprocess, two ways on CPU: the peak of live tensor bytes
+during a step (model, optimizer state and everything else torch allocated, from the profiler's
+memory timeline: the CPU counterpart of CUDA's `max_memory_allocated`), and the peak RSS above
+the process's baseline after building model and data (what the OS sees, including what glibc's
+allocator keeps cached after frees). CUDA: `torch.cuda.max_memory_allocated`.
 
     python -m benchmarks.throughput                # presets tiny, cpu-small, gpt2 x seq 64/128/256
     python -m benchmarks.throughput --quick
@@ -66,6 +69,7 @@ class ThroughputArgs:
     memory_config: tuple[str, int] = ("cpu-small", 128)
     device: str = "cpu"
     amp: str | None = None  # "bf16": forward under torch.autocast(bfloat16), values in fp32/fp64
+    target_chunk: int | None = 8  # the scorer's default: target gradients 8 examples at a time
 
 
 GPU_ARGS = ThroughputArgs(
@@ -152,7 +156,15 @@ def make_runner(variant: str, preset: str, T: int, a: ThroughputArgs, seed: int 
         return lambda b: plain_step(model, opt, b, 1.0, amp_dtype=amp)
     if ests == ():
         return PerExampleStep(model, opt, val).step
-    sc = InRunScorer(model, opt, val, estimators=ests, max_grad_norm=1.0, amp_dtype=amp)
+    sc = InRunScorer(
+        model,
+        opt,
+        val,
+        estimators=ests,
+        max_grad_norm=1.0,
+        amp_dtype=amp,
+        target_chunk=a.target_chunk,
+    )
     return sc.step
 
 
@@ -221,6 +233,25 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def tensor_peak_mib(fn) -> float:
+    """Peak of live CPU tensor bytes (MiB) while `fn()` runs, counting tensors alive before it."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action in (Action.PREEXISTING, Action.CREATE):
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 def _memory_child(variant: str, preset: str, T: int, gpu: bool = False) -> None:
     a = GPU_ARGS if gpu else ThroughputArgs()
     batches = [_data(a.vocab_size, a.batch_size, T, seed=s) for s in range(2)]
@@ -245,6 +276,8 @@ def _memory_child(variant: str, preset: str, T: int, gpu: bool = False) -> None:
     out = {"peak_mib": peak[0] - base, "base_mib": base}
     if torch.cuda.is_available():
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:  # after the RSS window: the profiler's own bookkeeping must not count there
+        out["tensor_peak_mib"] = tensor_peak_mib(lambda: run(batches[0]))
     print(json.dumps(out))
 
 
@@ -267,14 +300,15 @@ def memory(a: ThroughputArgs, repeats: int = 3) -> dict:
                 check=True,
             )
             runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        key = "cuda_peak_mib" if a.device != "cpu" else "peak_mib"
-        out[v] = dict(sorted(runs, key=lambda r: r[key])[len(runs) // 2])
-        out[v]["runs_mib"] = [r[key] for r in runs]
-    key = "cuda_peak_mib" if a.device != "cpu" else "peak_mib"
-    plain = out["plain"][key]
-    for v in out:
-        out[v]["ratio_vs_plain"] = out[v][key] / plain if plain > 0 else float("nan")
-    return {"preset": preset, "seq_len": T, "variants": out, "measure": key}
+        out[v] = {"runs": runs}
+    measures = ["cuda_peak_mib"] if a.device != "cpu" else ["tensor_peak_mib", "peak_mib"]
+    for key in measures:  # median of the repeats, each measure on its own
+        plain = float(np.median([r[key] for r in out["plain"]["runs"]]))
+        for v in out:
+            med = float(np.median([r[key] for r in out[v]["runs"]]))
+            out[v][key] = med
+            out[v][f"{key}_ratio_vs_plain"] = med / plain if plain > 0 else float("nan")
+    return {"preset": preset, "seq_len": T, "variants": out, "measures": measures}
 
 
 def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
@@ -284,7 +318,8 @@ def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
         "# Throughput: scored vs plain AdamW training",
         "",
         f"Batch {a.batch_size}, target batch {a.val_size}, vocab {a.vocab_size}, AdamW + clipping 1.0, "
-        f"exact ghost contraction, precision {a.amp or 'fp32'}, {env['threads']} torch threads "
+        f"exact ghost contraction, target gradients {a.target_chunk or a.val_size} examples at a time, "
+        f"precision {a.amp or 'fp32'}, {env['threads']} torch threads "
         f"on {env['device']} "
         f"({env['cpu_count']} cores). Cell: throughput as a fraction of plain training, "
         "interleaved in one process (median over rounds); plain steps/s in the first column.",
@@ -300,19 +335,29 @@ def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
             + " |"
         )
     if mem:
+        cuda = mem["measures"] == ["cuda_peak_mib"]
         lines += [
             "",
-            f"Peak memory above the process baseline ({mem['preset']}, seq {mem['seq_len']}, each variant in "
-            "its own process, median of 3 runs):",
+            f"Peak memory ({mem['preset']}, seq {mem['seq_len']}, each variant in its own process, "
+            "median of 3 runs). "
+            + (
+                "CUDA allocator's peak (`max_memory_allocated`)."
+                if cuda
+                else "Live tensors: the peak of tensor bytes alive during a step, model and "
+                "optimizer state included (the CPU counterpart of CUDA's `max_memory_allocated`). "
+                "RSS: peak resident memory above the process's baseline, which also holds what "
+                "glibc's allocator keeps cached after frees."
+            ),
             "",
-            "| variant | peak MiB | x plain |",
-            "|---|---|---|",
         ]
-        key = mem.get("measure", "peak_mib")
-        if key == "cuda_peak_mib":
-            lines[-4] = lines[-4].replace("process baseline", "CUDA allocator's peak")
+        names = {"cuda_peak_mib": "CUDA peak", "tensor_peak_mib": "live tensors", "peak_mib": "RSS"}
+        head = " | ".join(f"{names[k]} MiB | x plain" for k in mem["measures"])
+        lines += [f"| variant | {head} |", "|---|" + "---|---|" * len(mem["measures"])]
         for v, m in mem["variants"].items():
-            lines.append(f"| {v} | {m[key]:.0f} | {m['ratio_vs_plain']:.2f} |")
+            cells = " | ".join(
+                f"{m[k]:.0f} | {m[f'{k}_ratio_vs_plain']:.2f}" for k in mem["measures"]
+            )
+            lines.append(f"| {v} | {cells} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -67,6 +67,7 @@ class ScoreArgs:
     estimators: tuple[str, ...] = ESTIMATORS
     contraction: str = "exact"  # exact | lowrank | auto (see benchmarks/results/speed.md)
     rank: int = 8
+    target_chunk: int = 8  # target examples per gradient piece; 0 = the whole target batch
     seed: int = 0
     checkpoint_every: int = 50
     fields: dict[str, str] | None = None
@@ -97,6 +98,10 @@ class ScoreArgs:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 2:
             raise UsageError("seq_len must be >= 2 (one input and one target token)")
+        if self.target_chunk < 0:
+            raise UsageError(
+                f"target_chunk must be >= 0 (0 = whole batch), got {self.target_chunk}"
+            )
         if self.epochs < 0 or self.warm_start_steps < 0:
             raise UsageError("epochs and warm_start_steps must be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -637,6 +642,7 @@ def _make_scorer(
         contraction=args.contraction,
         rank=args.rank,
         seed=args.seed,
+        target_chunk=args.target_chunk or None,
     )
 
 

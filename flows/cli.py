@@ -187,6 +187,12 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
         "(low-rank only where it pays); speed and fidelity in benchmarks/results/speed.md",
     )
     g.add_argument("--rank", type=positive_int, help="rank of the low-rank contraction (8)")
+    g.add_argument(
+        "--target-chunk",
+        type=non_negative_int,
+        metavar="K",
+        help="take target gradients K examples at a time to cap peak memory (8; 0 = whole batch)",
+    )
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--batch-size", type=positive_int, help="training examples per step")
     g.add_argument("--target-batch-size", type=positive_int, help="target examples per step")
@@ -207,6 +213,7 @@ def _score_values(args: argparse.Namespace) -> dict[str, Any]:
         "target_batch_size",
         "contraction",
         "rank",
+        "target_chunk",
         "seq_len",
         "vocab_size",
         "lr",

@@ -56,9 +56,11 @@ def oracle_values(model, opt, batch, val, clip, linearise=("adam-loo",)):
     return out, clipped
 
 
-def check_against_oracle(model, opt, batch, val, clip, linearise=("adam-loo",)):
+def check_against_oracle(model, opt, batch, val, clip, linearise=("adam-loo",), target_chunk=8):
     want, clipped = oracle_values(model, opt, batch, val, clip, linearise)
-    sc = InRunScorer(model, opt, val, max_grad_norm=clip, clip_linearised=linearise)
+    sc = InRunScorer(
+        model, opt, val, max_grad_norm=clip, clip_linearised=linearise, target_chunk=target_chunk
+    )
     got = sc.step(batch)
     sc.close()
     for e in want:
@@ -74,6 +76,30 @@ def test_all_estimators_match_oracle_mid_training(gpt2, kind, wd):
     val = make_batch(5, 12, seed=7, pad_lengths=[12, 8, 12, 5, 10])
     batch = make_batch(6, 12, seed=8, pad_lengths=[12, 3, 9, 12, 7, 11])
     check_against_oracle(gpt2, opt, batch, val, clip=None)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, None])
+def test_chunked_target_gradients_match_oracle(gpt2, chunk):
+    """Target gradients taken in pieces (5 = 2+2+1, or 1 at a time) give the oracle's values."""
+    opt = make_opt(gpt2)
+    warm(gpt2, opt, 2)
+    val = make_batch(5, 12, seed=7, pad_lengths=[12, 8, 12, 5, 10])
+    batch = make_batch(6, 12, seed=8, pad_lengths=[12, 3, 9, 12, 7, 11])
+    want_loss = float(oracle_val_loss(gpt2, val))  # at w_t, before the step
+    _, got = check_against_oracle(gpt2, opt, batch, val, clip=None, target_chunk=chunk)
+    assert got.val_loss == pytest.approx(want_loss, rel=1e-12)
+
+
+def oracle_val_loss(model, val):
+    from adamshap_core.batch import per_example_loss, prepare_batch
+
+    with torch.no_grad():
+        return per_example_loss(model, prepare_batch(val)).mean()
+
+
+def test_rejects_non_positive_target_chunk(gpt2):
+    with pytest.raises(ValueError, match="target_chunk"):
+        InRunScorer(gpt2, make_opt(gpt2), make_batch(3, 12, seed=1), target_chunk=0)
 
 
 def test_step_one_zero_second_moment(gpt2):

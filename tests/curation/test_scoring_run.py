@@ -102,6 +102,8 @@ def test_args_json_roundtrip(tmp_path) -> None:
         ScoreArgs(corpus="c", target="t", out="o", contraction="ghost").validate()
     with pytest.raises(UsageError, match="rank must be >= 1"):
         ScoreArgs(corpus="c", target="t", out="o", contraction="lowrank", rank=0).validate()
+    with pytest.raises(UsageError, match="target_chunk must be >= 0"):
+        ScoreArgs(corpus="c", target="t", out="o", target_chunk=-1).validate()
 
 
 def test_orders_are_seeded_permutations() -> None:

@@ -43,6 +43,7 @@ def test_no_command_is_a_usage_error(capsys):
         (["score", "c", "--target", "t", "--out", "r", "--on-bad-rows", "x"], "invalid choice"),
         (["score", "c", "--target", "t", "--out", "r", "--contraction", "x"], "invalid choice"),
         (["score", "c", "--target", "t", "--out", "r", "--rank", "0"], "must be >= 1"),
+        (["score", "c", "--target", "t", "--out", "r", "--target-chunk", "-1"], "must be >= 0"),
         (["prune", "c.jsonl", "--clusters", "two"], "not an integer"),
         (["prune", "c.jsonl", "--dedup-eps", "-0.1"], "must be >= 0"),
         (["prune", "c.jsonl", "--estimator", "adam3"], "invalid choice"),
@@ -137,10 +138,10 @@ def test_score_maps_options_to_score_args(monkeypatch, tmp_path):
     argv = ["score", str(tmp_path / "c.jsonl"), "--target", str(tmp_path / "t.jsonl")]
     argv += ["--out", str(tmp_path / "run"), "--estimators", "adam2,sgd", "--epochs", "2"]
     argv += ["--text-field", "body", "--on-bad-rows", "skip", "--warm-start-steps", "0"]
-    argv += ["--contraction", "lowrank", "--rank", "16"]
+    argv += ["--contraction", "lowrank", "--rank", "16", "--target-chunk", "4"]
     assert cli.main(argv) == 0
     a = seen["a"]
-    assert a.contraction == "lowrank" and a.rank == 16
+    assert a.contraction == "lowrank" and a.rank == 16 and a.target_chunk == 4
     assert a.estimators == ("adam2", "sgd") and a.epochs == 2 and a.warm_start_steps == 0
     assert a.fields == {"text": "body"} and a.on_bad_rows == "skip"
     assert a.preset == scoring_run.ScoreArgs.__dataclass_fields__["preset"].default
