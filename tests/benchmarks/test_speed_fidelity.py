@@ -39,3 +39,26 @@ def test_ties_within_noise_go_to_the_most_faithful():
     assert choose(rows, SpeedArgs()) == "adam exact"
     assert choose(rows, SpeedArgs(noise=0.0)) == "adam lowrank r16"
     assert choose(rows, SpeedArgs(), "adam2") == "adam2 exact"
+
+
+def test_table_shows_live_tensor_and_rss_memory():
+    from benchmarks.speed_fidelity import markdown
+
+    rows = {"plain": {"seconds_per_step": 0.3, "ratio_vs_plain": 1.0}}
+    rows["adam exact"] = {**_row(0.43, 1.0), "seconds_per_step": 0.7}
+    rows["adam exact"].update(median_step_r=1.0, min_step_r=1.0)
+    res = {
+        "rows": rows,
+        "memory": {
+            "plain": {"ratio_vs_plain": 1.0, "tensor_ratio_vs_plain": 1.0},
+            "adam exact": {"ratio_vs_plain": 1.31, "tensor_ratio_vs_plain": 1.14},
+        },
+        "fastest_ok": "adam exact",
+        "meets_goal": False,
+        "profiles": {},
+    }
+    env = {"threads": 2, "cpu_count": 2}
+    md = markdown(res, SpeedArgs(), env)
+    assert "peak mem x plain (tensors / RSS)" in md
+    assert "| adam exact | 0.700 | 0.430 | 1.0000 | 1.0000 | 1.0000 | – | 1.14 / 1.31 |" in md
+    assert "goal 0.95: not met" in md
