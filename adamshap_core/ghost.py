@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gram import GramSide, gram_contract
 from .lowrank import LowRank
 
 try:  # HF GPT-2 uses a transposed linear layer.
@@ -45,6 +46,7 @@ class _Use:
     name: str
     module: nn.Module
     records: list[_Record] = field(default_factory=list)
+    target_records: list[_Record] = field(default_factory=list)  # Gram form: the target pass
 
 
 def check_supported(model: nn.Module) -> None:
@@ -76,6 +78,10 @@ class GhostCapture:
     def __init__(self, model: nn.Module):
         check_supported(model)
         self.active = False
+        # Gram contraction: while `target_active`, the modules in `target_modules` (ids) keep
+        # their inputs and output gradients of the target pass in `target_records`.
+        self.target_active = False
+        self.target_modules: set[int] = set()
         self.uses: list[_Use] = []
         self._handles = []
         for name, mod in model.named_modules():
@@ -88,7 +94,13 @@ class GhostCapture:
 
     def _make_hook(self, use: _Use):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not self.active or not torch.is_grad_enabled():
+            if not torch.is_grad_enabled():
+                return
+            if not self.active:
+                if self.target_active and id(module) in self.target_modules:
+                    trec = _Record(a=inputs[0].detach())
+                    use.target_records.append(trec)
+                    output.register_hook(lambda g: setattr(trec, "b", g.detach()))
                 return
             rec = _Record(a=inputs[0].detach())
             use.records.append(rec)
@@ -107,6 +119,23 @@ class GhostCapture:
         """Drop everything captured so far."""
         for use in self.uses:
             use.records.clear()
+
+    def clear_target(self) -> None:
+        """Drop the target pass's records."""
+        for use in self.uses:
+            use.target_records.clear()
+
+    def target_tokens(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The target pass's inputs [T_val, d_in] and output gradients [T_val, d_out] of `module`."""
+        for use in self.uses:
+            if use.module is module:
+                recs = [r for r in use.target_records if r.b is not None]
+                if not recs:
+                    return None
+                a = torch.cat([r.a.reshape(-1, r.a.shape[-1]) for r in recs])
+                b = torch.cat([r.b.reshape(-1, r.b.shape[-1]) for r in recs])
+                return a, b
+        return None
 
     def remove(self) -> None:
         """Remove the hooks from the model."""
@@ -131,19 +160,22 @@ class GhostCapture:
         n: int,
         dtype=torch.float32,
         low: dict[int, LowRank] | None = None,
+        gram: dict[int, GramSide] | None = None,
     ) -> torch.Tensor:
         """Return [n, E]: <G_e, g_i> for each example i and val-side tensor G_e (keyed by id(param)).
 
         `low` optionally maps a Linear/Conv1D weight id to a low-rank form of its val-side stack;
         those layers then contract through the factors (embeddings, tied or not, stay exact).
+        `gram` maps a Linear/Conv1D weight id to its target side in Gram form (rank-1 P).
         """
         out = None
         low = low or {}
+        gram = gram or {}
         for use in self.uses:
             for rec in use.records:
                 if rec.b is None:  # layer output did not reach the loss
                     continue
-                part = _contract_one(use.module, rec, val_side, dtype, low)
+                part = _contract_one(use.module, rec, val_side, dtype, low, gram)
                 if part is None:
                     continue
                 out = part.double() if out is None else out + part.double()
@@ -194,6 +226,7 @@ def _contract_one(
     val_side: dict[int, torch.Tensor],
     dtype,
     low: dict[int, LowRank],
+    gram: dict[int, GramSide],
 ) -> torch.Tensor | None:
     a, b = rec.a, rec.b
     n = b.shape[0]
@@ -219,7 +252,11 @@ def _contract_one(
     is_conv1d = Conv1D is not None and isinstance(mod, Conv1D)
     res = None
     bb = b.reshape(n, -1, b.shape[-1]).to(dtype)  # [n, T, out]
-    if id(mod.weight) in low:
+    if id(mod.weight) in gram:
+        side = gram[id(mod.weight)]
+        x = a.reshape(n, -1, a.shape[-1]).to(dtype)
+        res = gram_contract(x, bb, side)
+    elif id(mod.weight) in low:
         # G ≈ L R in the weight's layout: Linear [out, in] (rows meet b), Conv1D [in, out].
         lr_ = low[id(mod.weight)]
         L, R = lr_.left.to(dtype), lr_.right.to(dtype)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-CONTRACTIONS: tuple[str, ...] = ("exact", "lowrank", "auto")
+CONTRACTIONS: tuple[str, ...] = ("exact", "lowrank", "gram", "auto")
 
 
 @dataclass
@@ -33,11 +33,11 @@ class LowRank:
 def use_lowrank(shape: tuple[int, ...], rank: int, mode: str) -> bool:
     """Whether a weight of `shape` gets the low-rank contraction under `mode`.
 
-    `exact`: never. `lowrank`: every 2-D matmul weight whose rank-r form is cheaper at all.
+    `exact`, `gram`: never. `lowrank`: every 2-D matmul weight whose rank-r form is cheaper at all.
     `auto`: only where the rank-r contraction costs under a quarter of the exact one,
     `(d_in + d_out)·r < d_in·d_out / 4`, so the factorisation overhead is clearly paid back.
     """
-    if mode == "exact" or len(shape) != 2:
+    if mode in ("exact", "gram") or len(shape) != 2:
         return False
     d0, d1 = shape
     if mode == "auto":

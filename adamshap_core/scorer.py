@@ -12,7 +12,8 @@ from torch import nn
 from torch.profiler import record_function
 
 from .batch import logits_of, per_example_loss, per_example_loss_from_logits, prepare_batch
-from .ghost import GhostCapture
+from .ghost import Conv1D, GhostCapture
+from .gram import GramSide, rank1_factors
 from .lowrank import CONTRACTIONS, LowRank, randomized_lowrank, use_lowrank
 from .preconditioner import (
     check_optimizer,
@@ -48,6 +49,9 @@ class _ValGrad:
     val_version: int
 
 
+GRAM_ESTIMATORS = frozenset({"sgd", "adam"})
+
+
 class InRunScorer:
     """Adam-aware In-Run Data Shapley: values every training example while training for real.
 
@@ -76,6 +80,12 @@ class InRunScorer:
       `"exact"` (the default, with `val_grad_every=1`) is the exact path the tests check
       against torch.func and real optimizer steps; benchmarks/results/speed.md shows why it
       stays the default (low-rank saves ≤ 5% here and its fidelity depends on the data).
+    - `contraction="gram"` (`sgd`/`adam` only) contracts each untied Linear/Conv1D layer token
+      against token with the target pass's kept inputs and output gradients and a rank-1
+      (Adafactor) factorisation of P: `nT·T_val·(d_in + d_out)` instead of `nT·d_in·d_out`,
+      so it pays only for small target batches (gram.py). Exact for `sgd` (constant P).
+      `"auto"` uses it where it costs under a quarter of exact and less than low-rank, and only
+      when every estimator allows it.
 
     Memory option: `target_chunk=k` takes each target gradient in pieces of k target examples,
     summed (equal to the whole-batch gradient up to float rounding). `adam2` and `adam-loo`
@@ -131,6 +141,20 @@ class InRunScorer:
         if int(val_grad_every) < 1 or int(rank) < 1:
             raise ValueError("val_grad_every and rank must be positive integers")
         self.val_grad_every = int(val_grad_every)
+        if contraction == "gram":
+            if set(self.estimators) - GRAM_ESTIMATORS:
+                raise ValueError(
+                    "contraction='gram' values sgd and adam only (their target gradient is taken "
+                    f"before the step, where its tokens can be kept); got {list(self.estimators)}"
+                )
+            if self.val_grad_every != 1 or self.clip_linearised & GRAM_ESTIMATORS:
+                raise ValueError(
+                    "contraction='gram' needs val_grad_every=1 and no clip linearising"
+                )
+            if self.distributed:
+                raise ValueError(
+                    "contraction='gram' is single-process (target tokens are per rank)"
+                )
         if target_chunk is not None and int(target_chunk) < 1:
             raise ValueError(f"target_chunk must be a positive integer or None, got {target_chunk}")
         self.target_chunk = None if target_chunk is None else int(target_chunk)
@@ -154,6 +178,7 @@ class InRunScorer:
             for k, w in self.capture.matmul_weights().items()
             if use_lowrank(tuple(w.shape), self.rank, contraction)
         ]
+        self._gram_candidates = self._gram_layers()
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         self._val_version = 0
         self._cache: _ValGrad | None = None
@@ -220,6 +245,16 @@ class InRunScorer:
         out = {id(p): g for p, g in zip(self.params, gs)}
         return _ValGrad(out, float(lt), self._versions(), self._val_version)
 
+    def _val_grad_keeping(self, mods: dict[int, nn.Module]) -> _ValGrad:
+        """The target gradient, keeping the target tokens of `mods` for the Gram contraction."""
+        self.capture.clear_target()
+        self.capture.target_modules = {id(m) for m in mods.values()}
+        self.capture.target_active = True
+        try:
+            return self._val_grad()
+        finally:
+            self.capture.target_active = False
+
     def _cached_start(self) -> _ValGrad | None:
         c = self._cache
         if c is None or c.versions != self._versions():
@@ -258,12 +293,14 @@ class InRunScorer:
         b = prepare_batch(batch, self.device)
         n = b["input_ids"].shape[0]
 
-        start = self._cached_start()
+        gram_mods = self._gram_now() if self._gram_candidates else {}
+        # The Gram form needs this step's target tokens, so it never takes a cached gradient.
+        start = None if gram_mods else self._cached_start()
         if start is None and need_start:
             start = self._stale_start() if self.val_grad_every > 1 else None
             if start is None:
                 with record_function("adamshap.target_grad"):
-                    start = self._val_grad()
+                    start = self._val_grad_keeping(gram_mods) if gram_mods else self._val_grad()
         if self.val_grad_every > 1 and start is not None and start is not self._stale:
             self._stale, self._stale_age = start, 0
         val_loss = start.loss if start is not None else self._val_loss()
@@ -348,10 +385,12 @@ class InRunScorer:
             val_side = {
                 id(p): self._stack([cols[c].get(id(p)) for c in names], p) for p in self.params
             }
-            low = self._low_rank(val_side)
+            low = self._low_rank(val_side, skip=gram_mods)
+            gram = self._gram_sides(gram_mods, names, P, lrs) if gram_mods else None
         with record_function("adamshap.contract"):
-            C = self.capture.contract(val_side, n, dtype=self.contract_dtype, low=low)
+            C = self.capture.contract(val_side, n, dtype=self.contract_dtype, low=low, gram=gram)
         self.capture.clear()
+        self.capture.clear_target()
         col = {c: C[:, i] for i, c in enumerate(names)}
 
         values: dict[str, torch.Tensor] = {}
@@ -386,12 +425,76 @@ class InRunScorer:
             return cols[0].to(dt).unsqueeze(0)
         return torch.stack([torch.zeros_like(p, dtype=dt) if c is None else c.to(dt) for c in cols])
 
-    def _low_rank(self, val_side: dict[int, torch.Tensor]) -> dict[int, LowRank]:
+    def _low_rank(
+        self, val_side: dict[int, torch.Tensor], skip: Iterable[int] = ()
+    ) -> dict[int, LowRank]:
+        skip = set(skip)
         return {
             k: randomized_lowrank(val_side[k], self.rank, self._gen, niter=self.lowrank_niter)
             for k in self._lowrank_ids
-            if k in val_side
+            if k in val_side and k not in skip
         }
+
+    def _gram_layers(self) -> dict[int, nn.Module]:
+        """Weight id -> module for untied Linear/Conv1D weights (candidates for the Gram form)."""
+        if self.contraction not in ("gram", "auto") or set(self.estimators) - GRAM_ESTIMATORS:
+            return {}
+        if self.val_grad_every != 1 or self.clip_linearised & GRAM_ESTIMATORS or self.distributed:
+            return {}
+        uses: dict[int, int] = {}
+        for use in self.capture.uses:
+            for q in use.module.parameters(recurse=False):
+                uses[id(q)] = uses.get(id(q), 0) + 1
+        out = {}
+        for k, w in self.capture.matmul_weights().items():
+            mods = [u.module for u in self.capture.uses if getattr(u.module, "weight", None) is w]
+            if uses.get(k) == 1 and len(mods) == 1:
+                out[k] = mods[0]
+        return out
+
+    def _gram_now(self) -> dict[int, nn.Module]:
+        """The layers that take the Gram form this step (`auto`: where it pays at this T_val)."""
+        if self.contraction == "gram":
+            return self._gram_candidates
+        t_val = int(self.val_batch["input_ids"].numel())
+        out = {}
+        for k, mod in self._gram_candidates.items():
+            d_out, d_in = mod.weight.shape
+            if Conv1D is not None and isinstance(mod, Conv1D):
+                d_in, d_out = d_out, d_in
+            gram_cost = t_val * (d_in + d_out)
+            low_cost = self.rank * (d_in + d_out) if k in self._lowrank_ids else float("inf")
+            if gram_cost < d_in * d_out / 4 and gram_cost < low_cost:
+                out[k] = mod
+        return out
+
+    def _gram_sides(
+        self, mods: dict[int, nn.Module], names: list[str], P: dict, lrs: dict
+    ) -> dict[int, GramSide]:
+        """Each Gram layer's kept target tokens and per-column rank-1 preconditioner factors."""
+        sides = {}
+        dt = self.contract_dtype
+        for k, mod in mods.items():
+            tok = self.capture.target_tokens(mod)
+            if tok is None:
+                continue
+            a_val, b_val = tok
+            conv = Conv1D is not None and isinstance(mod, Conv1D)
+            rs, cs = [], []
+            for c in names:
+                if c == "sgd":  # constant P = lr: the factorisation is exact
+                    rs.append(
+                        torch.full((a_val.shape[1],), float(lrs[k]), dtype=dt, device=self.device)
+                    )
+                    cs.append(torch.ones(b_val.shape[1], dtype=dt, device=self.device))
+                else:  # "adam": P in [d_in, d_out] layout
+                    r, cc = rank1_factors(P[k] if conv else P[k].T)
+                    rs.append(r)
+                    cs.append(cc)
+            sides[k] = GramSide(
+                a_val.to(dt), b_val.to(dt), torch.stack(rs).to(dt), torch.stack(cs).to(dt)
+            )
+        return sides
 
     @torch.no_grad()
     def _swap_in(self, new: dict[int, torch.Tensor]) -> list[torch.Tensor]:

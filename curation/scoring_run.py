@@ -65,7 +65,7 @@ class ScoreArgs:
     max_grad_norm: float | None = 1.0
     warmup_frac: float = 0.05
     estimators: tuple[str, ...] = ESTIMATORS
-    contraction: str = "exact"  # exact | lowrank | auto (see benchmarks/results/speed.md)
+    contraction: str = "exact"  # exact | lowrank | gram | auto (benchmarks/results/speed.md)
     rank: int = 8
     target_chunk: int = 8  # target examples per gradient piece; 0 = the whole target batch
     seed: int = 0
@@ -92,6 +92,10 @@ class ScoreArgs:
         if self.contraction not in CONTRACTIONS:
             raise UsageError(
                 f"contraction must be one of {', '.join(CONTRACTIONS)}, got {self.contraction!r}"
+            )
+        if self.contraction == "gram" and set(self.estimators) - {"sgd", "adam"}:
+            raise UsageError(
+                "contraction gram values sgd and adam only; pass --estimators adam (or adam,sgd)"
             )
         for name in ("seq_len", "batch_size", "target_batch_size", "checkpoint_every", "rank"):
             if getattr(self, name) < 1:

@@ -182,9 +182,11 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--contraction",
-        choices=("auto", "lowrank", "exact"),
-        help="ghost contraction: exact (default), lowrank (rank-r target side), or auto "
-        "(low-rank only where it pays); speed and fidelity in benchmarks/results/speed.md",
+        choices=("auto", "lowrank", "gram", "exact"),
+        help="ghost contraction: exact (default), lowrank (rank-r target side), gram (token x "
+        "token with a rank-1 preconditioner; adam/sgd only, pays for small target batches) or "
+        "auto (the cheaper forms only where they pay); speed and fidelity in "
+        "benchmarks/results/speed.md",
     )
     g.add_argument("--rank", type=positive_int, help="rank of the low-rank contraction (8)")
     g.add_argument(
