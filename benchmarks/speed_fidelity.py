@@ -439,14 +439,16 @@ def markdown(res: dict, a: SpeedArgs, env: dict) -> str:
     return "\n".join(lines)
 
 
-NOTES = """Why a low-rank `G̃` and not the Gram (T×T) form: the Gram form costs about
+NOTES = """The Gram (T×T) form (`contraction="gram"`, rows "gram (rank-1 P)") costs about
 `nT·T_val·(d_in + d_out)` per layer against `nT·d_in·d_out` for the exact contraction, so it only
-pays when the target token count `T_val` is below `d_in·d_out/(d_in + d_out)`. Here
-`T_val = 16 × 128 = 2048`, while `d_in·d_out/(d_in + d_out)` is 128 (256×256), 192 (256×768),
-205 (256×1024) and 241 (lm_head 256×4096): the Gram form would be 8-16x *slower* than exact, and it
-also needs a factorised (rank-1) preconditioner, an approximation of its own. A rank-r `G̃` costs
-`nT·(d_in + d_out)·r` whatever the target batch size, keeps the full per-element preconditioner
-inside `G̃` before factorising, and its error is measured directly below.
+pays when the target token count `T_val` is below `d_in·d_out/(d_in + d_out)`: 128 (256×256),
+192 (256×768) and 205 (256×1024) here. With the 16-row target, `T_val = 16 × 128 = 2048` and the
+Gram form is slower than exact; with a 1-row target (`T_val = 128`) it needs 0.6-1.0x the exact
+FLOPs on the Conv1D layers (the lm_head, the largest, stays exact). It also replaces Adam's per-element preconditioner by a rank-1 (Adafactor) one, an
+approximation whose effect the R column measures (exact for `sgd`, whose P is the constant lr).
+The tied embedding / lm_head weight stays exact (its target gradient has an embedding part the
+token Gram matrices do not carry). A rank-r `G̃` costs `nT·(d_in + d_out)·r` whatever the target
+batch size and keeps the full per-element preconditioner inside `G̃` before factorising.
 
 Bias of `val_grad_every = k`: between refreshes the values use `∇l_val(w_{t-j})` (j < k) with this
 step's preconditioner, i.e. first-order error `H_val·(w_t − w_{t-j})`; it grows with the learning
