@@ -397,7 +397,8 @@ def markdown(res: dict, a: SpeedArgs, env: dict) -> str:
         "",
         "Flat-spectrum min R: the same contraction on a hard case for a low-rank target side "
         "(tiny GPT-2, float64, a synthetic language with a flat token distribution; one step, "
-        "all four estimators, the lowest R against exact; `stress_fidelity` in the script).",
+        "all four estimators (sgd and adam for the Gram form), the lowest R against exact; "
+        "`stress_fidelity` in the script).",
         "",
         f"Selection rule: R ≥ {a.min_r} against exact, pooled over the run *and* on the "
         f"flat-spectrum case; settings within {a.noise:.0%} of the fastest count as equally fast "
