@@ -324,3 +324,18 @@ def test_bad_corpus_fails_before_any_work(data, tmp_path) -> None:
     assert not (out / "run.json").exists() and not (out / "checkpoints").exists()
     # fixing the input then works in the same folder (no stale run.json blocks it)
     assert not (out / "tokenizer").exists()
+
+
+@pytest.mark.integration
+def test_gram_contraction_run_matches_exact(data, tmp_path) -> None:
+    """A whole scoring run with `--contraction gram`: sgd equals exact (its P is constant),
+    adam follows exact closely (rank-1 P), on the same trajectory and target batches."""
+    kw = dict(estimators=("adam", "sgd"), epochs=1)
+    exact = read_ledger(run_scoring(_args(data, tmp_path / "exact", **kw)))
+    gram = read_ledger(run_scoring(_args(data, tmp_path / "gram", contraction="gram", **kw)))
+    assert exact.select("step", "id", "loss").equals(gram.select("step", "id", "loss"))
+    x, y = gram["value_sgd"].to_numpy(), exact["value_sgd"].to_numpy()
+    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4 * np.abs(y).max())
+    x, y = gram["value_adam"].to_numpy(), exact["value_adam"].to_numpy()
+    r = np.corrcoef(x, y)[0, 1]
+    assert r > 0.99, r
