@@ -141,20 +141,8 @@ class InRunScorer:
         if int(val_grad_every) < 1 or int(rank) < 1:
             raise ValueError("val_grad_every and rank must be positive integers")
         self.val_grad_every = int(val_grad_every)
-        if contraction == "gram":
-            if set(self.estimators) - GRAM_ESTIMATORS:
-                raise ValueError(
-                    "contraction='gram' values sgd and adam only (their target gradient is taken "
-                    f"before the step, where its tokens can be kept); got {list(self.estimators)}"
-                )
-            if self.val_grad_every != 1 or self.clip_linearised & GRAM_ESTIMATORS:
-                raise ValueError(
-                    "contraction='gram' needs val_grad_every=1 and no clip linearising"
-                )
-            if self.distributed:
-                raise ValueError(
-                    "contraction='gram' is single-process (target tokens are per rank)"
-                )
+        if contraction == "gram" and (why := self._gram_blocker()):
+            raise ValueError(f"contraction='gram': {why}")
         if target_chunk is not None and int(target_chunk) < 1:
             raise ValueError(f"target_chunk must be a positive integer or None, got {target_chunk}")
         self.target_chunk = None if target_chunk is None else int(target_chunk)
@@ -435,22 +423,30 @@ class InRunScorer:
             if k in val_side and k not in skip
         }
 
+    def _gram_blocker(self) -> str | None:
+        """Why the Gram form cannot serve this scorer's settings (None when it can)."""
+        if set(self.estimators) - GRAM_ESTIMATORS:
+            return (
+                "it values sgd and adam only (their target gradient is taken before the step, "
+                f"where its tokens can be kept); got {list(self.estimators)}"
+            )
+        if self.val_grad_every != 1 or self.clip_linearised & GRAM_ESTIMATORS:
+            return "it needs val_grad_every=1 and no clip linearising of sgd/adam"
+        if self.distributed:
+            return "it is single-process (the target tokens are per rank)"
+        return None
+
     def _gram_layers(self) -> dict[int, nn.Module]:
         """Weight id -> module for untied Linear/Conv1D weights (candidates for the Gram form)."""
-        if self.contraction not in ("gram", "auto") or set(self.estimators) - GRAM_ESTIMATORS:
+        if self.contraction not in ("gram", "auto") or self._gram_blocker():
             return {}
-        if self.val_grad_every != 1 or self.clip_linearised & GRAM_ESTIMATORS or self.distributed:
-            return {}
-        uses: dict[int, int] = {}
+        owners: dict[int, list[nn.Module]] = {}
         for use in self.capture.uses:
             for q in use.module.parameters(recurse=False):
-                uses[id(q)] = uses.get(id(q), 0) + 1
-        out = {}
-        for k, w in self.capture.matmul_weights().items():
-            mods = [u.module for u in self.capture.uses if getattr(u.module, "weight", None) is w]
-            if uses.get(k) == 1 and len(mods) == 1:
-                out[k] = mods[0]
-        return out
+                owners.setdefault(id(q), []).append(use.module)
+        return {
+            k: owners[k][0] for k in self.capture.matmul_weights() if len(owners.get(k, ())) == 1
+        }
 
     def _gram_now(self) -> dict[int, nn.Module]:
         """The layers that take the Gram form this step (`auto`: where it pays at this T_val)."""
