@@ -418,7 +418,8 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
     """`adamshap corpus build demo`: assemble the demo corpus from installed Debian packages."""
     from curation.demo_corpus import build_demo_corpus
 
-    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed)
+    sources = args.sources.split(",") if args.sources else None
+    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed, sources=sources)
     print(f"demo corpus: {path or args.out}")
     return 0
 
@@ -551,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
     b.add_argument("--per-source", type=positive_int, default=300, help="documents per source")
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
+    b.add_argument(
+        "--sources",
+        metavar="LIST",
+        help="comma-separated subset of bible,fortunes,wordnet,devil,jargon,pydocs (default: all)",
+    )
     b.set_defaults(handler=cmd_corpus_build)
     return parser
 
