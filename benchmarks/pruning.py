@@ -1,4 +1,4 @@
-"""Pruning benchmark (docs/method.md, "Benchmarks"): injected junk, keep 0.7, retrain, compare selection methods.
+"""Pruning benchmark (docs/method.md §8): injected junk, keep 0.7, retrain, compare selection methods.
 
     python -m benchmarks.pruning [--quick] [--corpus PATH] [--n-docs N] [--seeds 3] [--threads 1]
 

@@ -1,4 +1,4 @@
-"""Source identification benchmark (docs/method.md, "Benchmarks"): can the values name the source the target came from?
+"""Source identification benchmark (docs/method.md §8): can the values name the source the target came from?
 
     python -m benchmarks.source_id [--quick] [--corpus PATH] [--per-source N] [--target-docs N]
 

@@ -1,7 +1,7 @@
 """`adamshap verify`: retrain a fresh proxy on curated vs random-same-size vs full data.
 
 Every arm trains from scratch with the same steps and hyper-parameters; the target loss (mean
-per-example loss over the target set, as in DESIGN §2.1) is evaluated periodically. Documents
+per-example loss over the target set, as in docs/method.md §1) is evaluated periodically. Documents
 whose id is in the target set are removed from every training arm (prune keeps its held-out
 target in kept.<ext>; training on it would leak).
 """

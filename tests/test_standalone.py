@@ -108,7 +108,10 @@ def test_missing_corpus_is_a_data_skip_not_a_silent_pass(monkeypatch, tmp_path):
         fx.fixture_corpus.cache_clear()
 
 
-OUTSIDE = re.compile(r"\.\./shared|/shared/corpora|shared/DESIGN")
+# Spelled with [/] so that this line does not match itself.
+OUTSIDE = re.compile(
+    r"\.\.[/]shared|[/]shared[/]corpora|shared[/]DESIGN|\"shared\"\s*/\s*\"corpora\""
+)
 
 
 def test_nothing_reads_a_path_outside_the_repository():
@@ -126,6 +129,6 @@ def test_nothing_reads_a_path_outside_the_repository():
         if not wanted.search(name) or not path.is_file():
             continue
         for k, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
-            if OUTSIDE.search(line) and "OUTSIDE = re.compile" not in line:
+            if OUTSIDE.search(line):
                 hits.append(f"{name}:{k + 1}: {line.strip()}")
     assert not hits, "\n".join(hits)
