@@ -270,8 +270,9 @@ def curate_flow(
     # 1. validate: the materialised corpus and target land in OUT/data.
     info = progress.run(1, "validate", validate_stage, manifest_path, str(out_dir / "data"))
     settings = {k: v for k, v in info["settings"].items() if k not in _DATA_ONLY_SETTINGS}
-    settings = {"device": "auto", **settings}
-    settings.update({k: v for k, v in (("device", device), ("precision", precision)) if v})
+    settings["device"] = device or settings.get("device") or "auto"  # CUDA when present
+    if precision:
+        settings["precision"] = precision
     keep = _checked_keep(keep, settings, manifest_path)
     _check_clusters(settings, info["n_corpus"], manifest_path)
 

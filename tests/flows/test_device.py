@@ -164,3 +164,9 @@ def test_manifest_device_is_checked_before_any_work(tmp_path):
     with pytest.raises(UsageError, match=r"run\.precision: expected one of fp32, bf16"):
         cli.check_run_settings({"precision": "fp16"}, None, where="m.yaml")
     assert cli.check_run_settings({"device": "cuda:0", "precision": "bf16"}, 0.5, "m") == 0.5
+
+
+def test_curate_checks_device_before_starting_prefect(tiny_manifest, capsys):
+    assert cli.main(["curate", str(tiny_manifest), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device must be auto, cpu, cuda or cuda:N, got 'gpu'" in err
