@@ -138,9 +138,13 @@ def _run_seq_len(run_dir: Path, default: int = 256) -> tuple[int, Any]:
 
 
 def embed_run(
-    run_dir: str | Path, corpus_df: pl.DataFrame, batch_size: int = 64, progress: bool = True
+    run_dir: str | Path,
+    corpus_df: pl.DataFrame,
+    batch_size: int = 64,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """Embed `corpus_df` with RUN_DIR's final proxy; cached in RUN_DIR/embeddings.npy by id hash."""
+    """Embed `corpus_df` with RUN_DIR's final proxy (on `device`); cached by id hash in RUN_DIR."""
     from transformers import GPT2LMHeadModel
 
     from curation.atomic import atomic_path, atomic_write_text
@@ -159,7 +163,7 @@ def embed_run(
                     return emb
         except (OSError, ValueError):
             pass
-    model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model")
+    model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model").to(device)
     tok = load_tokenizer(run_dir / "tokenizer")
     seq_len, template = _run_seq_len(run_dir)
     kwargs = {} if template is None else {"template": template}

@@ -49,6 +49,7 @@ class PruneArgs:
     seed: int = 0
     target_frac: float = 0.05
     progress: bool = True
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N (curation/devices.py)
 
 
 def value_column(estimator: str) -> str:
@@ -126,7 +127,9 @@ def _score(
 
     train_path = out / "work" / f"train{_ext(Path(args.corpus))}"
     write_corpus(df.filter(pl.Series(~is_target)), train_path)
-    score_args = ScoreArgs(corpus=str(train_path), target=str(target), out=str(out / "scores"))
+    score_args = ScoreArgs(
+        corpus=str(train_path), target=str(target), out=str(out / "scores"), device=args.device
+    )
     if hasattr(score_args, "seed"):
         score_args.seed = args.seed
     return Path(run_scoring(score_args))
@@ -190,11 +193,13 @@ def run_prune(args: PruneArgs) -> Path:
     from curation.atomic import atomic_write_text
     from curation.cluster import default_k, spherical_kmeans
     from curation.corpus import read_corpus, write_corpus
+    from curation.devices import faiss_gpu, resolve_device
     from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.prune_report import write_prune_report
     from curation.selection import token_shingles
 
     keep = validate_keep(args.keep)
+    args.device = resolve_device(args.device)
     if not 0 < args.target_frac < 1:
         raise UsageError(f"--target-frac must be in (0, 1), got {args.target_frac!r}")
     corpus_path = Path(args.corpus)
@@ -241,9 +246,9 @@ def run_prune(args: PruneArgs) -> Path:
     n_unscored = int(np.isnan(values[~is_target]).sum())
     if n_unscored:
         print(f"warning: {n_unscored} documents have no {args.estimator} value; ranked lowest")
-    emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress))
+    emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress, device=args.device))
     k = args.clusters or default_k(int((~is_target).sum()) or n)
-    labels, _ = spherical_kmeans(emb, k, seed=args.seed)
+    labels, _ = spherical_kmeans(emb, k, seed=args.seed, gpu=faiss_gpu(args.device))
     shingles = None
     if args.dedup_eps > 0:
         shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]

@@ -205,6 +205,31 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", metavar="DIR", help="start from this local GPT-2 checkpoint folder")
 
 
+def _add_device_option(p: argparse.ArgumentParser, precision: bool = False) -> None:
+    """`--device` (and `--precision` where the scorer runs) for a subcommand."""
+    p.add_argument(
+        "--device",
+        metavar="DEV",
+        help="auto (CUDA when present; the default), cpu, cuda or cuda:N",
+    )
+    if precision:
+        p.add_argument(
+            "--precision",
+            choices=("fp32", "bf16"),
+            help="scored steps in fp32 (default) or under bf16 autocast (CUDA only)",
+        )
+
+
+def _device_values(args: argparse.Namespace) -> dict[str, Any]:
+    """`device` (checked, `auto` when not given) and `precision` (when given) for a dataclass."""
+    from curation.devices import check_device
+
+    values: dict[str, Any] = {"device": check_device(args.device or "auto")}
+    if getattr(args, "precision", None) is not None:
+        values["precision"] = args.precision
+    return values
+
+
 def _score_values(args: argparse.Namespace) -> dict[str, Any]:
     names = (
         "preset",
@@ -242,6 +267,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     for path, what in ((args.tokenizer, "tokenizer folder"), (args.model, "model folder")):
         _require_path(path, what)
     values = {"corpus": args.corpus, "target": args.target, "out": args.out, **_score_values(args)}
+    values.update(_device_values(args))
     run_dir = run_scoring(build_args(ScoreArgs, values, OUT_ALIASES))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"run directory: {run_dir}")
@@ -285,6 +311,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "estimator": args.estimator,
         "floor": args.floor,
         "seed": args.seed,
+        **_device_values(args),
     }
     prune_args = build_args(PruneArgs, values, OUT_ALIASES)
     try:
@@ -318,6 +345,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "seq_len": args.seq_len,
         "lr": args.lr,
         "seed": args.seed,
+        **_device_values(args),
     }
     verify_args = build_args(VerifyArgs, values, OUT_ALIASES)
     try:
@@ -337,17 +365,21 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from curation.errors import AdamshapError
     from flows import prefect_env
 
+    device = _device_values(args) if args.device or args.precision else {}
+
     prefect_env.apply_offline_defaults({"PREFECT_LOGGING_LEVEL": "WARNING"})
     from curation.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)  # fail fast (no Prefect start-up) on a bad manifest
-    check_run_settings(manifest.run, args.keep, where=str(args.manifest))
+    check_run_settings({**manifest.run, **device}, args.keep, where=str(args.manifest))
     from flows.curate import curate_flow
     from flows.quiet import quiet_user_errors
 
     quiet_user_errors()
     try:
-        curate_flow(manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out)
+        curate_flow(
+            manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out, **device
+        )
     except AdamshapError as exc:
         raise _strict_corpus_hint("curate")(exc) from None
     return 0
@@ -375,6 +407,17 @@ def check_run_settings(run: dict[str, Any], keep: float | None, where: str) -> f
     ):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise UsageError(f"{where}: {key}: expected a positive integer, got {v!r}")
+    from curation.devices import PRECISIONS, check_device
+
+    try:
+        check_device(run.get("device") or "auto")
+    except UsageError as exc:
+        raise UsageError(f"{where}: run.device: {exc}") from None
+    if run.get("precision") not in (None, *PRECISIONS):
+        raise UsageError(
+            f"{where}: run.precision: expected one of {', '.join(PRECISIONS)}, "
+            f"got {run.get('precision')!r}"
+        )
     return fraction
 
 
@@ -418,7 +461,8 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
     """`adamshap corpus build demo`: assemble the demo corpus from installed Debian packages."""
     from curation.demo_corpus import build_demo_corpus
 
-    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed)
+    sources = args.sources.split(",") if args.sources else None
+    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed, sources=sources)
     print(f"demo corpus: {path or args.out}")
     return 0
 
@@ -443,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, metavar="T", help="target (validation) set")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumable)")
     _add_score_options(p)
+    _add_device_option(p, precision=True)
     _add_field_options(p)
     p.set_defaults(handler=cmd_score)
 
@@ -487,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--floor", type=non_negative_float, help="minimum kept share of each cluster")
     p.add_argument("--seed", type=int, help="random seed")
+    _add_device_option(p)
     p.set_defaults(handler=cmd_prune)
 
     p = sub.add_parser(
@@ -508,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--seed", type=int, help="base random seed")
+    _add_device_option(p)
     p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser(
@@ -521,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", help="YAML data manifest (data_manifests/)")
     p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
+    _add_device_option(p, precision=True)
     p.set_defaults(handler=cmd_curate)
 
     p = sub.add_parser(
@@ -551,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
     b.add_argument("--per-source", type=positive_int, default=300, help="documents per source")
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
+    b.add_argument(
+        "--sources",
+        metavar="LIST",
+        help="comma-separated subset of bible,fortunes,wordnet,devil,jargon,pydocs (default: all)",
+    )
     b.set_defaults(handler=cmd_corpus_build)
     return parser
 
