@@ -11,7 +11,7 @@ from adamshap_core.gram import rank1_factors
 from adamshap_core.sketch import GradientSketch, adam_sqrt_preconditioner
 from adamshap_core.training import plain_step
 
-from .conftest import V, TinyLM, make_batch
+from .conftest import TinyLM, V, make_batch
 
 
 def _trained(model, steps: int = 3):
