@@ -277,9 +277,12 @@ def select(
             f"not {n_requested}). Lower --dedup-eps (0 turns it off) to keep exactly --keep."
         )
         budget = n_elig
-    # Floors: each cluster keeps floor(floor_frac * its pool size), by value, if it has them.
+    # Floors: each cluster keeps floor(floor_frac * its pool size), by value, from its documents
+    # of positive value only: a document that lowers the target's fit (value <= 0, or unscored)
+    # is never protected by diversity, so junk-pure clusters can be emptied.
+    protectable = eligible & (np.nan_to_num(values, nan=-np.inf) > 0)
     floors = {
-        c: min(int(math.floor(floor_frac * len(ix) + 1e-9)), int(eligible[ix].sum()))
+        c: min(int(math.floor(floor_frac * len(ix) + 1e-9)), int(protectable[ix].sum()))
         for c, ix in members.items()
     }
     if sum(floors.values()) > budget:
@@ -287,7 +290,7 @@ def select(
         floors = {c: int(math.floor(f * scale)) for c, f in floors.items()}
         alerts.append(f"cluster floors exceeded the budget; scaled down by {scale:.3f}")
     for c, ix in members.items():
-        top = _order_desc(values, ix[eligible[ix]])[: floors[c]]
+        top = _order_desc(values, ix[protectable[ix]])[: floors[c]]
         kept[top] = True
         by_floor[top] = True
     rest = budget - int(by_floor.sum())

@@ -32,10 +32,22 @@ def test_exact_keep_count(keep: float) -> None:
     assert not res.warnings
 
 
+def test_floors_never_protect_non_positive_values() -> None:
+    ids, v, lab, emb = _case()
+    lab = np.where(np.arange(120) < 20, 0, 1)
+    v = np.abs(v) + 1.0
+    v[:20] = -np.abs(v[:20])  # cluster 0: every document lowers the target's fit
+    v[20:23] = np.nan  # unscored documents are not protected either
+    res = select(ids, v, lab, emb, keep=0.5, floor_frac=0.4, dedup_eps=0.0)
+    assert res.kept[:23].sum() == 0 and res.cluster_floor[0] == 0
+    assert res.n_kept == 60
+
+
 def test_floors_respected_and_rest_by_value() -> None:
     ids, v, lab, emb = _case()
     lab = np.where(np.arange(120) < 20, 0, 1)  # cluster 0 gets the 20 lowest values
     v = np.where(lab == 0, v - 100, v)
+    v = v - v.min() + 1.0  # all positive: floors may protect them
     res = select(ids, v, lab, emb, keep=0.5, floor_frac=0.25, dedup_eps=0.0)
     assert res.kept[lab == 0].sum() == math.floor(0.25 * 20) == res.cluster_floor[0]
     # floors pick the best of their cluster
