@@ -23,6 +23,7 @@ from .ledger import read_ledger
 EXAMPLES_FILE = "examples.parquet"
 BY_EXAMPLE_FILE = "values_by_example.parquet"
 BY_SOURCE_FILE = "values_by_source.parquet"
+CKPT_FILE = "checkpoint_values.parquet"  # written by the scoring run (curation.checkpoint_values)
 
 
 def estimator_suffixes(ledger: pl.DataFrame) -> list[str]:
@@ -83,6 +84,12 @@ def aggregate_run(run_dir: str | Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     ledger = read_ledger(run_dir)
     by_example = values_by_example(ledger)
+    ckpt_path = run_dir / CKPT_FILE
+    if ckpt_path.exists():
+        ckpt = pl.read_parquet(ckpt_path).select("id", "value_ckpt")
+        by_example = by_example.join(ckpt, on="id", how="left").with_columns(
+            pl.col("value_ckpt").alias("mean_ckpt")
+        )
     ex_path = run_dir / EXAMPLES_FILE
     examples = pl.read_parquet(ex_path) if ex_path.exists() else None
     by_source = values_by_source(by_example, examples)

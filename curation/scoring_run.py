@@ -27,8 +27,16 @@ import torch
 
 from adamshap_core.lowrank import CONTRACTIONS
 
-from .aggregate import EXAMPLES_FILE, aggregate_run
+from .aggregate import CKPT_FILE, EXAMPLES_FILE, aggregate_run
 from .atomic import atomic_dir, atomic_path, atomic_write_parquet, atomic_write_text
+from .checkpoint_values import (
+    CKPT_COLUMN,
+    SNAPSHOT_DIR,
+    CheckpointValueConfig,
+    checkpoint_values,
+    snapshot_paths,
+    snapshot_steps,
+)
 from .devices import PRECISIONS, amp_dtype, check_device, check_precision, resolve_device
 from .errors import AdamshapError, UsageError
 from .ledger import LedgerWriter, truncate_after
@@ -39,7 +47,7 @@ COMPLETE_MARKER = ".complete"
 # Arguments that do not change the outputs; a resume may differ in them.
 _NON_IDENTITY_ARGS = ("progress",)
 # Fields added after runs existed: a run.json without one was made with this value.
-_LATER_FIELDS = {"precision": "fp32"}
+_LATER_FIELDS = {"precision": "fp32", "snapshots": 0, "sketch_dim": 16}
 
 
 class NonFiniteError(AdamshapError):
@@ -79,6 +87,8 @@ class ScoreArgs:
     progress: bool = True
     device: str = "cpu"  # auto | cpu | cuda | cuda:N; run.json holds the resolved one
     precision: str = "fp32"  # fp32 | bf16 (CUDA only: bf16 autocast in the scored steps)
+    snapshots: int = 3  # shared snapshots for checkpoint values (0 = in-run values only)
+    sketch_dim: int = 16  # k of the k x k gradient sketch per weight (checkpoint values)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -101,7 +111,14 @@ class ScoreArgs:
             raise UsageError(
                 "contraction gram values sgd and adam only; pass --estimators adam (or adam,sgd)"
             )
-        for name in ("seq_len", "batch_size", "target_batch_size", "checkpoint_every", "rank"):
+        for name in (
+            "seq_len",
+            "batch_size",
+            "target_batch_size",
+            "checkpoint_every",
+            "rank",
+            "sketch_dim",
+        ):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 2:
@@ -109,6 +126,10 @@ class ScoreArgs:
         if self.target_chunk < 0:
             raise UsageError(
                 f"target_chunk must be >= 0 (0 = whole batch), got {self.target_chunk}"
+            )
+        if self.snapshots < 0:
+            raise UsageError(
+                f"snapshots must be >= 0 (0 = no checkpoint values), got {self.snapshots}"
             )
         if self.epochs < 0 or self.warm_start_steps < 0:
             raise UsageError("epochs and warm_start_steps must be >= 0")
@@ -389,6 +410,28 @@ def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Pat
     return path
 
 
+def _save_snapshot(run_dir: Path, step: int, model: torch.nn.Module, opt: Any) -> Path:
+    """Model + optimizer state at `step`, kept for the checkpoint values (never pruned)."""
+    path = run_dir / SNAPSHOT_DIR / f"step-{step:07d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
+    return path
+
+
+def _checkpoint_values(
+    args: ScoreArgs, run_dir: Path, model: torch.nn.Module, opt: Any, train: Any, target: Any
+) -> Path:
+    """Value every training document at every saved snapshot; write checkpoint_values.parquet."""
+    cfg = CheckpointValueConfig(sketch_dim=args.sketch_dim, seed=args.seed)
+    paths = snapshot_paths(run_dir)
+    snaps = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    vals = checkpoint_values(model, opt, snaps, train, target, cfg, progress=args.progress)
+    cols: dict[str, Any] = {"id": list(train.ids), CKPT_COLUMN: vals.mean(axis=0)}
+    for snap, row in zip(snaps, vals):
+        cols[f"{CKPT_COLUMN}_step{int(snap['step'])}"] = row
+    return atomic_write_parquet(pl.DataFrame(cols), run_dir / CKPT_FILE)
+
+
 def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     for path in reversed(_checkpoints(run_dir)):
         try:
@@ -529,6 +572,7 @@ def run_scoring(args: ScoreArgs) -> Path:
     from tqdm.auto import tqdm
 
     orders: dict[int, np.ndarray] = {}
+    snaps = set(snapshot_steps(args.warm_start_steps, n_scored, args.snapshots))
 
     with _SigintFlag() as sigint:
         bar = tqdm(
@@ -585,6 +629,8 @@ def run_scoring(args: ScoreArgs) -> Path:
                 sched.step()
                 step = t
                 bar.update(1)
+                if ranks.main and step in snaps:
+                    _save_snapshot(run_dir, step, model, opt)
                 if step % args.checkpoint_every == 0 or step == total:
                     checkpoint(step)
                 if ranks.any(sigint.raised):
@@ -610,6 +656,8 @@ def run_scoring(args: ScoreArgs) -> Path:
     with atomic_dir(run_dir / "final_model") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+    if n_scored > 0 and snaps:
+        _checkpoint_values(args, run_dir, model, opt, train, target)
     if n_scored > 0:
         aggregate_run(run_dir)
     done = {"steps": total, "n_examples": n, "n_truncated": n_truncated, "ranks": ranks.world}

@@ -88,6 +88,20 @@ def estimator_list(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def baseline_list(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated verify baselines, e.g. `random,perplexity,dsir,full`."""
+    from curation.verify import BASELINE_ARMS
+
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in BASELINE_ARMS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown baseline(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{','.join(BASELINE_ARMS)}"
+        )
+    return names
+
+
 def corpus_stem(path: str | Path) -> str:
     """File name without its corpus suffix (`data/web.jsonl.gz` -> `web`)."""
     name = Path(path).name
@@ -195,6 +209,19 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="take target gradients K examples at a time to cap peak memory (8; 0 = whole batch)",
     )
+    g.add_argument(
+        "--snapshots",
+        type=non_negative_int,
+        metavar="C",
+        help="shared snapshots at which every document is re-valued (checkpoint values, the "
+        "`ckpt` estimator of prune; 3; 0 = in-run values only)",
+    )
+    g.add_argument(
+        "--sketch-dim",
+        type=positive_int,
+        metavar="K",
+        help="K x K gradient sketch per weight for the checkpoint values (16)",
+    )
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--batch-size", type=positive_int, help="training examples per step")
     g.add_argument("--target-batch-size", type=positive_int, help="target examples per step")
@@ -241,6 +268,8 @@ def _score_values(args: argparse.Namespace) -> dict[str, Any]:
         "contraction",
         "rank",
         "target_chunk",
+        "snapshots",
+        "sketch_dim",
         "seq_len",
         "vocab_size",
         "lr",
@@ -345,8 +374,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "seq_len": args.seq_len,
         "lr": args.lr,
         "seed": args.seed,
+        "steps": args.steps,
+        "baselines": args.baselines,
+        "selection_target": args.selection_target,
+        "reference": args.reference,
         **_device_values(args),
     }
+    _require_path(args.selection_target, "selection target")
+    _require_path(args.reference, "reference run")
     verify_args = build_args(VerifyArgs, values, OUT_ALIASES)
     try:
         out_dir = run_verify(verify_args)
@@ -537,10 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "verify",
-        help="retrain on curated vs random-same-size vs full and compare target loss",
+        help="retrain on the curated set vs the baselines' selections and compare target loss",
         description=(
-            "Train fresh proxies on the curated set, on random subsets of the same size (one per "
-            "seed) and on the full corpus; report target loss and perplexity (mean +- std)."
+            "Train fresh proxies on the curated set and on each baseline's selection of the same "
+            "size from the full corpus (random, perplexity, dsir, classifier) or the full corpus, "
+            "with paired seeds; report the evaluation loss (mean +- std), the paired difference "
+            "to curated per seed and the evaluation set's unigram cross-entropy."
         ),
     )
     p.add_argument("--curated", required=True, metavar="F", help="curated corpus (kept.<ext>)")
@@ -554,6 +591,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--seed", type=int, help="base random seed")
+    p.add_argument("--steps", type=positive_int, help="training steps per arm (default: 1 epoch)")
+    p.add_argument(
+        "--baselines",
+        type=baseline_list,
+        metavar="A,B",
+        help="arms besides curated: random,perplexity,dsir,classifier,full (random,full)",
+    )
+    p.add_argument(
+        "--selection-target",
+        metavar="T",
+        help="the target the curation selected against (needed by dsir, classifier); "
+        "--target is the evaluation set and should be disjoint from it",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="RUN_DIR",
+        help="a finished `adamshap score` run whose proxy ranks the perplexity baseline "
+        "(default: verify trains one on --full)",
+    )
     _add_device_option(p)
     p.set_defaults(handler=cmd_verify)
 
