@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from curation.errors import UsageError
 
 ARMS = ("curated", "random", "full")
+BASELINE_ARMS = ("random", "perplexity", "dsir", "classifier", "full")
 
 
 @dataclass
@@ -48,6 +50,19 @@ class VerifyArgs:
     seed: int = 0
     progress: bool = True
     device: str = "cpu"  # auto | cpu | cuda | cuda:N (curation/devices.py)
+    baselines: tuple[str, ...] = ("random", "full")
+    selection_target: str | None = None  # the target the curation used (dsir, classifier)
+    reference: str | None = None  # a scoring run dir: its final proxy ranks `perplexity`
+
+    def __post_init__(self) -> None:
+        if isinstance(self.baselines, str):
+            self.baselines = tuple(b.strip() for b in self.baselines.split(",") if b.strip())
+        self.baselines = tuple(dict.fromkeys(self.baselines))
+        bad = [b for b in self.baselines if b not in BASELINE_ARMS]
+        if bad:
+            raise UsageError(
+                f"unknown baseline(s) {', '.join(bad)}; choose from {','.join(BASELINE_ARMS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,7 @@ def train_and_evaluate(
     eos_token_id: int = 0,
     n_evals: int = 10,
     pbar: Any = None,
+    keep_model: bool = False,
 ) -> dict[str, Any]:
     """Train a fresh proxy for `steps` AdamW steps on `train`; returns the target-loss curve."""
     from adamshap_core import build_model, plain_step, warmup_cosine
@@ -173,7 +189,10 @@ def train_and_evaluate(
         if pbar is not None:
             pbar.update(1)
     final = curve[-1][1]
-    return {"seed": seed, "final_loss": final, "perplexity": math.exp(final), "curve": curve}
+    out = {"seed": seed, "final_loss": final, "perplexity": math.exp(final), "curve": curve}
+    if keep_model:
+        out["model"] = model
+    return out
 
 
 def _check_finite(x: float, what: str, step: int, seed: int) -> float:
@@ -231,24 +250,137 @@ def plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str) -> N
     plt.close(fig)
 
 
+def split_evaluation(
+    target: str | Path, out_dir: str | Path, seed: int = 0, min_docs: int = 8
+) -> tuple[Path, Path]:
+    """Split a held-out target into (selection target, evaluation set), half each, by a seeded draw.
+
+    Curation selects against the first half and verify evaluates on the second, so no selection
+    saw the documents its gain is measured on. Targets under `min_docs` documents are not split
+    (both paths are the input; verify.md then says the evaluation set was also the target).
+    """
+    from curation.corpus import read_corpus, write_corpus
+
+    target = Path(target)
+    df = read_corpus(target).df
+    if df.height < min_docs:
+        return target, target
+    name = target.name
+    stem, ext = (name.split(".", 1) + [""])[:2]
+    mask = np.zeros(df.height, bool)
+    mask[np.random.default_rng(seed).choice(df.height, df.height // 2, replace=False)] = True
+    out_dir = Path(out_dir)
+    sel = write_corpus(df.filter(pl.Series(~mask)), out_dir / f"{stem}_select.{ext}")
+    ev = write_corpus(df.filter(pl.Series(mask)), out_dir / f"{stem}_eval.{ext}")
+    return Path(sel), Path(ev)
+
+
+def _reference_losses(
+    args: VerifyArgs, full_df: Any, full: Arrays, steps: int, cfg: TrainConfig, vocab: int, eos: int
+) -> np.ndarray:
+    """Per-document loss of `--full` under the reference proxy (or one trained on `--full`)."""
+    from adamshap_core import per_example_loss, prepare_batch
+
+    if args.reference:
+        from transformers import GPT2LMHeadModel
+
+        from curation.encode import encode_corpus
+        from curation.tokenizer import load_tokenizer
+
+        ref = Path(args.reference)
+        if not (ref / "final_model").is_dir() or not (ref / "tokenizer").is_dir():
+            raise UsageError(
+                f"--reference {ref} is not a finished `adamshap score` run "
+                "(needs final_model/ and tokenizer/)"
+            )
+        model = GPT2LMHeadModel.from_pretrained(ref / "final_model").to(cfg.device).eval()
+        data = Arrays.of(encode_corpus(full_df, load_tokenizer(ref / "tokenizer"), cfg.seq_len))
+    else:
+        probe = full.take(np.arange(min(8, len(full))))
+        model = train_and_evaluate(
+            full, probe, steps, cfg, args.seed, vocab, eos, n_evals=1, keep_model=True
+        )["model"].eval()
+        data = full
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(data), cfg.eval_batch_size):
+            idx = np.arange(s, min(len(data), s + cfg.eval_batch_size))
+            out.append(per_example_loss(model, prepare_batch(data.batch(idx), device)).double())
+    return torch.cat(out).cpu().numpy()
+
+
+def _baseline_picks(
+    args: VerifyArgs,
+    full_df: Any,
+    full: Arrays,
+    n_keep: int,
+    steps: int,
+    cfg: TrainConfig,
+    vocab: int,
+    eos: int,
+) -> dict[str, np.ndarray]:
+    """Row indices of `--full` that each scored baseline keeps (as many as the curated set)."""
+    from curation.baselines import classifier_scores, dsir_scores, perplexity_scores, top_k_mask
+    from curation.corpus import read_corpus
+
+    keep = n_keep / max(1, len(full))
+    wanted = [b for b in args.baselines if b in ("perplexity", "dsir", "classifier")]
+    sel_texts: list[str] = []
+    if {"dsir", "classifier"} & set(wanted):
+        if not args.selection_target:
+            raise UsageError(
+                "--baselines dsir/classifier select against the target the curation used: pass "
+                "it as --selection-target (it must differ from the evaluation --target)"
+            )
+        sel_texts = read_corpus(args.selection_target).df["text"].to_list()
+    texts = full_df["text"].to_list()
+    picks: dict[str, np.ndarray] = {}
+    for b in wanted:
+        if b == "perplexity":
+            losses = _reference_losses(args, full_df, full, steps, cfg, vocab, eos)
+            score = perplexity_scores(losses)
+        elif b == "dsir":
+            score = dsir_scores(texts, sel_texts)
+        else:
+            score = classifier_scores(texts, sel_texts, seed=args.seed)
+        picks[b] = np.flatnonzero(top_k_mask(score, keep))[:n_keep]
+    return picks
+
+
 def _markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    """verify.md body."""
+    """verify.md body: every arm, the unigram line and the paired difference to curated."""
+    uni = meta["unigram_target_ce"]
+    best = min(results, key=lambda k: results[k]["target_loss_mean"])
     lines = [
-        "# Verify: retrained proxy on curated vs random vs full",
+        "# Verify: retrained proxy on the curated set vs the baselines",
+        "",
+        f"Lowest evaluation loss: **{best}**. The evaluation set's cross-entropy under the full "
+        f"corpus's unigram model (same tokenizer) is **{uni:.3f}** nats; an arm that is not "
+        "clearly below it has learnt little beyond token frequencies "
+        f"(untrained: {meta['untrained_ce']:.2f}).",
         "",
         f"- {meta['steps']} steps per run, batch {meta['batch_size']}, preset `{meta['preset']}`,"
-        f" {meta['seeds']} seeds; curated {meta['n_curated']} docs, full {meta['n_full']} docs,"
-        f" target {meta['n_target']} docs ({meta['n_target_removed']} target docs removed from"
-        " training sets)",
+        f" {meta['seeds']} paired seeds; curated {meta['n_curated']} docs, full {meta['n_full']}"
+        f" docs, evaluation set {meta['n_target']} docs ({meta['n_target_removed']} target docs"
+        " removed from training sets)",
         "",
-        "| arm | target loss (mean ± std) | perplexity (mean ± std) |",
-        "|---|---|---|",
+        "| arm | eval loss (mean ± std) | below unigram | paired diff vs curated (mean ± std) "
+        "| perplexity (mean ± std) |",
+        "|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['target_loss_mean']:.4f} ± {r['target_loss_std']:.4f} |"
+            f" {uni - r['target_loss_mean']:.2f} |"
+            f" {r['paired_diff_mean']:+.4f} ± {r['paired_diff_std']:.4f} |"
             f" {r['perplexity_mean']:.2f} ± {r['perplexity_std']:.2f} |"
         )
+    lines += [
+        "",
+        "Paired diff: the arm's loss minus the curated arm's on the same seed (> 0: curated is "
+        "better).",
+    ]
     return "\n".join(lines + ["", "![target loss over steps](verify_curve.png)", ""])
 
 
@@ -275,6 +407,8 @@ def run_verify(args: VerifyArgs) -> Path:
     if target_df.height == 0:
         raise UsageError(f"target {args.target} is empty")
     tids = set(target_df["id"].to_list())
+    if args.selection_target:
+        tids |= set(read_corpus(args.selection_target).df["id"].cast(pl.Utf8).to_list())
     cur_df, full_df = read_corpus(args.curated).df, read_corpus(args.full).df
     n_removed = int(cur_df["id"].is_in(list(tids)).sum() + full_df["id"].is_in(list(tids)).sum())
     cur_df = cur_df.filter(~pl.col("id").is_in(list(tids)))
@@ -312,15 +446,38 @@ def run_verify(args: VerifyArgs) -> Path:
     )
     eos = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else 0
     seeds = [args.seed + s for s in range(args.seeds)]
-    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
-    with tqdm(total=steps * len(seeds) * len(ARMS), desc="verify", disable=not args.progress) as pb:
+    picks = _baseline_picks(args, full_df, full, len(cur), steps, cfg, len(tok), eos)
+    arms = ["curated", *args.baselines]
+    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
+    with tqdm(total=steps * len(seeds) * len(arms), desc="verify", disable=not args.progress) as pb:
         for s in seeds:
-            sub = np.sort(np.random.default_rng(s).choice(len(full), size=len(cur), replace=False))
-            for arm, data in (("curated", cur), ("random", full.take(sub)), ("full", full)):
+            for arm in arms:
+                if arm == "curated":
+                    data = cur
+                elif arm == "full":
+                    data = full
+                elif arm == "random":
+                    sub = np.random.default_rng(s).choice(len(full), size=len(cur), replace=False)
+                    data = full.take(np.sort(sub))
+                else:
+                    data = full.take(picks[arm])
                 runs[arm].append(
                     train_and_evaluate(data, target, steps, cfg, s, len(tok), eos, args.n_evals, pb)
                 )
     results = {a: summarise(r) for a, r in runs.items()}
+    ref = np.array([r["final_loss"] for r in runs["curated"]])
+    for r in results.values():
+        d = np.array([x["final_loss"] for x in r["runs"]]) - ref
+        r["paired_diff_vs_curated"] = d.tolist()
+        r["paired_diff_mean"] = float(d.mean())
+        r["paired_diff_std"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    from curation.baselines import counted_tokens, unigram_cross_entropy
+
+    unigram = unigram_cross_entropy(
+        counted_tokens(full.input_ids, full.attention_mask, full.loss_mask),
+        counted_tokens(target.input_ids, target.attention_mask, target.loss_mask),
+        len(tok),
+    )
     meta = {
         "steps": steps,
         "batch_size": args.batch_size,
@@ -332,6 +489,10 @@ def run_verify(args: VerifyArgs) -> Path:
         "n_target_removed": n_removed,
         # documents longer than seq_len tokens are truncated to it (policy: truncate; counted)
         "n_truncated": n_truncated,
+        "unigram_target_ce": unigram,
+        "untrained_ce": math.log(len(tok)),
+        "selection_target": args.selection_target,
+        "reference": args.reference,
     }
     plot_curves(results, out / "verify_curve.png", "target loss while training from scratch")
     atomic_write_text(out / "verify.md", _markdown(results, meta))

@@ -115,11 +115,16 @@ def validate_stage(manifest_path: str, data_dir: str) -> dict[str, Any]:
     """Load the manifest (checksums), materialise corpus + target (every row validated)."""
     from curation.corpus import read_corpus
     from curation.manifest import load_manifest, materialise_manifest
+    from curation.verify import split_evaluation
 
     manifest = load_manifest(manifest_path)
     settings = manifest_settings(manifest)
     on_bad_rows = str(settings.get("on_bad_rows", "error"))
-    corpus, target = materialise_manifest(manifest, Path(data_dir), on_bad_rows=on_bad_rows)
+    corpus, held_out = materialise_manifest(manifest, Path(data_dir), on_bad_rows=on_bad_rows)
+    # selection target and evaluation set: disjoint halves of the held-out target
+    target, evaluation = split_evaluation(
+        held_out, Path(data_dir), seed=int(settings.get("seed", 0))
+    )
     counts = {}
     for name, path in (("corpus", corpus), ("target", target)):
         counts[name] = int(read_corpus(path).df.height)
@@ -132,6 +137,7 @@ def validate_stage(manifest_path: str, data_dir: str) -> dict[str, Any]:
         "target": str(target),
         "corpus_sha256": _sha256(corpus),
         "target_sha256": _sha256(target),
+        "evaluation": str(evaluation),
         "n_corpus": counts["corpus"],
         "n_target": counts["target"],
     }
@@ -320,7 +326,13 @@ def curate_flow(
         VerifyArgs,
         {"tokenizer": str(run_dir / "tokenizer")},  # the scoring run's tokenizer for every arm
         verify_settings,
-        {"curated": str(kept), "full": info["corpus"], "target": info["target"]},
+        {
+            "curated": str(kept),
+            "full": info["corpus"],
+            "target": info["evaluation"],
+            "selection_target": info["target"],
+            "reference": str(run_dir),
+        },
     )
     verify_fields.pop("out", None)
     verify_key = digest([verify_fields, prune_key, score_key])
