@@ -1,25 +1,30 @@
-"""Pruning benchmark (docs/method.md §8): injected junk, keep 0.7, retrain, compare selection methods.
+"""Pruning benchmark: does value-based pruning beat the filters a user would otherwise pick?
 
-    python -m benchmarks.pruning [--quick] [--corpus PATH] [--n-docs N] [--seeds 3] [--threads 1]
+    python -m benchmarks.pruning [--quick] [--scenarios pydocs,wordnet,none] [--seeds 3]
 
-A seeded sample of a corpus built with `adamshap corpus build demo` (enough documents per source
-for the sample and the target; or `--corpus PATH`) gets ~20% junk (shuffled-token copies, boilerplate
-repeats, random characters, fragments cut mid-word, Cyrillic/Greek transliterations); a disjoint
-clean sample is the target. One scoring run values every document; each method then keeps 70%
-and a fresh proxy is retrained on it (same steps for every arm, 3 seeds). Embeddings are centred
-and re-normalised (`prepare_for_similarity`) before clustering and near-duplicate detection, and
-near-duplicates are confirmed on token 3-gram Jaccard (see `curation.selection`). Writes
-benchmarks/results/pruning.{json,md} (pruning_quick.* with --quick).
+A pool built with `adamshap corpus build demo` (six real sources) gets 20% injected junk of six
+kinds (shuffled words, boilerplate repeats, random characters, fragments cut mid-word,
+Cyrillic/Greek transliterations, and "word salad": pages of random lower-case letter strings).
+Each *scenario* names a target:
 
-Full-mode sizes (1,600 docs, seq 128, 30 warm-start + 100 scored steps, 90 retraining steps
-per arm x 7 arms x 3 seeds) are chosen to finish in about 25 minutes on 2 shared CPU cores with
-one torch thread (more threads oversubscribe a loaded machine: 0.44 s/step with 1 thread vs 1.6
-s/step with 2 threads measured under load). The warm start is short on purpose: first-order
-values flag junk only early in training (see `--phase-probe`, which measures, for a fresh proxy
-after 5/20/50/100 plain steps, how well the per-document gradient dot product with the full
-target gradient separates clean from each junk kind, as ROC AUC).
+- a source (e.g. `pydocs`): the scoring target is held-out documents of that source, and the
+  evaluation split is *other* held-out documents of the same source (no selection saw them);
+- `none` (general quality pruning, as `adamshap prune` runs without `--target`): the scoring
+  target is a held-out slice of the pool's own distribution, junk included, and the evaluation
+  split is held-out clean documents of every source.
 
-    python -m benchmarks.pruning --phase-probe   # after a full run; writes pruning_phase_probe.*
+One scoring run per scenario (`curation.scoring_run`, the product's defaults apart from the
+sizes below) yields the in-run values and the checkpoint values. Every arm keeps 70% of the pool
+(`full` keeps all) and a fresh proxy is retrained on it for the same number of steps (same token
+budget per step), with paired seeds: seed s gives every arm the same initial weights. Arms:
+`random`, `perplexity` (drop the highest loss under the scoring proxy), `dsir` (hashed 1+2-gram
+importance against the target), `classifier` (target-vs-pool logistic regression on hashed
+n-grams), `adam2-inrun` (sum of the in-run `adam2` values, top 70%), `adamshap` (the default
+recipe of `adamshap prune`: checkpoint values, cluster floors that never protect a non-positive
+value, near-duplicate removal), and `full`. Beside the arms: the evaluation split's
+cross-entropy under the pool's unigram model (same tokenizer): every arm should be well below
+it, or the proxies are only counting tokens. Writes benchmarks/results/pruning.{json,md}
+(pruning_quick.* with --quick).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 import polars as pl
 import torch
 
-JUNK_KINDS = ("shuffled", "boilerplate", "random_chars", "fragment", "other_script")
+JUNK_KINDS = ("shuffled", "boilerplate", "random_chars", "fragment", "other_script", "word_salad")
 BOILERPLATE = [
     "Click here to subscribe to our newsletter! All rights reserved. Cookie policy | Privacy | "
     "Terms of use. Copyright {y} Example Media Inc. Share this page on social media.",
@@ -52,6 +57,7 @@ CYR = dict(
 GRK = dict(
     zip("abgdezhiklmnxoprstufcABGDEZHIKLMNXOPRSTUFC", "αβγδεζηικλμνξοπρστυφχΑΒΓΔΕΖΗΙΚΛΜΝΞΟΠΡΣΤΥΦΧ")
 )
+ARMS = ("random", "perplexity", "dsir", "classifier", "adam2-inrun", "adamshap", "full")
 
 
 def make_junk(kind: str, text: str, rng: random.Random) -> str:
@@ -70,46 +76,73 @@ def make_junk(kind: str, text: str, rng: random.Random) -> str:
         n = len(text)
         a = rng.randint(1, max(1, n // 2))
         return text[a : a + rng.randint(15, 60)].strip() or text[:30]
+    if kind == "word_salad":
+        words = [
+            "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+            for _ in range(rng.randint(40, 120))
+        ]
+        return " ".join(words)
     table = CYR if rng.random() < 0.5 else GRK
     return "".join(table.get(c, c) for c in text)
 
 
-def build_benchmark_corpus(
-    src: Path, n_docs: int, n_target: int, junk_frac: float, seed: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(train corpus with `is_junk`/`junk_kind` columns, clean disjoint target)."""
-    from curation.corpus import read_corpus
-
-    full = read_corpus(src).df
-    perm = np.random.default_rng(seed).permutation(full.height)
-    n_junk = round(junk_frac * n_docs)
-    n_clean = n_docs - n_junk
-    target = full[perm[:n_target].tolist()]
-    clean = full[perm[n_target : n_target + n_clean].tolist()]
-    donors = full[perm[n_target + n_clean : n_target + n_clean + n_junk].tolist()]
+def _with_junk(donors: pl.DataFrame, seed: int, tag: str) -> pl.DataFrame:
+    """Junk documents made from `donors` (kinds in turn), with a `junk_kind` column."""
     rng = random.Random(seed)
     rows = []
-    for j, (src_name, text) in enumerate(zip(donors["source"], donors["text"])):
+    for j, (src, text) in enumerate(zip(donors["source"], donors["text"])):
         kind = JUNK_KINDS[j % len(JUNK_KINDS)]
         rows.append(
             {
-                "id": f"junk-{kind}-{j:05d}",
-                "source": src_name,
+                "id": f"{tag}junk-{kind}-{j:05d}",
+                "source": src,
                 "text": make_junk(kind, text, rng),
                 "junk_kind": kind,
             }
         )
-    junk = pl.DataFrame(rows)
-    train = pl.concat(
+    return pl.DataFrame(rows, schema={c: pl.Utf8 for c in ("id", "source", "text", "junk_kind")})
+
+
+def build_scenario(
+    full: pl.DataFrame, scenario: str, n_pool: int, n_target: int, n_eval: int, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(pool with `junk_kind`, scoring target, evaluation split): three disjoint samples."""
+    rng = np.random.default_rng(seed)
+    df = full[rng.permutation(full.height).tolist()].select("id", "source", "text")
+    n_junk = round(0.2 * n_pool)
+    if scenario == "none":
+        clean_eval = df.head(n_eval)
+        rest = df.slice(n_eval)
+        n_tj = round(0.2 * n_target)
+        target_clean = rest.head(n_target - n_tj)
+        rest = rest.slice(n_target - n_tj)
+        donors_t = rest.head(n_tj)
+        rest = rest.slice(n_tj)
+        target = pl.concat(
+            [
+                target_clean.with_columns(pl.lit(None, pl.Utf8).alias("junk_kind")),
+                _with_junk(donors_t, seed + 7, "t"),
+            ]
+        )
+        evaluation = clean_eval
+    else:
+        own = df.filter(pl.col("source") == scenario)
+        if own.height < n_target + n_eval + 20:
+            raise SystemExit(f"source {scenario!r} has {own.height} docs; too few for the split")
+        target = own.head(n_target).with_columns(pl.lit(None, pl.Utf8).alias("junk_kind"))
+        evaluation = own.slice(n_target, n_eval)
+        used = set(target["id"].to_list()) | set(evaluation["id"].to_list())
+        rest = df.filter(~pl.col("id").is_in(list(used)))
+    clean = rest.head(n_pool - n_junk)
+    donors = rest.slice(n_pool - n_junk, n_junk)
+    pool = pl.concat(
         [
-            clean.select("id", "source", "text").with_columns(
-                pl.lit(None, pl.Utf8).alias("junk_kind")
-            ),
-            junk.select("id", "source", "text", "junk_kind"),
+            clean.with_columns(pl.lit(None, pl.Utf8).alias("junk_kind")),
+            _with_junk(donors, seed, ""),
         ]
     )
-    train = train[np.random.default_rng(seed + 1).permutation(train.height).tolist()]
-    return train.with_columns(pl.col("junk_kind").is_not_null().alias("is_junk")), target
+    pool = pool[np.random.default_rng(seed + 1).permutation(pool.height).tolist()]
+    return pool, target, evaluation
 
 
 @torch.no_grad()
@@ -130,394 +163,287 @@ def proxy_losses(run_dir: Path, df: pl.DataFrame, seq_len: int, batch: int = 64)
     return torch.cat(out).double().numpy()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and write JSON + Markdown."""
+def _junk_stats(mask: np.ndarray, kinds: np.ndarray) -> dict[str, Any]:
+    """Share of injected junk removed (recall), overall and per kind, and removal precision."""
+    junk = kinds != "clean"
+    removed = ~mask
+    out: dict[str, Any] = {
+        "junk_removed": float(removed[junk].mean()) if junk.any() else 0.0,
+        "removal_precision": float(junk[removed].mean()) if removed.any() else 0.0,
+    }
+    out["by_kind"] = {k: float(removed[kinds == k].mean()) for k in JUNK_KINDS}
+    return out
+
+
+def _auc(values: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    """ROC AUC of clean above junk (all junk and per kind) for one score."""
+    from sklearn.metrics import roc_auc_score
+
+    clean = kinds == "clean"
+    v = np.nan_to_num(values, nan=-1e30)
+    out = {"all": float(roc_auc_score(clean, v))}
+    for k in JUNK_KINDS:
+        m = clean | (kinds == k)
+        out[k] = float(roc_auc_score(clean[m], v[m]))
+    return out
+
+
+def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work: Path) -> dict:
+    """Score, select with every arm, retrain every arm on every seed; one scenario's results."""
+    from curation.baselines import (
+        classifier_scores,
+        counted_tokens,
+        dsir_scores,
+        perplexity_scores,
+        top_k_mask,
+        unigram_cross_entropy,
+    )
     from curation.cluster import default_k, spherical_kmeans
     from curation.corpus import write_corpus
     from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.encode import encode_corpus
-    from curation.prune import select
     from curation.scoring_run import ScoreArgs, run_scoring
-    from curation.selection import token_shingles
+    from curation.selection import select, token_shingles
     from curation.tokenizer import load_tokenizer
     from curation.verify import Arrays, TrainConfig, summarise, train_and_evaluate
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--corpus", default=None, help="default: built with `adamshap corpus build demo`"
+    t0 = time.time()
+    wdir = work / scenario
+    wdir.mkdir(parents=True, exist_ok=True)
+    pool, target, evaluation = build_scenario(
+        full, scenario, a.n_pool, a.n_target, a.n_eval, a.seed
     )
-    p.add_argument("--quick", action="store_true", help="small sizes (~10 min on 2 CPU cores)")
-    p.add_argument("--n-docs", type=int, default=None)
-    p.add_argument("--n-target", type=int, default=None)
-    p.add_argument("--junk-frac", type=float, default=0.2)
+    write_corpus(pool.select("id", "source", "text"), wdir / "pool.jsonl")
+    write_corpus(target.select("id", "source", "text"), wdir / "target.jsonl")
+    sargs = ScoreArgs(
+        corpus=str(wdir / "pool.jsonl"),
+        target=str(wdir / "target.jsonl"),
+        out=str(wdir / "scores"),
+        seq_len=a.seq_len,
+        vocab_size=a.vocab,
+        lr=a.lr,
+        seed=a.seed,
+        estimators=("adam2", "adam"),
+        warm_start_steps=a.warm_start_steps,
+        snapshots=3,
+        progress=False,
+    )
+    run = Path(run_scoring(sargs))
+    t_score = time.time() - t0
+    ids = pool["id"].to_list()
+    vals = pl.read_parquet(run / "values_by_example.parquet")
+    lut = {c: dict(zip(vals["id"], vals[c])) for c in ("value_adam2", "value_ckpt")}
+    adam2 = np.array([lut["value_adam2"].get(i, np.nan) for i in ids], float)
+    ckpt = np.array([lut["value_ckpt"].get(i, np.nan) for i in ids], float)
+    kinds = pool["junk_kind"].fill_null("clean").to_numpy()
+    losses = proxy_losses(run, pool, a.seq_len)
+    texts, ttexts = pool["text"].to_list(), target["text"].to_list()
+    scores = {
+        "perplexity": perplexity_scores(losses),
+        "dsir": dsir_scores(texts, ttexts),
+        "classifier": classifier_scores(texts, ttexts, seed=a.seed),
+        "adam2-inrun": adam2,
+        "ckpt": ckpt,
+    }
+    emb = prepare_for_similarity(embed_run(run, pool.select("id", "source", "text")))
+    labels, _ = spherical_kmeans(emb, default_k(len(ids)), seed=a.seed)
+    shingles = [token_shingles(t) for t in run_token_ids(run, pool)]
+    default = select(ids, ckpt, labels, emb, a.keep, shingles=shingles)
+    masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
+    masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
+    masks["adamshap"] = default.kept
+    masks["full"] = np.ones(len(ids), bool)
+
+    tok = load_tokenizer(run / "tokenizer")
+    arr = Arrays.of(encode_corpus(pool, tok, a.seq_len))
+    ev_enc = encode_corpus(evaluation, tok, a.seq_len)
+    ev = Arrays.of(ev_enc)
+    tr_tokens = counted_tokens(arr.input_ids, arr.attention_mask, arr.loss_mask)
+    ev_tokens = counted_tokens(ev.input_ids, ev.attention_mask, ev.loss_mask)
+    unigram = unigram_cross_entropy(tr_tokens, ev_tokens, len(tok))
+    cfg = TrainConfig(seq_len=a.seq_len, batch_size=16, lr=a.lr)
+    seeds = [a.seed + s for s in range(a.seeds)]
+    n_keep = int(masks["adamshap"].sum())
+    results: dict[str, Any] = {}
+    for arm in ARMS:
+        runs, stats = [], []
+        for s in seeds:
+            m = masks.get(arm)
+            if m is None:  # random: a fresh subset per seed
+                m = np.zeros(len(ids), bool)
+                m[np.random.default_rng(1000 + s).choice(len(ids), n_keep, replace=False)] = True
+            stats.append(_junk_stats(m, kinds))
+            runs.append(
+                train_and_evaluate(
+                    arr.take(np.flatnonzero(m)), ev, a.steps, cfg, s, len(tok), 0, n_evals=4
+                )
+            )
+        summ = summarise(runs)
+        results[arm] = {
+            "n_kept": int(m.sum()),
+            "junk_removed": float(np.mean([x["junk_removed"] for x in stats])),
+            "removal_precision": float(np.mean([x["removal_precision"] for x in stats])),
+            "by_kind": {k: float(np.mean([x["by_kind"][k] for x in stats])) for k in JUNK_KINDS},
+            "eval_loss": [r["final_loss"] for r in runs],
+            "eval_loss_mean": summ["target_loss_mean"],
+            "eval_loss_std": summ["target_loss_std"],
+        }
+        r = results[arm]
+        print(
+            f"[{scenario}] {arm:12s} junk removed {r['junk_removed']:.2f}  eval loss "
+            f"{r['eval_loss_mean']:.4f} ± {r['eval_loss_std']:.4f}  (unigram {unigram:.3f})",
+            flush=True,
+        )
+    ref = np.array(results["adamshap"]["eval_loss"])
+    for r in results.values():
+        d = np.array(r["eval_loss"]) - ref  # > 0: the arm is worse than adamshap on that seed
+        r["paired_diff_vs_adamshap"] = d.tolist()
+        r["paired_diff_mean"] = float(d.mean())
+        r["paired_diff_sd"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    aucs = {m: _auc(v, kinds) for m, v in scores.items()}
+    return {
+        "scenario": scenario,
+        "n_pool": pool.height,
+        "n_junk": int((kinds != "clean").sum()),
+        "n_target": target.height,
+        "n_target_junk": int(target["junk_kind"].is_not_null().sum()),
+        "n_eval": evaluation.height,
+        "unigram_eval_ce": unigram,
+        "untrained_ce": math.log(len(tok)),
+        "scoring_s": round(t_score, 1),
+        "scenario_s": round(time.time() - t0, 1),
+        "arms": results,
+        "auc": aucs,
+        "dedup": default.dedup,
+        "floor_kept_junk": int((default.by_floor & (kinds != "clean")).sum()),
+    }
+
+
+def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
+    """The README table: per scenario, every arm with eval loss, paired diff and junk removed."""
+    lines = [
+        f"`{meta['command']}`: pool of {meta['n_pool']} documents (20% injected junk of "
+        f"{len(JUNK_KINDS)} kinds), keep {meta['keep']}; proxies `tiny`, seq {meta['seq_len']}, "
+        f"vocab {meta['vocab']}, lr {meta['lr']}; scoring run {meta['warm_start_steps']} warm-start "
+        f"+ 1 scored epoch, 3 snapshots; every arm retrains {meta['steps']} steps (batch 16), "
+        f"seeds {meta['seeds']} (paired); {meta['total_s']:.0f} s on 2 shared CPU cores.",
+        "",
+    ]
+    for s in scen:
+        best = min(s["arms"], key=lambda k: s["arms"][k]["eval_loss_mean"])
+        lines += [
+            f"#### Target: {s['scenario']}"
+            + (" (no target: the pool's own held-out slice)" if s["scenario"] == "none" else ""),
+            "",
+            f"Evaluation split: {s['n_eval']} held-out documents no selection saw; its "
+            f"cross-entropy under the pool's unigram model is **{s['unigram_eval_ce']:.3f}** "
+            f"nats (untrained: {s['untrained_ce']:.2f}). Scoring target: {s['n_target']} docs "
+            f"({s['n_target_junk']} junk). Lowest mean eval loss: `{best}`.",
+            "",
+            "| arm | eval loss (mean ± sd) | below unigram | paired diff vs adamshap (mean ± sd) "
+            "| junk removed | removal precision |",
+            "|---|---|---|---|---|---|",
+        ]
+        for arm, r in s["arms"].items():
+            lines.append(
+                f"| {arm} | {r['eval_loss_mean']:.4f} ± {r['eval_loss_std']:.4f} | "
+                f"{s['unigram_eval_ce'] - r['eval_loss_mean']:.2f} | "
+                f"{r['paired_diff_mean']:+.4f} ± {r['paired_diff_sd']:.4f} | "
+                f"{r['junk_removed']:.0%} | {r['removal_precision']:.0%} |"
+            )
+        lines += [
+            "",
+            "Junk removed by kind:",
+            "",
+            "| arm | " + " | ".join(JUNK_KINDS) + " |",
+            "|---|" + "---|" * len(JUNK_KINDS),
+        ]
+        for arm, r in s["arms"].items():
+            lines.append(
+                f"| {arm} | " + " | ".join(f"{r['by_kind'][k]:.0%}" for k in JUNK_KINDS) + " |"
+            )
+        lines += [
+            "",
+            "ROC AUC of each score, clean above junk:",
+            "",
+            "| score | all | " + " | ".join(JUNK_KINDS) + " |",
+            "|---|---|" + "---|" * len(JUNK_KINDS),
+        ]
+        for m, au in s["auc"].items():
+            lines.append(
+                f"| {m} | {au['all']:.2f} | "
+                + " | ".join(f"{au[k]:.2f}" for k in JUNK_KINDS)
+                + " |"
+            )
+        lines += [
+            "",
+            f"Paired diff = arm's eval loss minus adamshap's on the same seed (> 0: adamshap "
+            f"better). Near-duplicates removed by adamshap: {s['dedup'].get('n_removed', 0)}; "
+            f"junk kept through cluster floors: {s['floor_kept_junk']}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every scenario and write JSON + Markdown."""
+    from benchmarks.common import build_corpus
+    from curation.corpus import read_corpus
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default=None, help="default: `adamshap corpus build demo`")
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    p.add_argument("--scenarios", default="pydocs,wordnet,none")
+    p.add_argument("--n-pool", type=int, default=None)
+    p.add_argument("--n-target", type=int, default=64)
+    p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--keep", type=float, default=0.7)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument(
-        "--steps", type=int, default=None, help="retraining steps per arm (default 90; quick: 36)"
-    )
-    p.add_argument("--seq-len", type=int, default=None, help="default 128 (quick: 64)")
-    p.add_argument("--warm-start-steps", type=int, default=None, help="default 30 (quick: 20)")
+    p.add_argument("--steps", type=int, default=None, help="retraining steps per arm")
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warm-start-steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared box)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/benchmarks")
     p.add_argument("--results", default="benchmarks/results")
-    p.add_argument(
-        "--phase-probe", action="store_true", help="only the value-vs-training-phase probe"
-    )
+    p.add_argument("--tag", default=None, help="result file stem (default pruning[_quick])")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
-    if a.phase_probe:
-        out = Path(a.results)
-        out.mkdir(parents=True, exist_ok=True)
-        phase_probe(
-            Path(a.work) / ("pruning_quick" if a.quick else "pruning"), out, a.seq_len or 128
-        )
-        return 0
-    n_docs = a.n_docs or (400 if a.quick else 1600)
-    n_target = a.n_target or (64 if a.quick else 128)
-    a.seq_len = a.seq_len or (64 if a.quick else 128)
-    warm = a.warm_start_steps if a.warm_start_steps is not None else (20 if a.quick else 30)
-    tag = "pruning_quick" if a.quick else "pruning"
+    a.n_pool = a.n_pool or (300 if a.quick else 1000)
+    a.steps = a.steps or (40 if a.quick else 200)
+    a.warm_start_steps = (
+        a.warm_start_steps if a.warm_start_steps is not None else (20 if a.quick else 250)
+    )
+    tag = a.tag or ("pruning_quick" if a.quick else "pruning")
     work = Path(a.work) / tag
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    print(
-        f"[{tag}] {n_docs} training docs ({a.junk_frac:.0%} junk), {n_target} target docs; "
-        f"sized for ~{10 if a.quick else 25} min on 2 shared CPU cores"
-    )
-
-    if a.corpus is None:
-        from benchmarks.common import build_corpus
-
-        # every source must be able to give its share of the sample and the target
-        a.corpus = build_corpus(math.ceil((n_docs + n_target) / 6 * 1.5), a.seed)
-    train, target = build_benchmark_corpus(Path(a.corpus), n_docs, n_target, a.junk_frac, a.seed)
-    write_corpus(train, work / "corpus.jsonl")
-    write_corpus(target, work / "target.jsonl")
-    sargs = ScoreArgs(
-        corpus=str(work / "corpus.jsonl"),
-        target=str(work / "target.jsonl"),
-        out=str(work / "scores"),
-        seq_len=a.seq_len,
-        seed=a.seed,
-        estimators=("adam2", "adam", "sgd"),
-        warm_start_steps=warm,
-    )
-    run = Path(run_scoring(sargs))
-    t_score = time.time() - t0
-    vals = pl.read_parquet(run / "values_by_example.parquet")
-    ids = train["id"].to_list()
-    lut = {e: dict(zip(vals["id"], vals[f"value_{e}"])) for e in ("sgd", "adam", "adam2")}
-    value = {e: np.array([lut[e].get(i, np.nan) for i in ids], float) for e in lut}
-    raw_emb = embed_run(run, train.select("id", "source", "text"))
-    emb = prepare_for_similarity(raw_emb)
-    shingles = [token_shingles(t) for t in run_token_ids(run, train)]
-    labels, _ = spherical_kmeans(emb, default_k(len(ids)), seed=a.seed)
-    losses = proxy_losses(run, train, a.seq_len)
-    n_keep = round(a.keep * len(ids))
-    junk = train["is_junk"].to_numpy()
-    kind_mask = {k: (train["junk_kind"] == k).fill_null(False).to_numpy() for k in JUNK_KINDS}
-
-    def top(v: np.ndarray) -> np.ndarray:
-        return select(ids, v, labels, emb, a.keep, floor_frac=0.0, dedup_eps=0.0).kept
-
-    div = select(ids, value["adam2"], labels, emb, a.keep, shingles=shingles)
-    for w in [*div.alerts, *div.warnings]:
-        print(f"*** {w} ***")
-
-    masks: dict[str, Any] = {
-        "perplexity": np.isin(np.arange(len(ids)), np.argsort(losses, kind="stable")[:n_keep]),
-        "sgd": top(value["sgd"]),
-        "adam": top(value["adam"]),
-        "adam2": top(value["adam2"]),
-        "adam2+diversity": div.kept,
-        "full": np.ones(len(ids), bool),
-    }
-    diagnostics = _diagnostics(raw_emb, emb, value, losses, junk, kind_mask, labels, div)
-    print(json.dumps(diagnostics["dedup"], indent=1))
-    tok = load_tokenizer(run / "tokenizer")
-    arr = Arrays.of(encode_corpus(train, tok, a.seq_len))
-    tgt = Arrays.of(encode_corpus(target, tok, a.seq_len))
-    steps = a.steps or (36 if a.quick else 90)
-    cfg = TrainConfig(seq_len=a.seq_len, batch_size=sargs.batch_size, lr=sargs.lr)
-    seeds = [a.seed + s for s in range(a.seeds)]
-    results: dict[str, Any] = {}
-    for method in ["random", *masks]:
-        runs, removed = [], []
-        for s in seeds:
-            m = masks.get(method)
-            if m is None:
-                m = np.zeros(len(ids), bool)
-                m[np.random.default_rng(1000 + s).choice(len(ids), n_keep, replace=False)] = True
-            removed.append(float((~m[junk]).mean()) if junk.any() else 0.0)
-            runs.append(
-                train_and_evaluate(
-                    arr.take(np.flatnonzero(m)),
-                    tgt,
-                    steps,
-                    cfg,
-                    s,
-                    len(tok),
-                    tok.eos_token_id or 0,
-                    n_evals=5,
-                )
-            )
-        kinds = {k: float((~m[kind_mask[k]]).mean()) for k in JUNK_KINDS}
-        results[method] = {
-            "junk_removed": float(np.mean(removed)),
-            "junk_removed_by_kind": kinds,
-            "n_kept": int(m.sum()),
-            **summarise(runs),
-        }
-        r = results[method]
-        print(
-            f"  {method:16s} junk removed {r['junk_removed']:.3f}  target loss "
-            f"{r['target_loss_mean']:.4f} ± {r['target_loss_std']:.4f}"
-        )
+    corpus = Path(a.corpus) if a.corpus else build_corpus(600, a.seed)
+    full = read_corpus(corpus).df
+    scen = [run_scenario(s.strip(), full, a, work) for s in a.scenarios.split(",") if s.strip()]
+    cmd = "python -m benchmarks.pruning" + (" --quick" if a.quick else "")
+    if a.scenarios != "pydocs,wordnet,none":
+        cmd += f" --scenarios {a.scenarios}"
     meta = {
-        "mode": tag,
-        "n_docs": n_docs,
-        "n_junk": int(junk.sum()),
-        "n_target": n_target,
+        "command": cmd,
+        "n_pool": a.n_pool,
         "keep": a.keep,
-        "steps": steps,
-        "seeds": seeds,
-        "epochs_over_kept": round(steps * sargs.batch_size / n_keep, 2),
-        "clusters": int(labels.max() + 1),
-        "preset": sargs.preset,
         "seq_len": a.seq_len,
-        "scoring_s": round(t_score, 1),
-        "total_s": round(time.time() - t0, 1),
+        "vocab": a.vocab,
+        "lr": a.lr,
+        "warm_start_steps": a.warm_start_steps,
+        "steps": a.steps,
+        "seeds": [a.seed + s for s in range(a.seeds)],
         "torch_threads": torch.get_num_threads(),
-        "command": "python -m benchmarks.pruning" + (" --quick" if a.quick else ""),
-        "warm_start_steps": warm,
-        "scored_steps": math.ceil(n_docs / sargs.batch_size) * sargs.epochs,
-        "ln_vocab": math.log(len(tok)),
+        "total_s": round(time.time() - t0, 1),
     }
-    for r in results.values():
-        r.pop("runs")
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "methods": results, "diagnostics": diagnostics}
-    (out / f"{tag}.json").write_text(json.dumps(payload, indent=2))
-    (out / f"{tag}.md").write_text(markdown(meta, results, diagnostics))
+    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "scenarios": scen}, indent=2))
+    (out / f"{tag}.md").write_text(markdown(meta, scen))
     print(f"wrote {out / tag}.json/.md in {meta['total_s']:.0f}s")
     return 0
-
-
-def phase_probe(work: Path, out: Path, seq_len: int, per_kind: int = 12, seed: int = 0) -> dict:
-    """ROC AUC (clean > junk kind) of grad(doc) . grad(full target) over training steps."""
-    from sklearn.metrics import roc_auc_score
-
-    from adamshap_core import (
-        build_model,
-        per_example_loss,
-        plain_step,
-        prepare_batch,
-        warmup_cosine,
-    )
-    from curation.encode import encode_corpus
-    from curation.tokenizer import load_tokenizer
-    from curation.verify import Arrays
-
-    tok = load_tokenizer(work / "scores" / "tokenizer")
-    tr, tg = pl.read_ndjson(work / "corpus.jsonl"), pl.read_ndjson(work / "target.jsonl")
-    kind = np.array([i.split("-")[1] if i.startswith("junk-") else "clean" for i in tr["id"]])
-    rng = np.random.default_rng(seed)
-    groups = {"clean": 5 * per_kind, **dict.fromkeys(JUNK_KINDS, per_kind)}
-    sel = np.concatenate(
-        [rng.choice(np.flatnonzero(kind == g), m, replace=False) for g, m in groups.items()]
-    )
-    full = Arrays.of(encode_corpus(tr, tok, seq_len))
-    docs, tgt = full.take(sel), Arrays.of(encode_corpus(tg, tok, seq_len))
-    model = build_model("tiny", len(tok), seq_len, seed=seed, eos_token_id=tok.eos_token_id or 0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    sched = warmup_cosine(opt, 12, 250)
-    params = list(model.parameters())
-
-    def grad(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        model.zero_grad()
-        per_example_loss(model, prepare_batch(b)).mean().backward()
-        return torch.cat([q.grad.flatten() for q in params]).clone()
-
-    ks, rows, step = kind[sel], [], 0
-    for at in (5, 20, 50, 100):
-        while step < at:
-            plain_step(model, opt, full.batch(rng.choice(len(full), 16, replace=False)), 1.0)
-            sched.step()
-            step += 1
-        g_t = sum(
-            grad(tgt.batch(np.arange(s, min(len(tgt), s + 32)))) * min(32, len(tgt) - s)
-            for s in range(0, len(tgt), 32)
-        ) / len(tgt)
-        v = torch.stack([grad(docs.batch(np.array([i]))) for i in range(len(docs))]) @ g_t
-        v = v.numpy()
-        auc = {
-            k: float(
-                roc_auc_score(
-                    np.r_[np.ones(groups["clean"]), np.zeros(per_kind)],
-                    np.r_[v[ks == "clean"], v[ks == k]],
-                )
-            )
-            for k in JUNK_KINDS
-        }
-        rows.append({"step": at, "auc_all_junk": float(roc_auc_score(ks == "clean", v)), **auc})
-        print(rows[-1], flush=True)
-    res = {"per_kind": per_kind, "n_clean": groups["clean"], "rows": rows}
-    (out / "pruning_phase_probe.json").write_text(json.dumps(res, indent=2))
-    md = [
-        "# Phase probe: do first-order values flag junk, by training step?",
-        "",
-        "`python -m benchmarks.pruning --phase-probe`: a fresh `tiny` proxy trained with plain "
-        "AdamW on the benchmark corpus; at each step, ROC AUC of grad(doc) . grad(full target) "
-        f"for {groups['clean']} clean docs vs {per_kind} of each junk kind (1 = every clean doc "
-        "valued above every junk doc; 0.5 = no signal; < 0.5 = junk valued higher).",
-        "",
-        "| step | all junk | " + " | ".join(JUNK_KINDS) + " |",
-        "|---|---|" + "---|" * len(JUNK_KINDS),
-    ]
-    for r in rows:
-        md.append(
-            f"| {r['step']} | {r['auc_all_junk']:.2f} | "
-            + " | ".join(f"{r[k]:.2f}" for k in JUNK_KINDS)
-            + " |"
-        )
-    (out / "pruning_phase_probe.md").write_text("\n".join(md) + "\n")
-    return res
-
-
-def _cos_quantiles(x: np.ndarray, n_max: int = 800) -> dict[str, float]:
-    """Quantiles of off-diagonal pairwise cosine (rows assumed unit or zero) on a sample."""
-    x = x[np.random.default_rng(0).permutation(len(x))[:n_max]].astype(np.float64)
-    c = (x @ x.T)[np.triu_indices(len(x), 1)]
-    q = dict(zip(("q01", "median", "q99"), np.quantile(c, [0.01, 0.5, 0.99]).tolist()))
-    return {**q, "frac_above_0.98": float((c > 0.98).mean())}
-
-
-def _diagnostics(
-    raw: np.ndarray,
-    emb: np.ndarray,
-    value: dict[str, np.ndarray],
-    losses: np.ndarray,
-    junk: np.ndarray,
-    kind_mask: dict[str, np.ndarray],
-    labels: np.ndarray,
-    div: Any,
-) -> dict[str, Any]:
-    """Measurements that explain the table: cosine spread, dedup, values per junk kind."""
-    groups = {"clean": ~junk, **kind_mask}
-    pct = {e: (np.argsort(np.argsort(v)) + 0.5) / len(v) for e, v in value.items()}
-    loss_pct = (np.argsort(np.argsort(losses)) + 0.5) / len(losses)
-    per_kind = {}
-    for g, m in groups.items():
-        if not m.any():
-            continue
-        per_kind[g] = {
-            "n": int(m.sum()),
-            **{f"adam2_{k}": float(f(value["adam2"][m])) for k, f in _STATS.items()},
-            "adam2_frac_positive": float((value["adam2"][m] > 0).mean()),
-            **{f"{e}_median_percentile": float(np.median(pct[e][m])) for e in pct},
-            "proxy_loss_median": float(np.median(losses[m])),
-            "proxy_loss_median_percentile": float(np.median(loss_pct[m])),
-            "div_kept": float(div.kept[m].mean()),
-            "div_kept_by_floor": int((div.by_floor & m).sum()),
-            "div_near_dup": int(sum(r.startswith("near_dup") for r in np.array(div.reason)[m])),
-        }
-    purity = []
-    for c in np.unique(labels):
-        m = labels == c
-        purity.append(float(max(junk[m].mean(), 1 - junk[m].mean())))
-    return {
-        "cosine_raw": _cos_quantiles(raw),
-        "cosine_centred": _cos_quantiles(emb),
-        "dedup": div.dedup,
-        "alerts": div.alerts,
-        "warnings": div.warnings,
-        "junk_kept_by_floor": int((div.by_floor & junk).sum()),
-        "mean_cluster_purity_junk_vs_clean": float(np.mean(purity)),
-        "per_kind": per_kind,
-    }
-
-
-_STATS = {
-    "q10": lambda v: np.quantile(v, 0.1),
-    "median": np.median,
-    "q90": lambda v: np.quantile(v, 0.9),
-}
-
-
-def markdown(
-    meta: dict[str, Any], results: dict[str, Any], diag: dict[str, Any] | None = None
-) -> str:
-    """The Markdown table of the benchmark."""
-    lines = [
-        f"# Pruning benchmark ({meta['mode']})",
-        "",
-        f"`{meta['command']}`: {meta['n_docs']} training docs of which {meta['n_junk']} injected "
-        f"junk, {meta['n_target']} clean held-out target docs, keep {meta['keep']}, "
-        f"{meta['clusters']} clusters; scoring proxy: {meta.get('warm_start_steps')} warm-start + "
-        f"{meta.get('scored_steps')} scored steps; each arm retrains a fresh `{meta['preset']}` "
-        f"proxy for {meta['steps']} steps (batch 16, seq {meta['seq_len']}, "
-        f"~{meta.get('epochs_over_kept')} epochs over a 70% set), seeds {meta['seeds']}; "
-        f"ln(vocab) = {meta.get('ln_vocab', float('nan')):.2f} is the untrained loss; "
-        f"scoring {meta['scoring_s']}s, total {meta['total_s']}s "
-        f"({meta['torch_threads']} torch threads).",
-        "",
-        "| method | junk removed | retrained target loss (mean ± std) | perplexity |",
-        "|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['junk_removed']:.1%} | {r['target_loss_mean']:.4f} ± "
-            f"{r['target_loss_std']:.4f} | {r['perplexity_mean']:.1f} |"
-        )
-    lines += [
-        "",
-        "Junk removed by kind:",
-        "",
-        "| method | " + " | ".join(JUNK_KINDS) + " |",
-        "|---|" + "---|" * len(JUNK_KINDS),
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{r['junk_removed_by_kind'][k]:.0%}" for k in JUNK_KINDS)
-            + " |"
-        )
-    if diag:
-        cr, cc, dd = diag["cosine_raw"], diag["cosine_centred"], diag["dedup"]
-        lines += [
-            "",
-            "## Diagnostics",
-            "",
-            f"- pairwise cosine of raw embeddings: median {cr['median']:.3f}, "
-            f"{cr['frac_above_0.98']:.1%} of pairs > 0.98; after centring: median "
-            f"{cc['median']:.3f}, {cc['frac_above_0.98']:.2%} > 0.98.",
-            f"- near-duplicates (adam2+diversity): {dd['n_removed']} removed "
-            f"({dd['removed_frac']:.1%}); {dd['candidate_pairs']} embedding candidate pairs, "
-            f"{dd['confirmed_pairs']} token-confirmed; rule: {dd['rule']}.",
-            f"- junk kept through cluster floors: {diag['junk_kept_by_floor']}; mean cluster "
-            f"purity (junk vs clean): {diag['mean_cluster_purity_junk_vs_clean']:.2f}.",
-            *[f"- **{w}**" for w in diag["alerts"] + diag["warnings"]],
-            "",
-            "Per kind: adam2 value (q10 / median / q90), share of positive values, median "
-            "percentile among all documents of each score (low = pruned first by value methods; "
-            "for loss, high = pruned first by perplexity filtering), and the adam2+diversity "
-            "kept share.",
-            "",
-            "| kind | n | adam2 q10 / median / q90 | adam2 > 0 | pct adam2 | pct adam | pct sgd "
-            "| pct proxy loss | div kept | kept by floor | near-dup |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for g, r in diag["per_kind"].items():
-            lines.append(
-                f"| {g} | {r['n']} | {r['adam2_q10']:.2e} / {r['adam2_median']:.2e} / "
-                f"{r['adam2_q90']:.2e} | {r['adam2_frac_positive']:.0%} | "
-                f"{r['adam2_median_percentile']:.2f} | {r['adam_median_percentile']:.2f} | "
-                f"{r['sgd_median_percentile']:.2f} | {r['proxy_loss_median_percentile']:.2f} | "
-                f"{r['div_kept']:.0%} | {r['div_kept_by_floor']} | {r['div_near_dup']} |"
-            )
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
