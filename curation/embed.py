@@ -115,7 +115,7 @@ def prepare_for_similarity(emb: np.ndarray, rel_tol: float = 1e-4) -> np.ndarray
 def document_token_ids(df: pl.DataFrame, tokenizer: Any, template: str | None = None) -> list:
     """Untruncated token ids of every document (no special tokens), for token-level dedup."""
     from curation.corpus import DEFAULT_TEMPLATE, join_template
-    from curation.encode import _plain_backend
+    from curation.encode import _encodings, _plain_backend
 
     texts = [str(t) if t is not None else "" for t in df["text"].to_list()]
     if "prompt" in df.columns and "response" in df.columns:
@@ -123,8 +123,9 @@ def document_token_ids(df: pl.DataFrame, tokenizer: Any, template: str | None = 
         for i, (p, r) in enumerate(zip(df["prompt"].to_list(), df["response"].to_list())):
             if p is not None and r is not None:
                 texts[i] = join_template(tpl, p, r)[0]
-    encs = _plain_backend(tokenizer).encode_batch(texts, add_special_tokens=False)
-    return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+    return [
+        np.asarray(e.ids, dtype=np.int64) for _, e in _encodings(_plain_backend(tokenizer), texts)
+    ]
 
 
 def run_token_ids(run_dir: str | Path, df: pl.DataFrame) -> list:

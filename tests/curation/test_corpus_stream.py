@@ -31,3 +31,27 @@ def test_sliced_writes_give_the_same_file(
     back = corpus.read_corpus(sliced).df
     assert back["id"].to_list() == df["id"].to_list()
     assert back["prompt"].to_list() == df["prompt"].to_list()
+
+
+def test_encoding_in_batches_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from curation import embed, encode
+    from curation.tokenizer import train_tokenizer
+
+    texts = [f"word{i % 7} and more words {i} " * (1 + i % 5) for i in range(23)]
+    df = pl.DataFrame(
+        {
+            "id": [str(i) for i in range(23)],
+            "source": ["s"] * 23,
+            "text": texts,
+            "prompt": [None if i % 3 else "q" for i in range(23)],
+            "response": [None if i % 3 else texts[i] for i in range(23)],
+        }
+    )
+    tok = train_tokenizer(texts, vocab_size=300, seed=0)
+    whole = encode.encode_corpus(df, tok, 16)
+    ids = embed.document_token_ids(df, tok)
+    monkeypatch.setattr(encode, "ENCODE_BATCH", 4)
+    parts = encode.encode_corpus(df, tok, 16)
+    for f in ("input_ids", "attention_mask", "loss_mask", "truncated"):
+        assert (getattr(parts, f) == getattr(whole, f)).all(), f
+    assert all((a == b).all() for a, b in zip(embed.document_token_ids(df, tok), ids))
