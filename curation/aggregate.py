@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from .atomic import atomic_write_parquet
-from .ledger import read_ledger
+from .ledger import read_ledger, scan_ledger
 
 EXAMPLES_FILE = "examples.parquet"
 BY_EXAMPLE_FILE = "values_by_example.parquet"
@@ -82,7 +82,8 @@ def values_by_source(by_example: pl.DataFrame, examples: pl.DataFrame | None) ->
 def aggregate_run(run_dir: str | Path) -> tuple[Path, Path]:
     """Write `values_by_example.parquet` and `values_by_source.parquet` for a run; return paths."""
     run_dir = Path(run_dir)
-    ledger = read_ledger(run_dir)
+    names = scan_ledger(run_dir).collect_schema().names()
+    ledger = read_ledger(run_dir, ["id", "source", *(c for c in names if c.startswith("value_"))])
     by_example = values_by_example(ledger)
     ckpt_path = run_dir / CKPT_FILE
     if ckpt_path.exists():

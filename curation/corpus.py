@@ -420,15 +420,23 @@ def write_corpus(df: pl.DataFrame, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         if fmt == "parquet":
             df.write_parquet(tmp)
+        elif fmt == "jsonl.gz":
+            with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as g:
+                _write_jsonl(df, g)
         else:
-            buf = io.StringIO()
-            for rec in df.iter_rows(named=True):
-                rec = {k: v for k, v in rec.items() if v is not None}
-                buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            data = buf.getvalue().encode("utf-8")
-            if fmt == "jsonl.gz":
-                with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as g:
-                    g.write(data)
-            else:
-                tmp.write_bytes(data)
+            with open(tmp, "wb") as f:
+                _write_jsonl(df, f)
     return path
+
+
+_WRITE_ROWS = 8192  # rows encoded per write: memory stays at one slice, not a copy of the corpus
+
+
+def _write_jsonl(df: pl.DataFrame, out: Any) -> None:
+    """Write `df` as JSON lines (null fields left out) to a binary file, a slice at a time."""
+    for a in range(0, df.height, _WRITE_ROWS):
+        buf = io.StringIO()
+        for rec in df.slice(a, _WRITE_ROWS).iter_rows(named=True):
+            rec = {k: v for k, v in rec.items() if v is not None}
+            buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        out.write(buf.getvalue().encode("utf-8"))

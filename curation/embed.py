@@ -64,6 +64,9 @@ def embed_corpus(
     return np.concatenate(out, axis=0)
 
 
+_BLOCK = 1 << 14  # rows per float64 block in prepare_for_similarity
+
+
 def prepare_for_similarity(emb: np.ndarray, rel_tol: float = 1e-4) -> np.ndarray:
     """Centre rows on their mean and re-normalise to unit length: float32 [N, d].
 
@@ -73,31 +76,46 @@ def prepare_for_similarity(emb: np.ndarray, rel_tol: float = 1e-4) -> np.ndarray
     to nothing. With fewer than two rows, or when every row is the same (all centred norms zero),
     the input is returned L2-normalised and uncentred: there is no spread to measure.
     """
-    x = np.asarray(emb, dtype=np.float64)
+    x = np.asarray(emb)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D array [N, d], got shape {x.shape}")
 
     def unit(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
         nrm = np.linalg.norm(a, axis=1, keepdims=True)
         return np.where(nrm > 0, a / np.where(nrm > 0, nrm, 1.0), 0.0)
 
     if x.shape[0] < 2:
         return unit(x).astype(np.float32)
-    c = x - x.mean(axis=0, keepdims=True)
-    nrm = np.linalg.norm(c, axis=1)
+    # float64 arithmetic as before, but a block of rows at a time: the float64 copies of a
+    # 10^6 x 256 input would otherwise take several GiB. Rows are independent, so the result is
+    # the same to the bit; the mean adds rows in the same order as on a float64 copy.
+    mean = x.mean(axis=0, dtype=np.float64, keepdims=True)
+    n = x.shape[0]
+    nrm = np.empty(n, np.float64)
+    for a in range(0, n, _BLOCK):
+        c = np.asarray(x[a : a + _BLOCK], dtype=np.float64) - mean
+        nrm[a : a + _BLOCK] = np.linalg.norm(c, axis=1)
     med = float(np.median(nrm))
     if not np.isfinite(med) or nrm.max() <= 1e-12:
-        return unit(x).astype(np.float32)
+        out = np.empty(x.shape, np.float32)
+        for a in range(0, n, _BLOCK):
+            out[a : a + _BLOCK] = unit(x[a : a + _BLOCK])
+        return out
     tiny = nrm <= rel_tol * max(med, 1e-12)
-    out = c / np.where(tiny, 1.0, nrm)[:, None]
-    out[tiny] = 0.0
-    return np.ascontiguousarray(out, dtype=np.float32)
+    out = np.empty(x.shape, np.float32)
+    for a in range(0, n, _BLOCK):
+        c = np.asarray(x[a : a + _BLOCK], dtype=np.float64) - mean
+        blk = c / np.where(tiny[a : a + _BLOCK], 1.0, nrm[a : a + _BLOCK])[:, None]
+        blk[tiny[a : a + _BLOCK]] = 0.0
+        out[a : a + _BLOCK] = blk
+    return out
 
 
 def document_token_ids(df: pl.DataFrame, tokenizer: Any, template: str | None = None) -> list:
     """Untruncated token ids of every document (no special tokens), for token-level dedup."""
     from curation.corpus import DEFAULT_TEMPLATE, join_template
-    from curation.encode import _plain_backend
+    from curation.encode import _encodings, _plain_backend
 
     texts = [str(t) if t is not None else "" for t in df["text"].to_list()]
     if "prompt" in df.columns and "response" in df.columns:
@@ -105,8 +123,9 @@ def document_token_ids(df: pl.DataFrame, tokenizer: Any, template: str | None = 
         for i, (p, r) in enumerate(zip(df["prompt"].to_list(), df["response"].to_list())):
             if p is not None and r is not None:
                 texts[i] = join_template(tpl, p, r)[0]
-    encs = _plain_backend(tokenizer).encode_batch(texts, add_special_tokens=False)
-    return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+    return [
+        np.asarray(e.ids, dtype=np.int64) for _, e in _encodings(_plain_backend(tokenizer), texts)
+    ]
 
 
 def run_token_ids(run_dir: str | Path, df: pl.DataFrame) -> list:

@@ -9,12 +9,13 @@ only tokens that overlap the response's characters for prompt/response rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from curation.corpus import DEFAULT_TEMPLATE, join_template
@@ -83,6 +84,17 @@ def _plain_backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer:
     return tok
 
 
+ENCODE_BATCH = 4096  # texts per encode_batch call: the Encoding objects of a whole corpus
+# (token strings, offsets, masks) take many times the memory of the ids kept from them
+
+
+def _encodings(backend: Tokenizer, texts: list[str]) -> Iterator[tuple[int, Encoding]]:
+    """(index, encoding) of every text, tokenised ENCODE_BATCH texts at a time."""
+    for a in range(0, len(texts), ENCODE_BATCH):
+        encs = backend.encode_batch(texts[a : a + ENCODE_BATCH], add_special_tokens=False)
+        yield from enumerate(encs, start=a)
+
+
 def encode_corpus(
     df: pl.DataFrame,
     tokenizer: PreTrainedTokenizerBase,
@@ -101,13 +113,13 @@ def encode_corpus(
             if p is not None and r is not None:
                 texts[i], start, end = join_template(template, p, r)
                 spans[i] = (start, end)
-    encodings = _plain_backend(tokenizer).encode_batch(texts, add_special_tokens=False)
+    backend = _plain_backend(tokenizer)
 
     input_ids = np.full((n, seq_len), pad, dtype=np.int32)
     attention = np.zeros((n, seq_len), dtype=np.int8)
     loss = np.zeros((n, seq_len), dtype=np.int8)
     truncated = np.zeros(n, dtype=bool)
-    for i, enc in enumerate(encodings):
+    for i, enc in _encodings(backend, texts):
         toks = enc.ids
         keep = min(len(toks), seq_len - 1)
         truncated[i] = len(toks) > keep

@@ -96,6 +96,15 @@ def _order_desc(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return idx[np.lexsort((idx, -key))]
 
 
+def _members(labels: np.ndarray, pool: np.ndarray) -> dict[int, np.ndarray]:
+    """Cluster -> ascending positions of its pool documents, clusters ascending (one sort, O(N log N))."""
+    idx = np.flatnonzero(pool)
+    idx = idx[np.argsort(labels[idx], kind="stable")]
+    lab = labels[idx]
+    cuts = np.flatnonzero(lab[1:] != lab[:-1]) + 1
+    return {int(g[0]): ix for g, ix in zip(np.split(lab, cuts), np.split(idx, cuts)) if len(ix)}
+
+
 NGRAM = 3
 DEDUP_JACCARD = 0.8
 MAX_DEDUP_FRAC = 0.3
@@ -148,12 +157,19 @@ def near_duplicates(
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     lims, _, nbr = index.range_search(x, float(1.0 - eps))
-    kept_pos: set[int] = set()
+    # Only positions with an earlier (higher-valued) neighbour can be duplicates; every other
+    # position is kept without a Python step, so the loop below runs over candidates only.
+    m = len(order)
+    lims = lims.astype(np.int64)
+    owner = np.repeat(np.arange(m), np.diff(lims))
+    has_earlier = np.bincount(owner[nbr < owner], minlength=m) > 0
+    kept_pos = np.ones(m, bool)  # positions visited so far that were kept (all earlier ones)
     dups: dict[int, int] = {}
     n_cand = n_conf = 0
-    for p in range(len(order)):
+    for p in np.flatnonzero(has_earlier).tolist():
         nb = nbr[lims[p] : lims[p + 1]]
-        earlier = sorted(int(q) for q in nb if q < p and int(q) in kept_pos)
+        nb = np.sort(nb[nb < p])
+        earlier = nb[kept_pos[nb]].tolist()
         n_cand += len(earlier)
         rep = None
         for q in earlier:
@@ -165,8 +181,7 @@ def near_duplicates(
                 break
         if rep is not None:
             dups[int(order[p])] = int(order[rep])
-        else:
-            kept_pos.add(p)
+            kept_pos[p] = False
     if stats is not None:
         stats["candidates"] = stats.get("candidates", 0) + n_cand
         stats["confirmed"] = stats.get("confirmed", 0) + n_conf
@@ -228,8 +243,7 @@ def select(
         )
     pool = ~target
     eligible = pool.copy()
-    clusters = np.unique(labels[pool])
-    members = {int(c): np.flatnonzero(pool & (labels == c)) for c in clusters}
+    members = _members(labels, pool)
     stats: dict[str, int] = {"candidates": 0, "confirmed": 0}
     for _c, idx in members.items():
         for dup, rep in near_duplicates(
