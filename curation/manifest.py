@@ -78,6 +78,25 @@ def stage_models() -> dict[str, type]:
     return {"score": ScoreArgs, "prune": PruneArgs, "verify": VerifyArgs}
 
 
+def _check_type(value: Any, default: Any, key: str) -> None:
+    """ManifestError when `value` is not of the type of the setting's default (ints for floats ok)."""
+    if value is None or default is None or isinstance(default, (tuple, list, dict)):
+        return
+    want: tuple[type, ...]
+    if isinstance(default, bool):
+        want, name = (bool,), "true or false"
+    elif isinstance(default, int):
+        want, name = (int,), "an integer"
+    elif isinstance(default, float):
+        want, name = (int, float), "a number"
+    elif isinstance(default, str):
+        want, name = (str,), "a string"
+    else:
+        return
+    if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+        raise ManifestError(f"{key}: expected {name}, got {value!r}")
+
+
 def check_run_settings(run: dict[str, Any]) -> None:
     """Refuse `run:` keys that no stage takes (with the nearest valid one) and bad score values.
 
@@ -98,6 +117,11 @@ def check_run_settings(run: dict[str, Any]) -> None:
         if not isinstance(sub, dict):
             raise ManifestError(f"run.{sec}: expected a mapping of {sec} settings")
         check_keys(sub, names[sec], f"run.{sec}")
+    for sec, cls in models.items():
+        for f in dataclasses.fields(cls):
+            for where, d in (("run", run), (f"run.{sec}", run.get(sec) or {})):
+                if f.name in d and f.name not in FLOW_OWNED:
+                    _check_type(d[f.name], f.default, f"{where}.{f.name}")
     score = {k: v for k, v in run.items() if k in names["score"]}
     score.update({k: v for k, v in (run.get("score") or {}).items() if k in names["score"]})
     try:

@@ -387,8 +387,8 @@ def _check_run_dir(args: ScoreArgs, run_dir: Path, record: dict[str, Any]) -> bo
 
 def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path:
     path = run_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # through a Python file: a full disk surfaces as an OSError
     for old in _checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

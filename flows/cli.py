@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -310,13 +311,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """`adamshap prune`: keep the most valuable fraction of CORPUS under diversity quotas."""
     from curation.errors import AdamshapError
-    from curation.prune import PruneArgs, run_prune
+    from curation.prune import PruneArgs, clear_outputs, run_prune
 
+    out = args.out or str(Path.cwd() / f"adamshap-prune-{corpus_stem(args.corpus)}")
+    _check_out(out)
+    if Path(out).is_dir():  # whatever fails below, no earlier kept/excluded pair may remain
+        clear_outputs(Path(out))
     _require_path(args.corpus, "corpus")
     _require_path(args.scores, "scores run directory")
     _require_path(args.target, "target")
-    out = args.out or str(Path.cwd() / f"adamshap-prune-{corpus_stem(args.corpus)}")
-    _check_out(out)
     values = {
         "corpus": args.corpus,
         "keep": args.keep,
@@ -348,12 +351,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """`adamshap verify`: retrain on curated vs random-same-size vs full; compare target loss."""
     from curation.errors import AdamshapError
-    from curation.verify import VerifyArgs, run_verify
+    from curation.verify import OUTPUT_FILES, VerifyArgs, run_verify
 
+    _check_out(args.out)
+    for name in reversed(OUTPUT_FILES):  # whatever fails below, no earlier result may remain
+        (Path(args.out) / name).unlink(missing_ok=True)
     for path, what in ((args.curated, "curated corpus"), (args.full, "full corpus")):
         _require_path(path, what)
     _require_path(args.target, "target")
-    _check_out(args.out)
     values = {
         "curated": args.curated,
         "full": args.full,
@@ -441,6 +446,15 @@ _BAD_ROW_HINTS = {
 }
 
 
+_FIELD_OPTS = {
+    "id": "--id-field",
+    "source": "--source-field",
+    "text": "--text-field",
+    "prompt": "--prompt-field",
+    "response": "--response-field",
+}
+
+
 def _strict_corpus_hint(command: str) -> Callable[[BaseException], BaseException]:
     """Rewrite a CorpusError's `--on-bad-rows` hint for commands that have no such option."""
 
@@ -449,6 +463,9 @@ def _strict_corpus_hint(command: str) -> Callable[[BaseException], BaseException
 
         if isinstance(exc, CorpusError) and exc.hint and "--on-bad-rows" in exc.hint:
             hint = _BAD_ROW_HINTS[command]
+            what = exc.message.removeprefix("missing ")
+            if command != "curate" and exc.message.startswith("missing ") and what in _FIELD_OPTS:
+                hint = f"if the corpus names the {what} field otherwise, pass {_FIELD_OPTS[what]} NAME; else {hint}"
             return CorpusError(exc.path, exc.row, exc.field, exc.message, hint, exc.unit)
         return exc
 
@@ -657,15 +674,26 @@ _OS_HINTS = {
 }
 
 
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
 def os_error_of(exc: BaseException) -> OSError | None:
-    """The OSError behind `exc` (itself, or one in its cause/context chain), or None."""
+    """The OSError behind `exc`, or None.
+
+    Itself, one in its cause/context chain, or one that native code (polars, safetensors)
+    reports only in its message ("... (os error 28)").
+    """
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
-        if isinstance(cur, OSError) and cur.errno is not None:
+        if isinstance(cur, OSError):
             return cur
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
+    m = _NATIVE_OS_ERROR.search(str(exc))
+    if m:
+        code = int(m.group(1) or m.group(2))
+        return OSError(code, os.strerror(code))
     return None
 
 
