@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = {
@@ -503,3 +505,106 @@ def test_prune_and_verify_take_field_options(scored):
     )  # fmt: skip
     assert v.returncode == 0, v.stderr[-3000:]
     assert (d / "v_body" / "verify.json").exists()
+
+
+# ----------------------------------------------------------------------------- property test
+
+EXTRA = st.dictionaries(
+    st.sampled_from(["url", "meta", "lang", "score", "tags", "reason", "value"]),
+    st.one_of(
+        st.none(),
+        st.integers(-5, 5),
+        st.text(max_size=8),
+        st.lists(st.integers(0, 3), max_size=3),
+        st.fixed_dictionaries({"k": st.text(max_size=4)}),
+    ),
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n_good=st.integers(1, 25),
+    bad_at=st.lists(st.integers(0, 30), max_size=4),
+    extras=st.lists(EXTRA, min_size=25, max_size=25),
+    keep=st.floats(0.05, 1.0),
+    fail=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_nothing_lost_every_column_kept_and_failed_rerun_leaves_no_old_pair(
+    tmp_path, n_good, bad_at, extras, keep, fail, seed
+):
+    """in = kept + excluded + rejected, each input row with all its fields; and a rerun that
+    fails while writing leaves no kept/excluded pair of the earlier run (nor a partial new one).
+    """
+    from curation.atomic import staged_outputs
+    from curation.corpus import read_corpus
+    from curation.errors import UsageError
+    from curation.prune import clear_outputs, input_rows, write_outputs
+    from curation.selection import select
+
+    import tempfile
+
+    case = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
+    lines, good = [], {}
+    for i in range(n_good):
+        rec = {**extras[i], "id": f"d{i}", "source": "ab"[i % 2], "text": f"text {i} " * 3}
+        lines.append(json.dumps(rec))
+        good[len(lines)] = rec
+    for j in sorted(bad_at):
+        lines.insert(min(j, len(lines)), '{"id": "broken"')  # invalid JSON: rejected
+    good = {}  # line numbers moved: rebuild from the final lines
+    for ln, text in enumerate(lines, start=1):
+        if text != '{"id": "broken"':
+            good[ln] = json.loads(text)
+    src = case / "c.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # a clean copy (what prune reads strictly) plus the rejects of the skip read
+    data = read_corpus(src, on_bad_rows="skip", rejects_path=case / "rejects.jsonl")
+    rejected = [json.loads(x) for x in (case / "rejects.jsonl").read_text().splitlines()]
+    clean = case / "clean.jsonl"
+    clean.write_text("".join(json.dumps(good[ln]) + "\n" for ln in sorted(good)), "utf-8")
+    n = data.df.height
+    rows = input_rows(clean, n)
+
+    out = case / "out"
+    out.mkdir()
+    for name in ("kept.jsonl", "excluded.jsonl", "prune.json"):  # an earlier run's outputs
+        (out / name).write_text('{"id": "old"}\n')
+    rng = np.random.default_rng(seed)
+    ids = data.df["id"].to_list()
+    values = rng.normal(size=n)
+    emb = rng.normal(size=(n, 4)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    try:
+        res = select(ids, values, rng.integers(0, 2, n), emb, keep, None, 0.0, None)
+    except UsageError:
+        return
+    clear_outputs(out)
+    try:
+        with staged_outputs(out, last=("prune.json",)) as stage:
+            write_outputs(stage, rows, np.asarray(res.kept), list(res.reason), values, ".jsonl")
+            if fail:
+                raise OSError(28, "No space left on device")
+            (stage / "prune.json").write_text("{}")
+    except OSError:
+        assert fail
+        left = [p.name for p in out.iterdir()]
+        assert left == [], left  # no old pair, no half of a new one, no staging folder
+        return
+    kept = [json.loads(x) for x in (out / "kept.jsonl").read_text().splitlines()]
+    excl = [json.loads(x) for x in (out / "excluded.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r for r in good.values()}
+    assert all(r == by_id[r["id"]] for r in kept)  # every field, unchanged
+    for r in excl:
+        assert r["reason"]
+        orig = {
+            (f"input_{k}" if k in ("reason", "value") else k): v for k, v in by_id[r["id"]].items()
+        }
+        assert {k: v for k, v in r.items() if k not in ("reason", "value")} == orig
+    lines_out = sorted([ln for ln, r in good.items() if r["id"] in {k["id"] for k in kept}])
+    lines_out += [ln for ln, r in good.items() if r["id"] in {e["id"] for e in excl}]
+    lines_out += [r["row"] for r in rejected]
+    assert sorted(lines_out) == list(range(1, len(lines) + 1))
