@@ -539,13 +539,13 @@ def test_nothing_lost_every_column_kept_and_failed_rerun_leaves_no_old_pair(
     """in = kept + excluded + rejected, each input row with all its fields; and a rerun that
     fails while writing leaves no kept/excluded pair of the earlier run (nor a partial new one).
     """
+    import tempfile
+
     from curation.atomic import staged_outputs
     from curation.corpus import read_corpus
     from curation.errors import UsageError
     from curation.prune import clear_outputs, input_rows, write_outputs
     from curation.selection import select
-
-    import tempfile
 
     case = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example
     lines, good = [], {}
