@@ -401,6 +401,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from flows.quiet import quiet_user_errors
 
     quiet_user_errors()
+    prefect_env.tie_temporary_server_to_this_process()  # never outlives curate, even SIGKILLed
     try:
         curate_flow(manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out)
     except AdamshapError as exc:

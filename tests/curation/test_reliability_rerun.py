@@ -608,3 +608,62 @@ def test_nothing_lost_every_column_kept_and_failed_rerun_leaves_no_old_pair(
     lines_out += [ln for ln, r in good.items() if r["id"] in {e["id"] for e in excl}]
     lines_out += [r["row"] for r in rejected]
     assert sorted(lines_out) == list(range(1, len(lines) + 1))
+
+
+# ----------------------------------------------------------------------------- 13. Prefect
+
+
+def _temporary_servers(parent: int) -> list[int]:
+    """Pids of live Prefect temporary API servers whose parent is `parent` (Linux /proc)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+            state, ppid = (p / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if b"prefect.server.api.server:create_app" in argv and int(ppid) == parent:
+            pids.append(int(p.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigkilled_curate_leaves_no_prefect_server(tmp_path):
+    """Case 13: the temporary Prefect server dies with a SIGKILLed `curate`."""
+    m = _manifest(tmp_path / "m")
+    env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    cmd = [sys.executable, "-m", "flows.cli", "curate", str(m), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    servers: list[int] = []
+    try:
+        t0 = time.monotonic()
+        while not servers and proc.poll() is None and time.monotonic() - t0 < 240:
+            time.sleep(0.1)
+            servers = _temporary_servers(proc.pid)
+        assert servers, "curate never started its temporary Prefect server"
+        proc.kill()
+        proc.wait(timeout=60)
+        t0 = time.monotonic()
+        while any(_alive(p) for p in servers) and time.monotonic() - t0 < 60:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in servers), "the Prefect server outlived curate"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in servers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
