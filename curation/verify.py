@@ -296,7 +296,7 @@ def run_verify(args: VerifyArgs) -> Path:
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+        raise UsageError(f"steps must be >= 1, got {args.steps}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in reversed(OUTPUT_FILES):  # a failed rerun must not leave the old results

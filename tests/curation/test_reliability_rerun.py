@@ -667,3 +667,85 @@ def test_sigkilled_curate_leaves_no_prefect_server(tmp_path):
         for p in servers:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- code reading
+
+
+def test_every_option_named_in_a_message_exists():
+    """Error hints name only options the CLI has (not --max-grad-norm etc. that it lacked)."""
+    import argparse
+    import re
+
+    from flows import cli
+
+    options: set[str] = set()
+
+    def walk(p: argparse.ArgumentParser) -> None:
+        for a in p._actions:
+            options.update(a.option_strings)
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    walk(sub)
+
+    walk(cli.build_parser())
+    other_tools = {"--host", "--args-json"}  # `prefect server start`, `python -m ...scoring_run`
+    named: dict[str, str] = {}
+    files = [*(REPO / "curation").glob("*.py"), *(REPO / "flows").glob("*.py")]
+    for f in files:
+        for m in re.finditer(r"[\"'` (]--([a-z][a-z0-9-]+)", f.read_text(encoding="utf-8")):
+            named.setdefault("--" + m.group(1), f.name)
+    missing = {o: f for o, f in named.items() if o not in options | other_tools}
+    assert not missing, missing
+
+
+def test_atomic_writes_never_touch_the_umask(tmp_path, monkeypatch):
+    """Files get 0666 & ~umask from the kernel; the process-wide umask is never read or set."""
+    from curation.atomic import atomic_dir, atomic_write_text
+
+    mask = os.umask(0o027)
+    try:
+
+        def no_umask(*_: object) -> int:
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        p = atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+        monkeypatch.undo()
+        assert p.stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(mask)
+
+
+def test_embedding_cache_key_follows_the_texts():
+    """An edited corpus that keeps its ids gets another cache key (no stale embeddings)."""
+    from curation.embed import content_key
+
+    a = pl.DataFrame({"id": ["1", "2"], "source": ["s", "s"], "text": ["one", "two"]})
+    b = a.with_columns(pl.Series("text", ["one", "TWO"]))
+    c = pl.DataFrame({"id": ["1", "2"], "source": ["s", "s"], "text": ["one", "two"]})
+    assert content_key(a) != content_key(b)
+    assert content_key(a) == content_key(c)
+    assert content_key(a) != content_key(a.reverse())
+
+
+def test_curate_applies_offline_settings_before_prefect_is_imported():
+    """`flows.curate` sets the offline/telemetry defaults before the first `import prefect`."""
+    probe = (
+        "import builtins, os, sys\n"
+        "real = builtins.__import__\n"
+        "def imp(name, *a, **k):\n"
+        "    if name.split('.')[0] == 'prefect' and 'prefect' not in sys.modules:\n"
+        "        if os.environ.get('DO_NOT_TRACK') != '1':\n"
+        "            sys.exit(3)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = imp\n"
+        "import flows.curate\n"
+    )
+    env = {k: v for k, v in _env().items() if k not in ("DO_NOT_TRACK",)}
+    env = {k: v for k, v in env.items() if not k.startswith("PREFECT_SERVER_ANALYTICS")}
+    res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
