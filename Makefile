@@ -77,7 +77,7 @@ bench: bench-fidelity bench-source-id bench-pruning  ## every benchmark (slow)
 bench-fidelity: setup  ## estimator fidelity vs LOO / MC Shapley
 	$(PY) -m benchmarks.fidelity
 
-bench-source-id: setup  ## source identification on ../shared/corpora/multisource.jsonl.gz
+bench-source-id: setup  ## source identification (corpus built by `adamshap corpus build demo`)
 	$(PY) -m benchmarks.source_id
 
 bench-pruning: setup  ## pruning with injected junk, retrained target loss

@@ -3,7 +3,7 @@
 For every supported layer we keep, during the training forward/backward, the layer inputs `a`
 and the gradients `b` of the training loss with respect to the layer outputs. The per-example
 gradient of a weight is then `a_iᵀ b_i` (or a gather for embeddings), and its inner product with
-any val-side matrix `G` is contracted directly from `a`, `b` and `G` (DESIGN §2.3).
+any val-side matrix `G` is contracted directly from `a`, `b` and `G` (docs/method.md §5).
 """
 
 from __future__ import annotations

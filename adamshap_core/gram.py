@@ -7,7 +7,7 @@ token, but only if the elementwise preconditioner factorises. With `P ≈ r cᵀ
 
     <G̃, Σ_t a_tᵀ b_t> ≈ Σ_t Σ_s (a_t · (r ⊙ a'_s)) (b_t · (c ⊙ b'_s)),
 
-two [nT, T_val] Gram matrices, `nT·T_val·(d_in + d_out)` per column (DESIGN §2.3). It pays only
+two [nT, T_val] Gram matrices, `nT·T_val·(d_in + d_out)` per column (docs/method.md §6). It pays only
 when `T_val < d_in·d_out / (d_in + d_out)`, and `P ≈ r cᵀ` is an approximation of its own
 (exact when P is constant, as for `sgd`).
 """

@@ -1,6 +1,6 @@
 """Ground truth for one step: leave-one-out and Monte-Carlo Shapley with real optimizer steps.
 
-Both start from the live model/optimizer *before* the step (DESIGN §2.4). Every trial rebuilds an
+Both start from the live model/optimizer *before* the step (docs/method.md §7). Every trial rebuilds an
 optimizer of the same class from a deep copy of the saved state (`load_state_dict` keeps
 references to what it is given), applies the subset gradient `Σ_{i∈S} g_i` with clipping
 recomputed as `clip_grad_norm_` would, takes a real `step()`, and measures the target loss.

@@ -3,7 +3,7 @@
 For a linear layer the exact ghost contraction `Σ_t a_t G̃ b_tᵀ` costs `nT·d_in·d_out` per
 estimator column (one extra forward matmul of the layer). With `G̃ ≈ L R` (rank r) it becomes
 `Σ_t (a_t L)·(b_t Rᵀ)` (in the weight's storage layout), costing `nT·(d_in + d_out)·r`
-(DESIGN §2.3). The factorisation itself is a randomised range finder (Halko et al.) with `niter`
+(docs/method.md §6). The factorisation itself is a randomised range finder (Halko et al.) with `niter`
 power iterations, oversampled and truncated back to rank r by an SVD of the small projected
 matrix; its cost is `O(d_in·d_out·r)` per weight and does not grow with the batch.
 """

@@ -1,4 +1,4 @@
-"""Adam's fixed-state preconditioner and the batch-independent part of the step (DESIGN §2.2).
+"""Adam's fixed-state preconditioner and the batch-independent part of the step (docs/method.md §2).
 
 Everything is read from a live `torch.optim.Adam`/`AdamW` *before* its `step()`, with the
 (already clipped) batch gradient sitting in `.grad`, and nothing in the optimizer is modified.

@@ -55,7 +55,7 @@ GRAM_ESTIMATORS = frozenset({"sgd", "adam"})
 class InRunScorer:
     """Adam-aware In-Run Data Shapley: values every training example while training for real.
 
-    `estimators` is any subset of ("sgd", "adam", "adam2", "adam-loo") (DESIGN §2.2).
+    `estimators` is any subset of ("sgd", "adam", "adam2", "adam-loo") (docs/method.md §3).
     `clip_linearised` names the estimators that include the linearised effect of each example on
     the clipping coefficient (default: adam-loo only). With `reuse_val_grad_across_batches`, the
     target gradient after step t serves as the start gradient of step t+1 even when the target

@@ -1,4 +1,9 @@
-"""Shared benchmark plumbing: the real corpus, a tokenizer trained on it, encoded batches, output."""
+"""Shared benchmark plumbing: the real corpus, a tokenizer trained on it, encoded batches, output.
+
+Benchmarks build their corpus with `adamshap corpus build demo` (the six Debian sources that
+`make setup` installs) into runs/benchmarks/corpora/, rebuilt on every run (a few seconds), so
+a stale file can never stand in for the current builder; `--corpus PATH` takes any other file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,18 +29,30 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-CORPUS_CANDIDATES = [
-    ROOT.parent / "shared" / "corpora" / "multisource.jsonl.gz",
-    ROOT / "shared" / "corpora" / "multisource.jsonl.gz",
-]
+CORPORA = ROOT / "runs" / "benchmarks" / "corpora"
 
 
-def default_corpus() -> Path:
-    """The shared multi-source corpus (../shared/corpora/multisource.jsonl.gz)."""
-    for c in CORPUS_CANDIDATES:
-        if c.exists():
-            return c
-    raise FileNotFoundError(f"multisource.jsonl.gz not found in {CORPUS_CANDIDATES}")
+def build_corpus(
+    per_source: int, seed: int = 0, sources: Sequence[str] | None = None, out_dir: Path = CORPORA
+) -> Path:
+    """Run `adamshap corpus build demo --per-source N --seed S [--sources ...]`; return the file."""
+    from flows.cli import main as adamshap
+
+    tag = f"demo-{per_source}-seed{seed}" + ("-" + "-".join(sources) if sources else "")
+    out = Path(out_dir) / f"{tag}.jsonl.gz"
+    argv = ["corpus", "build", "demo", "--out", str(out), "--per-source", str(per_source)]
+    argv += ["--seed", str(seed)]
+    if sources:
+        argv += ["--sources", ",".join(sources)]
+    code = adamshap(argv)
+    if code != 0:
+        raise SystemExit(f"`adamshap {' '.join(argv)}` failed (exit {code}); see the line above")
+    return out
+
+
+def default_corpus(per_source: int = 400, seed: int = 0) -> Path:
+    """The benchmark corpus: `per_source` documents from each of the six demo sources."""
+    return build_corpus(per_source, seed)
 
 
 def sample_corpus(path: Path, per_source: int, seed: int = 0) -> pl.DataFrame:

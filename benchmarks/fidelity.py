@@ -1,7 +1,7 @@
 """Fidelity of each estimator against real leave-one-out and Monte-Carlo Shapley truths.
 
 For every (betas, lr, seed) a proxy GPT-2 trains with AdamW (weight decay 0.1, clipping 1.0) on
-the real multi-source corpus. At early, mid and late steps the truth is computed from the saved
+the real six-source corpus (`adamshap corpus build demo`). At early, mid and late steps the truth is computed from the saved
 state with real optimizer steps, then `InRunScorer.step` takes the real step and values the batch.
 Per step we record Pearson R and Spearman rho of every estimator against the truth.
 
@@ -153,7 +153,7 @@ def markdown(args: FidelityArgs, summary: dict, rows: list[dict]) -> str:
     lines = [
         "# Fidelity: estimators vs real-step truths",
         "",
-        f"Real corpus (`multisource.jsonl.gz`, {args.per_source} docs/source), BPE vocab {args.vocab_size}, "
+        f"Real corpus (six Debian sources, `adamshap corpus build demo`, {args.per_source} docs/source), BPE vocab {args.vocab_size}, "
         f"seq {args.seq_len}, batch {args.batch_size}, target batch {args.val_size} held-out docs, AdamW "
         f"(weight decay {args.weight_decay}, clip {args.max_grad_norm}), betas "
         + " and ".join(f"{b[0]}/{b[1]}" for b in args.betas)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     if partial.exists():
         done = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]
     finished = {(r["truth"], r["lr"], tuple(r["betas"]), r["seed"]) for r in done}
-    df = sample_corpus(ns.corpus or default_corpus(), args.per_source, seed=0)
+    df = sample_corpus(ns.corpus or default_corpus(args.per_source), args.per_source, seed=0)
     _, enc = tokenized(df, args.vocab_size, args.seq_len)
     perm = np.random.default_rng(0).permutation(len(enc))
     val_idx, train_idx = perm[: args.val_size], perm[args.val_size :]

@@ -1,8 +1,9 @@
-"""Pruning benchmark (DESIGN §4): injected junk, keep 0.7, retrain, compare selection methods.
+"""Pruning benchmark (docs/method.md §8): injected junk, keep 0.7, retrain, compare selection methods.
 
     python -m benchmarks.pruning [--quick] [--corpus PATH] [--n-docs N] [--seeds 3] [--threads 1]
 
-A seeded sample of the multisource corpus gets ~20% junk (shuffled-token copies, boilerplate
+A seeded sample of a corpus built with `adamshap corpus build demo` (enough documents per source
+for the sample and the target; or `--corpus PATH`) gets ~20% junk (shuffled-token copies, boilerplate
 repeats, random characters, fragments cut mid-word, Cyrillic/Greek transliterations); a disjoint
 clean sample is the target. One scoring run values every document; each method then keeps 70%
 and a fresh proxy is retrained on it (same steps for every arm, 3 seeds). Embeddings are centred
@@ -142,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     from curation.verify import Arrays, TrainConfig, summarise, train_and_evaluate
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", default="../shared/corpora/multisource.jsonl.gz")
+    p.add_argument(
+        "--corpus", default=None, help="default: built with `adamshap corpus build demo`"
+    )
     p.add_argument("--quick", action="store_true", help="small sizes (~10 min on 2 CPU cores)")
     p.add_argument("--n-docs", type=int, default=None)
     p.add_argument("--n-target", type=int, default=None)
@@ -183,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         f"sized for ~{10 if a.quick else 25} min on 2 shared CPU cores"
     )
 
+    if a.corpus is None:
+        from benchmarks.common import build_corpus
+
+        # every source must be able to give its share of the sample and the target
+        a.corpus = build_corpus(math.ceil((n_docs + n_target) / 6 * 1.5), a.seed)
     train, target = build_benchmark_corpus(Path(a.corpus), n_docs, n_target, a.junk_frac, a.seed)
     write_corpus(train, work / "corpus.jsonl")
     write_corpus(target, work / "target.jsonl")

@@ -1,9 +1,10 @@
-"""Source identification benchmark (DESIGN §4): can the values name the source the target came from?
+"""Source identification benchmark (docs/method.md §8): can the values name the source the target came from?
 
     python -m benchmarks.source_id [--quick] [--corpus PATH] [--per-source N] [--target-docs N]
 
-A seeded sample of `--per-source` documents from each of the six sources of the multisource corpus
-forms the training mixture (CPU budget: 200 per source by default, 40 with --quick); for each source,
+A seeded sample of `--per-source` documents from each of the six sources of a corpus built with
+`adamshap corpus build demo --per-source (per-source + target-docs)` (or `--corpus PATH`) forms the
+training mixture (CPU budget: 200 per source by default, 40 with --quick); for each source,
 `--target-docs` further held-out documents of that source are the target set. One shared warm start
 (plain AdamW on the mixture, no target involved) gives the proxy; each target then gets one scored
 epoch over the whole mixture. Metrics per estimator (`sgd`, `adam`, `adam2`):
@@ -28,7 +29,6 @@ from typing import Any
 import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = REPO / ".." / "shared" / "corpora" / "multisource.jsonl.gz"
 RESULTS = REPO / "benchmarks" / "results"
 ESTIMATORS = ("adam2", "adam", "sgd")
 
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.source_id", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    p.add_argument(
+        "--corpus", type=Path, default=None, help="default: built with `adamshap corpus build demo`"
+    )
     p.add_argument("--quick", action="store_true", help="small sample, for CI")
     p.add_argument("--per-source", type=int, default=None)
     p.add_argument("--target-docs", type=int, default=None)
@@ -222,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = p.parse_args(argv)
     cfg.per_source = cfg.per_source or (40 if cfg.quick else 200)
     cfg.target_docs = cfg.target_docs or (16 if cfg.quick else 48)
+    if cfg.corpus is None:
+        from benchmarks.common import build_corpus
+
+        cfg.corpus = build_corpus(cfg.per_source + cfg.target_docs, cfg.seed)
     if cfg.warm_start_steps is None:
         cfg.warm_start_steps = 20 if cfg.quick else 100
     if cfg.quick:

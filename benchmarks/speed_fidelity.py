@@ -98,7 +98,7 @@ class SpeedArgs:
 
 
 def _setup(a: SpeedArgs):
-    df = sample_corpus(default_corpus(), a.per_source, seed=0)
+    df = sample_corpus(default_corpus(a.per_source), a.per_source, seed=0)
     _, enc = tokenized(df, a.vocab_size, a.seq_len)
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(enc))

@@ -1,4 +1,10 @@
-"""Seeded FAISS spherical k-means over L2-normalised document embeddings."""
+"""Seeded FAISS spherical k-means over L2-normalised document embeddings.
+
+On the CPU by default; `gpu=N` runs the assignment search on GPU N (`curation.devices.faiss_gpu`
+gives N for a run's `--device`: a GPU only for a CUDA device and a faiss build with GPU support).
+The seeded sampling and centroid updates are the same code either way, so CPU and GPU agree up
+to float rounding in the nearest-centroid search (benchmarks/gpu_check.sh checks it).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ def spherical_kmeans(
     seed: int = 0,
     max_train: int = 50_000,
     niter: int = 25,
+    gpu: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster rows of `emb` into k groups; returns (labels int64 [N], centroids float32 [k, d])."""
     x = np.ascontiguousarray(emb, dtype=np.float32)
@@ -59,11 +66,21 @@ def spherical_kmeans(
         niter=niter,
         spherical=True,
         seed=int(seed),
-        gpu=faiss_gpu_available(),
         verbose=False,
         min_points_per_centroid=1,
         max_points_per_centroid=max(256, math.ceil(len(train) / k)),
     )
+    if gpu is not None:
+        if not faiss_gpu_available():
+            raise UsageError(
+                "FAISS on GPU asked for, but this faiss build has no GPU support or sees no GPU "
+                "(install the `gpu` extra: pip install -e '.[gpu]')"
+            )
+        res = faiss.StandardGpuResources()
+        cfg = faiss.GpuIndexFlatConfig()
+        cfg.device = int(gpu)
+        km.index = faiss.GpuIndexFlatIP(res, d, cfg)
+        km.gpu_resources = res  # the index needs these alive while it is used
     km.train(train)
     # Centroids are unit-norm, so nearest by L2 equals highest cosine.
     _, idx = km.index.search(x, 1)

@@ -1,6 +1,6 @@
 """The built-in demo corpus: real text from six installed Debian packages.
 
-Sources and documents (as in `../shared/corpora/README.md`):
+Sources and what one document is:
 - bible: 4 consecutive KJV verses of one chapter (text from the `bible` program of bible-kjv);
 - fortunes: one fortune of 60+ characters (English files of the five fortune packages);
 - wordnet: 6 glosses of one lexicographer file (synsets sorted by first lemma, then chunked);
@@ -8,8 +8,11 @@ Sources and documents (as in `../shared/corpora/README.md`):
 - jargon: ~700-character chunk of paragraphs of the Jargon File (jargon-text);
 - pydocs: ~700-character chunk of paragraphs of the python3.11-doc reST sources.
 
-Each source is sampled down to `per_source` documents with a seeded RNG; ids are
-`<source>-<nnnnn>`. The same packages and seed give the same file.
+Each source is sampled down to `per_source` documents with a seeded RNG of its own, so a subset
+of sources (`sources=`, `--sources` on the command line) holds the same documents of each source as
+the full build; ids are `<source>-<nnnnn>`. The same packages and seed give the same file. The
+tests (tests/fixtures.py) and the benchmarks (benchmarks/common.py) build their corpora with this
+code, so the repository needs no corpus file from outside it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -228,15 +231,32 @@ READERS: dict[str, Callable[[], list[str]]] = {
 }
 
 
-def demo_frame(per_source: int = 300, seed: int = 0) -> pl.DataFrame:
+def check_sources(sources: Sequence[str] | None) -> tuple[str, ...]:
+    """The demo sources asked for, in the standard order (None: all six); unknown names raise."""
+    if sources is None:
+        return SOURCES
+    wanted = [s.strip() for s in sources if s.strip()]
+    unknown = sorted(set(wanted) - set(SOURCES))
+    if unknown or not wanted:
+        raise AdamshapError(
+            f"unknown demo source(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(SOURCES)}"
+        )
+    return tuple(s for s in SOURCES if s in wanted)
+
+
+def demo_frame(
+    per_source: int = 300, seed: int = 0, sources: Sequence[str] | None = None
+) -> pl.DataFrame:
     """The demo corpus as a frame (id, source, text); `per_source` sampled docs per source."""
+    chosen = check_sources(sources)
+    if per_source < 1:
+        raise AdamshapError(f"per_source must be >= 1, got {per_source}")
     missing = missing_inputs()
     if missing:
         raise DemoPackagesMissing(missing)
-    if per_source < 1:
-        raise AdamshapError(f"per_source must be >= 1, got {per_source}")
     rows: dict[str, list[str]] = {"id": [], "source": [], "text": []}
-    for source in SOURCES:
+    for source in chosen:
         docs = list(dict.fromkeys(d for d in READERS[source]() if d.strip()))  # de-duplicated
         rng = random.Random(f"{seed}:{source}")
         picked = rng.sample(docs, min(per_source, len(docs)))
@@ -247,6 +267,8 @@ def demo_frame(per_source: int = 300, seed: int = 0) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"id": pl.String, "source": pl.String, "text": pl.String})
 
 
-def build_demo_corpus(out: Path, per_source: int = 300, seed: int = 0) -> Path:
+def build_demo_corpus(
+    out: Path, per_source: int = 300, seed: int = 0, sources: Sequence[str] | None = None
+) -> Path:
     """Write the demo corpus to `out` (format by extension, atomically); returns `out`."""
-    return write_corpus(demo_frame(per_source, seed), Path(out))
+    return write_corpus(demo_frame(per_source, seed, sources), Path(out))

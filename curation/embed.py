@@ -152,11 +152,15 @@ def _run_seq_len(run_dir: Path, default: int = 256) -> tuple[int, Any]:
 
 
 def embed_run(
-    run_dir: str | Path, corpus_df: pl.DataFrame, batch_size: int = 64, progress: bool = True
+    run_dir: str | Path,
+    corpus_df: pl.DataFrame,
+    batch_size: int = 64,
+    progress: bool = True,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """Embed `corpus_df` with RUN_DIR's final proxy; cached in RUN_DIR/embeddings.npy.
+    """Embed `corpus_df` with RUN_DIR's final proxy (on `device`); cached in RUN_DIR.
 
-    The cache is keyed by the documents' ids and texts (`content_key`).
+    The cache (embeddings.npy) is keyed by the documents' ids and texts (`content_key`).
     """
     from transformers import GPT2LMHeadModel
 
@@ -176,7 +180,7 @@ def embed_run(
                     return emb
         except (OSError, ValueError):
             pass
-    model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model")
+    model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model").to(device)
     tok = load_tokenizer(run_dir / "tokenizer")
     seq_len, template = _run_seq_len(run_dir)
     kwargs = {} if template is None else {"template": template}

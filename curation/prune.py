@@ -51,6 +51,7 @@ class PruneArgs:
     target_frac: float = 0.05
     fields: dict[str, str] | None = None
     progress: bool = True
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N (curation/devices.py)
 
     def __post_init__(self) -> None:
         # stored absolute: prune.json and a later `--scores` read mean the same files from any cwd
@@ -256,7 +257,9 @@ def _score(
     write_corpus(df.filter(pl.Series(~is_target)), train_path)
     if args.fields and target_df is not None:  # the scoring run reads canonical field names
         target = str(write_corpus(target_df, out / "work" / f"target{_ext(Path(args.corpus))}"))
-    score_args = ScoreArgs(corpus=str(train_path), target=str(target), out=str(out / "scores"))
+    score_args = ScoreArgs(
+        corpus=str(train_path), target=str(target), out=str(out / "scores"), device=args.device
+    )
     if hasattr(score_args, "seed"):
         score_args.seed = args.seed
     return Path(run_scoring(score_args))
@@ -331,11 +334,13 @@ def run_prune(args: PruneArgs) -> Path:
     from curation.atomic import atomic_write_text, staged_outputs
     from curation.cluster import default_k, spherical_kmeans
     from curation.corpus import FieldMap, read_corpus, write_corpus
+    from curation.devices import faiss_gpu, resolve_device
     from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.prune_report import write_prune_report
     from curation.selection import token_shingles
 
     keep = validate_keep(args.keep)
+    args.device = resolve_device(args.device)
     if not 0 < args.target_frac < 1:
         raise UsageError(f"--target-frac must be in (0, 1), got {args.target_frac!r}")
     corpus_path = Path(args.corpus)
@@ -401,9 +406,9 @@ def run_prune(args: PruneArgs) -> Path:
             f"{args.estimator} value in {run_dir} (e.g. {example}): the scores are from another "
             "corpus. Score this corpus (or leave out --scores to score it here)"
         )
-    emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress))
+    emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress, device=args.device))
     k = args.clusters or default_k(int((~is_target).sum()) or n)
-    labels, _ = spherical_kmeans(emb, k, seed=args.seed)
+    labels, _ = spherical_kmeans(emb, k, seed=args.seed, gpu=faiss_gpu(args.device))
     shingles = None
     if args.dedup_eps > 0:
         shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]

@@ -30,6 +30,7 @@ from adamshap_core.lowrank import CONTRACTIONS
 
 from .aggregate import EXAMPLES_FILE, aggregate_run
 from .atomic import atomic_dir, atomic_path, atomic_write_parquet, atomic_write_text
+from .devices import PRECISIONS, amp_dtype, check_device, check_precision, resolve_device
 from .errors import AdamshapError, Interrupted, UsageError
 from .ledger import LedgerWriter, truncate_after
 from .ranks import Ranks, ranks_from_env
@@ -39,6 +40,8 @@ COMPLETE_MARKER = ".complete"
 # Arguments that do not change the outputs; a resume may differ in them. The inputs are
 # identified by their contents (sha256), not by how their paths were typed.
 _NON_IDENTITY_ARGS = ("progress", "corpus", "target", "out")
+# Fields added after runs existed: a run.json without one was made with this value.
+_LATER_FIELDS = {"precision": "fp32"}
 
 
 class NonFiniteError(AdamshapError):
@@ -76,7 +79,8 @@ class ScoreArgs:
     template: str | None = None
     on_bad_rows: str = "error"
     progress: bool = True
-    device: str = "cpu"
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N; run.json holds the resolved one
+    precision: str = "fp32"  # fp32 | bf16 (CUDA only: bf16 autocast in the scored steps)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -117,6 +121,11 @@ class ScoreArgs:
             raise UsageError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if self.on_bad_rows not in ("error", "skip"):
             raise UsageError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
+        self.device = check_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of the arguments."""
@@ -179,7 +188,8 @@ def _run_record(args: ScoreArgs) -> dict[str, Any]:
 
 
 def _identity(record: dict[str, Any]) -> dict[str, Any]:
-    a = {k: v for k, v in record["args"].items() if k not in _NON_IDENTITY_ARGS}
+    args = {**_LATER_FIELDS, **record["args"]}
+    a = {k: v for k, v in args.items() if k not in _NON_IDENTITY_ARGS}
     return {"args": a, "corpus": record["corpus_sha256"], "target": record["target_sha256"]}
 
 
@@ -423,6 +433,8 @@ def run_scoring(args: ScoreArgs) -> Path:
     parts; rank 0 writes everything else (see curation/ranks.py).
     """
     args.validate()
+    args.device = resolve_device(args.device)  # `auto` -> cpu | cuda: run.json says where it ran
+    check_precision(args.precision, args.device)
     run_dir = Path(args.out)
     for p, what in ((args.corpus, "corpus"), (args.target, "target")):
         if not Path(p).exists():
@@ -662,6 +674,7 @@ def _make_scorer(
         rank=args.rank,
         seed=args.seed,
         target_chunk=args.target_chunk or None,
+        amp_dtype=amp_dtype(args.precision),
     )
 
 

@@ -1,7 +1,7 @@
 """`adamshap verify`: retrain a fresh proxy on curated vs random-same-size vs full data.
 
 Every arm trains from scratch with the same steps and hyper-parameters; the target loss (mean
-per-example loss over the target set, as in DESIGN §2.1) is evaluated periodically. Documents
+per-example loss over the target set, as in docs/method.md §1) is evaluated periodically. Documents
 whose id is in the target set are removed from every training arm (prune keeps its held-out
 target in kept.<ext>; training on it would leak).
 """
@@ -48,7 +48,7 @@ class VerifyArgs:
     template: str | None = None
     seed: int = 0
     progress: bool = True
-    device: str = "cpu"
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N (curation/devices.py)
     fields: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -290,11 +290,13 @@ def run_verify(args: VerifyArgs) -> Path:
 
     from curation.atomic import atomic_write_text, staged_outputs
     from curation.corpus import FieldMap, read_corpus
+    from curation.devices import resolve_device
     from curation.encode import encode_corpus
     from curation.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    args.device = resolve_device(args.device)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"steps must be >= 1, got {args.steps}")
     out = Path(args.out)

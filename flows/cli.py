@@ -241,6 +241,31 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", metavar="DIR", help="start from this local GPT-2 checkpoint folder")
 
 
+def _add_device_option(p: argparse.ArgumentParser, precision: bool = False) -> None:
+    """`--device` (and `--precision` where the scorer runs) for a subcommand."""
+    p.add_argument(
+        "--device",
+        metavar="DEV",
+        help="auto (CUDA when present; the default), cpu, cuda or cuda:N",
+    )
+    if precision:
+        p.add_argument(
+            "--precision",
+            choices=("fp32", "bf16"),
+            help="scored steps in fp32 (default) or under bf16 autocast (CUDA only)",
+        )
+
+
+def _device_values(args: argparse.Namespace) -> dict[str, Any]:
+    """`device` (checked, `auto` when not given) and `precision` (when given) for a dataclass."""
+    from curation.devices import check_device
+
+    values: dict[str, Any] = {"device": check_device(args.device or "auto")}
+    if getattr(args, "precision", None) is not None:
+        values["precision"] = args.precision
+    return values
+
+
 def _score_values(args: argparse.Namespace) -> dict[str, Any]:
     names = (
         "preset",
@@ -280,6 +305,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         _require_path(path, what)
     _check_out(args.out)
     values = {"corpus": args.corpus, "target": args.target, "out": args.out, **_score_values(args)}
+    values.update(_device_values(args))
     run_dir = run_scoring(build_args(ScoreArgs, values, OUT_ALIASES))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"run directory: {run_dir}")
@@ -335,6 +361,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "max_dedup_frac": args.max_dedup_frac,
         "target_frac": args.target_frac,
         "fields": _field_map(args),
+        **_device_values(args),
     }
     prune_args = build_args(PruneArgs, values, OUT_ALIASES)
     try:
@@ -372,6 +399,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "seed": args.seed,
         "fields": _field_map(args),
+        **_device_values(args),
     }
     verify_args = build_args(VerifyArgs, values, OUT_ALIASES)
     try:
@@ -392,18 +420,22 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from curation.errors import AdamshapError
     from flows import prefect_env
 
+    device = _device_values(args) if args.device or args.precision else {}
+
     prefect_env.apply_offline_defaults({"PREFECT_LOGGING_LEVEL": "WARNING"})
     from curation.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)  # fail fast (no Prefect start-up) on a bad manifest
-    check_run_settings(manifest.run, args.keep, where=str(args.manifest))
+    check_run_settings({**manifest.run, **device}, args.keep, where=str(args.manifest))
     from flows.curate import curate_flow
     from flows.quiet import quiet_user_errors
 
     quiet_user_errors()
     prefect_env.tie_temporary_server_to_this_process()  # never outlives curate, even SIGKILLed
     try:
-        curate_flow(manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out)
+        curate_flow(
+            manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out, **device
+        )
     except AdamshapError as exc:
         raise _strict_corpus_hint("curate")(exc) from None
     return 0
@@ -431,6 +463,17 @@ def check_run_settings(run: dict[str, Any], keep: float | None, where: str) -> f
     ):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise UsageError(f"{where}: {key}: expected a positive integer, got {v!r}")
+    from curation.devices import PRECISIONS, check_device
+
+    try:
+        check_device(run.get("device") or "auto")
+    except UsageError as exc:
+        raise UsageError(f"{where}: run.device: {exc}") from None
+    if run.get("precision") not in (None, *PRECISIONS):
+        raise UsageError(
+            f"{where}: run.precision: expected one of {', '.join(PRECISIONS)}, "
+            f"got {run.get('precision')!r}"
+        )
     return fraction
 
 
@@ -486,7 +529,8 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
     """`adamshap corpus build demo`: assemble the demo corpus from installed Debian packages."""
     from curation.demo_corpus import build_demo_corpus
 
-    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed)
+    sources = args.sources.split(",") if args.sources else None
+    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed, sources=sources)
     print(f"demo corpus: {path or args.out}")
     return 0
 
@@ -511,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, metavar="T", help="target (validation) set")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumable)")
     _add_score_options(p)
+    _add_device_option(p, precision=True)
     _add_field_options(p)
     p.set_defaults(handler=cmd_score)
 
@@ -574,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the corpus held out as the target when no --target is given (0.05)",
     )
     _add_field_options(p, bad_rows=False)
+    _add_device_option(p)
     p.set_defaults(handler=cmd_prune)
 
     p = sub.add_parser(
@@ -596,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--seed", type=int, help="base random seed")
     _add_field_options(p, bad_rows=False)
+    _add_device_option(p)
     p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser(
@@ -609,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", help="YAML data manifest (data_manifests/)")
     p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
+    _add_device_option(p, precision=True)
     p.set_defaults(handler=cmd_curate)
 
     p = sub.add_parser(
@@ -639,6 +687,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
     b.add_argument("--per-source", type=positive_int, default=300, help="documents per source")
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
+    b.add_argument(
+        "--sources",
+        metavar="LIST",
+        help="comma-separated subset of bible,fortunes,wordnet,devil,jargon,pydocs (default: all)",
+    )
     b.set_defaults(handler=cmd_corpus_build)
     return parser
 

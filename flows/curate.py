@@ -239,8 +239,18 @@ def resolve_out(manifest_path: str, name: str | None, out: str | None) -> Path:
 
 
 @flow(name="curate", log_prints=False, validate_parameters=True)
-def curate_flow(manifest_path: str, keep: float | None = None, out: str | None = None) -> dict:
-    """Run the whole curation pipeline for a manifest; return the output paths and stage timings."""
+def curate_flow(
+    manifest_path: str,
+    keep: float | None = None,
+    out: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> dict:
+    """Run the whole curation pipeline for a manifest; return the output paths and stage timings.
+
+    `device` / `precision` override the manifest's `run.device` (default `auto`: CUDA when
+    present) and `run.precision` (default fp32).
+    """
     from curation.errors import UsageError
     from curation.prune import PruneArgs
     from curation.scoring_run import ScoreArgs
@@ -263,6 +273,9 @@ def curate_flow(manifest_path: str, keep: float | None = None, out: str | None =
     # 1. validate: the materialised corpus and target land in OUT/data.
     info = progress.run(1, "validate", validate_stage, manifest_path, str(out_dir / "data"))
     settings = {k: v for k, v in info["settings"].items() if k not in _DATA_ONLY_SETTINGS}
+    settings["device"] = device or settings.get("device") or "auto"  # CUDA when present
+    if precision:
+        settings["precision"] = precision
     keep = _checked_keep(keep, settings, manifest_path)
     _check_clusters(settings, info["n_corpus"], manifest_path)
 

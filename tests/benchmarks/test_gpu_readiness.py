@@ -54,3 +54,17 @@ def test_gpu_flag_refuses_clearly_without_cuda():
     )
     assert res.returncode != 0
     assert "needs a CUDA device" in res.stderr
+
+
+def test_faiss_gpu_check_runs_its_cpu_side_and_the_gpu_script_calls_it():
+    from pathlib import Path
+
+    from benchmarks import faiss_gpu_check
+
+    res = faiss_gpu_check.main(
+        ["--n", "600", "--dim", "16", "--k", "6", "--cpu-only", "--no-write"]
+    )
+    assert res["gpu"] is None
+    assert 0.9 < res["cpu"]["objective"] <= 1.0  # tight synthetic clusters: rows near centroids
+    script = (Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh").read_text()
+    assert "benchmarks.faiss_gpu_check" in script

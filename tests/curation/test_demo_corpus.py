@@ -89,3 +89,21 @@ def test_demo_manifest_materialises(demo, tmp_path):
     t = read_corpus(target).df
     assert t.height == 4 and set(t["source"]) == {"pydocs"}
     assert read_corpus(corpus).df.height == 6 * 40 - 4
+
+
+@needs_packages
+def test_a_subset_of_sources_holds_the_same_documents(demo, tmp_path):
+    sub = build_demo_corpus(
+        tmp_path / "sub.jsonl", per_source=40, seed=0, sources=["pydocs", "devil"]
+    )
+    got = read_corpus(sub).df
+    assert got["source"].unique(maintain_order=True).to_list() == ["devil", "pydocs"]  # std order
+    full = read_corpus(demo).df.filter(pl.col("source").is_in(["devil", "pydocs"]))
+    assert got.to_dicts() == full.to_dicts()
+
+
+def test_unknown_source_is_refused_before_any_work(tmp_path):
+    with pytest.raises(AdamshapError, match="unknown demo source"):
+        build_demo_corpus(tmp_path / "x.jsonl", sources=["devil", "klingon"])
+    assert demo_corpus.check_sources(None) == SOURCES
+    assert not (tmp_path / "x.jsonl").exists()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import pytest
@@ -16,24 +12,13 @@ from curation.corpus import read_corpus, write_corpus
 from curation.encode import encode_corpus
 from curation.errors import UsageError
 from curation.tokenizer import train_tokenizer
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "multisource.jsonl.gz"
+from tests.fixtures import fixture_docs
 
 
 def _real_docs(per_source: dict[str, int]) -> list[dict]:
-    if not CORPUS.exists():
-        pytest.skip(f"real corpus not found at {CORPUS}")
-    want = dict(per_source)
-    out = []
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if want.get(row["source"], 0) > 0:
-                want[row["source"]] -= 1
-                out.append(row)
-            if not any(want.values()):
-                break
-    return out
+    """The first n documents of each named source of the test corpus (tests/fixtures.py)."""
+    by = fixture_docs(max(per_source.values()))
+    return [r for s, n in per_source.items() for r in by[s][:n]]
 
 
 def _definition_pairs(docs: list[dict]) -> list[dict]:

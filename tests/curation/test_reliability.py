@@ -6,7 +6,6 @@ ones drive the real `adamshap` CLI in subprocesses on ~30 real documents with ti
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from hypothesis import strategies as st
 from curation.corpus import read_corpus
 from curation.errors import UsageError
 from curation.selection import select
+from tests.fixtures import fixture_rows
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("bible", "fortunes", "wordnet", "devil", "jargon", "pydocs")
@@ -131,27 +131,9 @@ def test_nothing_lost_input_equals_kept_excluded_rejected(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _shared_corpus() -> Path:
-    for c in (os.environ.get("ADAMSHAP_CORPUS"), *(p / "shared/corpora" for p in REPO.parents[:3])):
-        if c is None:
-            continue
-        p = Path(c)
-        p = p / "multisource.jsonl.gz" if p.is_dir() else p
-        if p.is_file():
-            return p
-    pytest.skip("../shared/corpora/multisource.jsonl.gz not found (set ADAMSHAP_CORPUS)")
-
-
 def _real_docs(per_source: int) -> list[dict]:
-    by: dict[str, list[dict]] = {}
-    with gzip.open(_shared_corpus(), "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if len(by.setdefault(r["source"], [])) < per_source:
-                by[r["source"]].append(r)
-            if len(by) >= len(SOURCES) and all(len(v) >= per_source for v in by.values()):
-                break
-    return [r for s in sorted(by) for r in by[s]]
+    """The first `per_source` documents of each source of the test corpus (tests/fixtures.py)."""
+    return fixture_rows(per_source)
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

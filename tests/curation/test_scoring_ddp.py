@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -17,20 +16,13 @@ from curation.errors import UsageError
 from curation.ledger import read_ledger
 from curation.ranks import Ranks
 from curation.scoring_run import ScoreArgs, _check_shards, run_scoring
+from tests.fixtures import fixture_docs
 
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora" / "multisource.jsonl.gz"
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _data(d: Path) -> dict[str, str]:
-    by: dict[str, list[dict]] = {}
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if len(by.setdefault(r["source"], [])) < 12:
-                by[r["source"]].append(r)
-            if len(by) == 6 and all(len(v) >= 12 for v in by.values()):
-                break
+    by = fixture_docs(12)
     train = [r for s in sorted(by) for r in by[s][:6]]  # 36 docs: batches of 8, the last of 4
     target = by["pydocs"][6:12]
     out = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -26,24 +25,14 @@ from curation.scoring_run import (
     run_scoring,
     target_batch_indices,
 )
+from tests.fixtures import fixture_docs
 
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora" / "multisource.jsonl.gz"
 REPO = Path(__file__).resolve().parents[2]
 PER_SOURCE = 6
 
 
 def _docs() -> dict[str, list[dict]]:
-    if not CORPUS.exists():
-        pytest.skip(f"{CORPUS} not available")
-    by: dict[str, list[dict]] = {}
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if len(by.setdefault(r["source"], [])) < 40:
-                by[r["source"]].append(r)
-            if len(by) == 6 and all(len(v) >= 40 for v in by.values()):
-                break
-    return by
+    return fixture_docs(40)
 
 
 def _write(path: Path, rows: list[dict]) -> str:

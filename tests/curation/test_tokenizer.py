@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import pytest
 
 from curation.errors import UsageError
 from curation.tokenizer import EOS, load_tokenizer, save_tokenizer, train_tokenizer
+from tests.fixtures import fixture_rows
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "multisource.jsonl.gz"
 
-
-def _real_texts(n: int = 600) -> list[str]:
-    if not CORPUS.exists():
-        pytest.skip(f"real corpus not found at {CORPUS}")
-    out = []
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as f:
-        for line in f:
-            out.append(json.loads(line)["text"])
-            if len(out) == n:
-                break
-    return out
+def _real_texts() -> list[str]:
+    """Every text of the test corpus's first 40 documents per source (tests/fixtures.py)."""
+    return [r["text"] for r in fixture_rows(40)]
 
 
 @pytest.fixture(scope="module")

@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 import flows.prefect_env  # noqa: F401  (offline settings before prefect is imported)
+from tests.fixtures import SOURCES, fixture_docs, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("bible", "fortunes", "wordnet", "devil", "jargon", "pydocs")
-
-
-def shared_corpus() -> Path | None:
-    """`../shared/corpora/multisource.jsonl.gz` relative to the repo root (or $ADAMSHAP_CORPUS)."""
-    candidates = [os.environ.get("ADAMSHAP_CORPUS")]
-    candidates += [str(p / "shared/corpora/multisource.jsonl.gz") for p in REPO.parents[:3]]
-    candidates += ["/work/shared/corpora/multisource.jsonl.gz"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    return None
 
 
 def write_tiny_docs(path: Path, per_source: int = 10) -> Path:
     """The first `per_source` documents of each of the six sources (60 real docs) as JSONL."""
-    corpus = shared_corpus()
-    if corpus is None:
-        pytest.skip("../shared/corpora/multisource.jsonl.gz not found (set ADAMSHAP_CORPUS)")
-    seen: Counter[str] = Counter()
-    with gzip.open(corpus, "rt", encoding="utf-8") as f, open(path, "w", encoding="utf-8") as out:
-        for line in f:
-            row = json.loads(line)
-            if seen[row["source"]] < per_source:
-                seen[row["source"]] += 1
-                out.write(json.dumps(row) + "\n")
-            if len(seen) == len(SOURCES) and min(seen.values()) >= per_source:
-                break
-    return path
+    return write_jsonl(path, [r for s in SOURCES for r in fixture_docs(per_source)[s]])
 
 
 TINY_RUN = {
