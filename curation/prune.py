@@ -104,6 +104,19 @@ REPORT_FILES = ("prune_report.md", "prune_report.html", "prune_map.png")
 DONE_FILE = "prune.json"
 
 
+def check_inputs_apart(out: Path, *inputs: str | Path | None) -> None:
+    """UsageError when an input is one of the files prune writes in `out` (it would be lost)."""
+    names = [DONE_FILE, *REPORT_FILES, *(f"{s}{e}" for s in OUTPUT_STEMS for e in OUTPUT_EXTS)]
+    names += [f"target{e}" for e in OUTPUT_EXTS]
+    outputs = {os.path.realpath(out / n) for n in names}
+    for path in inputs:
+        if path is not None and os.path.realpath(path) in outputs:
+            raise UsageError(
+                f"{path} is one of the files prune writes in --out {out}; it would be deleted "
+                "or overwritten: choose another --out"
+            )
+
+
 def clear_outputs(out: Path) -> None:
     """Delete a previous run's outputs (every format), completion marker first.
 
@@ -356,6 +369,7 @@ def run_prune(args: PruneArgs) -> Path:
             "pass a smaller --clusters (or leave it out for the default rule)"
         )
     out = Path(args.out)
+    check_inputs_apart(out, args.corpus, args.target)
     out.mkdir(parents=True, exist_ok=True)
     ext = _ext(corpus_path)
     # A previous run's outputs go first: none of them may outlive a failed rerun.

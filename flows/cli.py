@@ -337,10 +337,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """`adamshap prune`: keep the most valuable fraction of CORPUS under diversity quotas."""
     from curation.errors import AdamshapError
-    from curation.prune import PruneArgs, clear_outputs, run_prune
+    from curation.prune import PruneArgs, check_inputs_apart, clear_outputs, run_prune
 
     out = args.out or str(Path.cwd() / f"adamshap-prune-{corpus_stem(args.corpus)}")
     _check_out(out)
+    check_inputs_apart(Path(out), args.corpus, args.target)
     if Path(out).is_dir():  # whatever fails below, no earlier kept/excluded pair may remain
         clear_outputs(Path(out))
     _require_path(args.corpus, "corpus")

@@ -749,3 +749,14 @@ def test_curate_applies_offline_settings_before_prefect_is_imported():
     env = {k: v for k, v in env.items() if not k.startswith("PREFECT_SERVER_ANALYTICS")}
     res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_prune_never_deletes_its_own_input(tmp_path):
+    """Pruning a previous kept file into its own folder is refused before anything is deleted."""
+    out = tmp_path / "p"
+    out.mkdir()
+    kept = _write(out / "kept.jsonl", _docs("k", 12, 0))
+    before = kept.read_bytes()
+    res = _cli(["prune", kept, "--target", kept, "--out", out], tmp_path)
+    _one_line_error(res, "prune", "choose another --out")
+    assert kept.read_bytes() == before
