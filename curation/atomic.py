@@ -6,8 +6,8 @@ A reader therefore sees either the old output or the complete new one, never a p
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,15 +18,32 @@ if TYPE_CHECKING:
 
 
 def _temp_name(path: Path, suffix: str = "") -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    """Create an empty file with a fresh name beside `path`, with the usual mode (0666 & ~umask).
+
+    Opening with mode 0o666 lets the kernel apply the umask, so the process-wide umask is never
+    read or changed (reading it means setting it, which races with other threads).
+    """
+    for _ in range(100):
+        name = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_dir(path: Path, suffix: str) -> Path:
+    """Create an empty folder with a fresh name beside `path` (mode 0777 & ~umask)."""
+    for _ in range(100):
+        name = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.mkdir(name, 0o777)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _fsync_file(path: Path) -> None:
@@ -46,7 +63,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -58,12 +74,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` (old one removed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _temp_dir(path, ".tmp")
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = _temp_dir(path, ".old")
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -91,3 +106,28 @@ def atomic_write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         df.write_parquet(tmp)
     return Path(path)
+
+
+@contextmanager
+def staged_outputs(out: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a fresh hidden folder inside `out` to write a command's outputs into.
+
+    On success every entry of it is moved into `out` (the names in `last`, the completion
+    markers, after all others); on any failure the folder and everything in it are deleted, so
+    a failed run never leaves a partial set of new outputs.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = _temp_dir(out / "staging", ".tmp")
+    try:
+        yield stage
+        names = sorted(
+            os.listdir(stage), key=lambda n: (n in last, last.index(n) if n in last else 0, n)
+        )
+        for name in names:
+            dst = out / name
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            os.replace(stage / name, dst)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

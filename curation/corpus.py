@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,12 +119,24 @@ def corpus_format(path: str | Path) -> str:
     )
 
 
-def corpus_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, or of all files of a folder (relative names and bytes, sorted order)."""
+def corpus_sha256(path: str | Path, exclude: tuple[str | Path, ...] = ()) -> str:
+    """SHA-256 of a file, or of all files of a folder (relative names and bytes, sorted order).
+
+    Files under a folder of `exclude` (e.g. a run directory kept inside a datasets folder) and
+    hidden temporary files (`.*.tmp*`) do not count.
+    """
     p = Path(path)
     h = hashlib.sha256()
     if p.is_dir():
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        skip = [Path(os.path.abspath(e)) for e in exclude]
+
+        def counts(x: Path) -> bool:
+            a = Path(os.path.abspath(x))
+            if any(a == s or s in a.parents for s in skip):
+                return False
+            return x.is_file() and not (x.name.startswith(".") and ".tmp" in x.name)
+
+        for f in sorted(x for x in p.rglob("*") if counts(x)):
             h.update(f.relative_to(p).as_posix().encode() + b"\0")
             _hash_file(f, h)
     else:

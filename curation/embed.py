@@ -146,6 +146,20 @@ def ids_key(ids: list[str] | pl.Series) -> str:
     return h.hexdigest()
 
 
+def content_key(df: pl.DataFrame) -> str:
+    """sha256 over the ordered (id, text) pairs: the embedding cache key.
+
+    Keyed by content, not ids alone, so an edited corpus that keeps its ids is embedded again.
+    """
+    h = hashlib.sha256()
+    for i, t in zip(df["id"].to_list(), df["text"].to_list()):
+        for part in (str(i), str(t)):
+            b = part.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+    return h.hexdigest()
+
+
 def _run_seq_len(run_dir: Path, default: int = 256) -> tuple[int, Any]:
     """Read seq_len and template from RUN_DIR/run.json (flat or under 'args')."""
     try:
@@ -163,7 +177,10 @@ def embed_run(
     progress: bool = True,
     device: str = "cpu",
 ) -> np.ndarray:
-    """Embed `corpus_df` with RUN_DIR's final proxy (on `device`); cached by id hash in RUN_DIR."""
+    """Embed `corpus_df` with RUN_DIR's final proxy (on `device`); cached in RUN_DIR.
+
+    The cache (embeddings.npy) is keyed by the documents' ids and texts (`content_key`).
+    """
     from transformers import GPT2LMHeadModel
 
     from curation.atomic import atomic_path, atomic_write_text
@@ -171,12 +188,12 @@ def embed_run(
     from curation.tokenizer import load_tokenizer
 
     run_dir = Path(run_dir)
-    key = ids_key(corpus_df["id"].to_list())
+    key = content_key(corpus_df)
     cache, meta_path = run_dir / EMBED_FILE, run_dir / EMBED_META
     if cache.exists() and meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
-            if meta.get("ids_sha256") == key:
+            if meta.get("content_sha256") == key:
                 emb = np.load(cache)
                 if emb.shape[0] == corpus_df.height:
                     return emb
@@ -188,10 +205,13 @@ def embed_run(
     kwargs = {} if template is None else {"template": template}
     encoded = encode_corpus(corpus_df, tok, seq_len, **kwargs)
     emb = embed_corpus(model, encoded, batch_size=batch_size, progress=progress)
+    meta_path.unlink(missing_ok=True)  # the key goes last: never beside another array
     with atomic_path(cache) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
     atomic_write_text(
         meta_path,
-        json.dumps({"ids_sha256": key, "n": int(emb.shape[0]), "d": int(emb.shape[1])}, indent=2),
+        json.dumps(
+            {"content_sha256": key, "n": int(emb.shape[0]), "d": int(emb.shape[1])}, indent=2
+        ),
     )
     return emb

@@ -58,3 +58,20 @@ class CorpusError(AdamshapError):
         parts = [str(self.path), ", ".join(where), self.message]
         text = ": ".join(p for p in parts if p)
         return f"{text} ({self.hint})" if self.hint else text
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped on SIGINT or SIGTERM after saving its state; the CLI exits 128 + signum.
+
+    A KeyboardInterrupt, so code that cleans up on Ctrl-C does the same for it; library code
+    raises this instead of calling `sys.exit`.
+    """
+
+    def __init__(self, signum: int = 2, message: str = "") -> None:
+        self.signum = signum
+        self.message = message
+        super().__init__(message)
+
+    def __reduce__(self):  # type: ignore[override]
+        """Pickle with the constructor arguments."""
+        return (type(self), (self.signum, self.message))

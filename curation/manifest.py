@@ -31,9 +31,108 @@ import polars as pl
 import yaml
 
 from curation.corpus import FieldMap, corpus_sha256, read_corpus, write_corpus
-from curation.errors import ManifestError
+from curation.errors import AdamshapError, ManifestError
 
 _FIELD_KEYS = {f.name for f in fields(FieldMap)}
+TOP_KEYS = ("name", "description", "sources", "target", "run")
+SOURCE_KEYS = (
+    "name",
+    "files",
+    "file",
+    "licence",
+    "license",
+    "sha256",
+    "fields",
+    "text_field",
+    "build",
+)
+TARGET_KEYS = ("file", "sha256", "fields", "text_field", "holdout")
+HOLDOUT_KEYS = ("sources", "fraction", "n", "seed")
+# run settings read by the manifest itself; the rest are fields of the stages' argument models
+DATA_RUN_KEYS = ("fields", "on_bad_rows", "max_docs_per_source", "keep")
+STAGE_SECTIONS = ("score", "prune", "verify")
+# chosen by the flow, never by a manifest
+FLOW_OWNED = ("corpus", "target", "out", "scores", "curated", "full", "progress")
+
+
+def check_keys(d: dict[str, Any], allowed: Any, where: str) -> None:
+    """ManifestError naming the first unknown key of `d` and the nearest allowed one."""
+    import difflib
+
+    allowed = sorted(set(allowed))
+    for key in d:
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ManifestError(
+                f"{where}: unknown key '{key}' ({hint}valid keys: {', '.join(allowed)})"
+            )
+
+
+def stage_models() -> dict[str, type]:
+    """The argument dataclasses of the stages a manifest's `run:` settings feed (as the CLI)."""
+    from curation.prune import PruneArgs
+    from curation.scoring_run import ScoreArgs
+    from curation.verify import VerifyArgs
+
+    return {"score": ScoreArgs, "prune": PruneArgs, "verify": VerifyArgs}
+
+
+def _check_type(value: Any, default: Any, key: str) -> None:
+    """ManifestError when `value` is not of the type of the setting's default (ints for floats ok)."""
+    if value is None or default is None or isinstance(default, (tuple, list, dict)):
+        return
+    want: tuple[type, ...]
+    if isinstance(default, bool):
+        want, name = (bool,), "true or false"
+    elif isinstance(default, int):
+        want, name = (int,), "an integer"
+    elif isinstance(default, float):
+        want, name = (int, float), "a number"
+    elif isinstance(default, str):
+        want, name = (str,), "a string"
+    else:
+        return
+    if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+        raise ManifestError(f"{key}: expected {name}, got {value!r}")
+
+
+def check_run_settings(run: dict[str, Any]) -> None:
+    """Refuse `run:` keys that no stage takes (with the nearest valid one) and bad score values.
+
+    The same models as the command line: ScoreArgs, PruneArgs and VerifyArgs fields, plus the
+    data settings and the per-stage sections `score:`, `prune:`, `verify:`.
+    """
+    import dataclasses
+
+    models = stage_models()
+    names = {
+        n: {f.name for f in dataclasses.fields(c)} - set(FLOW_OWNED) for n, c in models.items()
+    }
+    check_keys(run, set().union(*names.values(), DATA_RUN_KEYS, STAGE_SECTIONS), "run")
+    for sec in STAGE_SECTIONS:
+        sub = run.get(sec)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise ManifestError(f"run.{sec}: expected a mapping of {sec} settings")
+        check_keys(sub, names[sec], f"run.{sec}")
+    for sec, cls in models.items():
+        for f in dataclasses.fields(cls):
+            for where, d in (("run", run), (f"run.{sec}", run.get(sec) or {})):
+                if f.name in d and f.name not in FLOW_OWNED:
+                    _check_type(d[f.name], f.default, f"{where}.{f.name}")
+    score = {k: v for k, v in run.items() if k in names["score"]}
+    score.update({k: v for k, v in (run.get("score") or {}).items() if k in names["score"]})
+    try:
+        models["score"](corpus="-", target="-", out="-", **score).validate()
+    except ManifestError:
+        raise
+    except Exception as exc:  # UsageError from validate, TypeError from a value of a wrong type
+        msg = (
+            str(exc) if isinstance(exc, AdamshapError) else f"a setting has the wrong type ({exc})"
+        )
+        raise ManifestError(f"run: {msg}") from None
 
 
 @dataclass
@@ -186,6 +285,7 @@ def _source(root: Path, d: Any, i: int) -> SourceSpec:
         raise ManifestError(f"{where}: expected a mapping")
     name = _need(d, "name", where, str)
     where = f"sources[{i}] ({name})"
+    check_keys(d, SOURCE_KEYS, where)
     raw_files = d.get("files", d.get("file"))
     if isinstance(raw_files, str):
         raw_files = [raw_files]
@@ -211,6 +311,8 @@ def _source(root: Path, d: Any, i: int) -> SourceSpec:
 
 
 def _target(root: Path, d: Any, source_names: list[str]) -> TargetSpec:
+    if isinstance(d, dict):
+        check_keys(d, TARGET_KEYS, "target")
     if not isinstance(d, dict) or ("file" in d) == ("holdout" in d):
         raise ManifestError("target: give exactly one of 'file' or 'holdout'")
     if "file" in d:
@@ -223,6 +325,7 @@ def _target(root: Path, d: Any, source_names: list[str]) -> TargetSpec:
     h = d["holdout"]
     if not isinstance(h, dict):
         raise ManifestError("target.holdout: expected a mapping")
+    check_keys(h, HOLDOUT_KEYS, "target.holdout")
     srcs = _need(h, "sources", "target.holdout", list)
     unknown = [s for s in srcs if s not in source_names]
     if not srcs or unknown:
@@ -262,6 +365,7 @@ def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
         raise ManifestError(f"{path}: a manifest must be a YAML mapping")
     root = path.parent.absolute()
     try:
+        check_keys(doc, TOP_KEYS, "manifest")
         raw_sources = _need(doc, "sources", "manifest", list)
         sources = [_source(root, s, i) for i, s in enumerate(raw_sources)]
         names = [s.name for s in sources]
@@ -271,6 +375,7 @@ def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
         run = doc.get("run") or {}
         if not isinstance(run, dict):
             raise ManifestError("run: expected a mapping of settings")
+        check_run_settings(run)
         m = Manifest(
             name=str(doc.get("name") or path.stem),
             path=path.absolute(),

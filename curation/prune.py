@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,16 @@ class PruneArgs:
     floor: float | None = None
     seed: int = 0
     target_frac: float = 0.05
+    fields: dict[str, str] | None = None
     progress: bool = True
     device: str = "cpu"  # auto | cpu | cuda | cuda:N (curation/devices.py)
+
+    def __post_init__(self) -> None:
+        # stored absolute: prune.json and a later `--scores` read mean the same files from any cwd
+        for name in ("corpus", "out", "scores", "target"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, os.path.abspath(os.fspath(v)))
 
 
 def value_column(estimator: str) -> str:
@@ -89,6 +98,113 @@ def write_table(df: pl.DataFrame, path: Path) -> Path:
     return path
 
 
+OUTPUT_STEMS = ("kept", "excluded")
+OUTPUT_EXTS = (".jsonl", ".jsonl.gz", ".parquet")
+REPORT_FILES = ("prune_report.md", "prune_report.html", "prune_map.png")
+DONE_FILE = "prune.json"
+
+
+def check_inputs_apart(out: Path, *inputs: str | Path | None) -> None:
+    """UsageError when an input is one of the files prune writes in `out` (it would be lost)."""
+    names = [DONE_FILE, *REPORT_FILES, *(f"{s}{e}" for s in OUTPUT_STEMS for e in OUTPUT_EXTS)]
+    names += [f"target{e}" for e in OUTPUT_EXTS]
+    outputs = {os.path.realpath(out / n) for n in names}
+    for path in inputs:
+        if path is not None and os.path.realpath(path) in outputs:
+            raise UsageError(
+                f"{path} is one of the files prune writes in --out {out}; it would be deleted "
+                "or overwritten: choose another --out"
+            )
+
+
+def clear_outputs(out: Path) -> None:
+    """Delete a previous run's outputs (every format), completion marker first.
+
+    Called before any work, so a rerun that fails never leaves an earlier kept/excluded pair
+    looking complete beside nothing (or beside half of a new pair).
+    """
+    (out / DONE_FILE).unlink(missing_ok=True)
+    for stem in OUTPUT_STEMS:
+        for ext in OUTPUT_EXTS:
+            (out / f"{stem}{ext}").unlink(missing_ok=True)
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def input_rows(path: Path, n: int) -> list[dict[str, Any]] | pl.DataFrame:
+    """The input's rows with every original field, in reading order.
+
+    Parquet inputs come back as the original table (types kept); JSONL and datasets folders as
+    a list of records. Used to write kept/excluded with all of the input's columns.
+    """
+    from curation.corpus import _iter_raw, corpus_format
+
+    fmt = corpus_format(path)
+    if fmt == "parquet":
+        table = pl.read_parquet(path)
+    else:
+        recs = [rec for _, rec, _, _ in _iter_raw(path, fmt) if rec is not None]
+        table = recs if fmt != "hf" else pl.from_dicts(recs, infer_schema_length=None)
+    if len(table) != n:
+        raise UsageError(f"{path} changed while it was being pruned; run prune again")
+    return table
+
+
+def _with_decision(rec: dict[str, Any], reason: str, value: float | None) -> dict[str, Any]:
+    """An input record plus `reason` and `value` (an input field of that name -> input_<name>)."""
+    out = {(f"input_{k}" if k in ("reason", "value") else k): v for k, v in rec.items()}
+    out["reason"], out["value"] = reason, value
+    return out
+
+
+def write_outputs(
+    folder: Path,
+    rows: list[dict[str, Any]] | pl.DataFrame,
+    kept: np.ndarray,
+    reasons: list[str],
+    values: np.ndarray,
+    ext: str,
+) -> tuple[Path, Path]:
+    """Write kept<ext> (the input's rows, every field) and excluded<ext> (plus reason, value)."""
+    kept = np.asarray(kept, bool)
+    vals = [None if not math.isfinite(float(v)) else float(v) for v in values]
+    if isinstance(rows, pl.DataFrame):
+        ren = {c: f"input_{c}" for c in ("reason", "value") if c in rows.columns}
+        excl = rows.rename(ren).with_columns(
+            pl.Series("reason", reasons, pl.Utf8), pl.Series("value", vals, pl.Float64)
+        )
+        mask = pl.Series(kept)
+        kept_path = write_table(rows.filter(mask), folder / f"kept{ext}")
+        excl_path = write_table(excl.filter(~mask), folder / f"excluded{ext}")
+        return kept_path, excl_path
+    keep_recs = [r for r, k in zip(rows, kept) if k]
+    excl_recs = [
+        _with_decision(r, why, v) for r, k, why, v in zip(rows, kept, reasons, vals) if not k
+    ]
+    return (
+        write_records(keep_recs, folder / f"kept{ext}"),
+        write_records(excl_recs, folder / f"excluded{ext}"),
+    )
+
+
+def write_records(records: list[dict[str, Any]], path: Path) -> Path:
+    """Write dict records as JSONL(.gz) (or Parquet), atomically, fields as given."""
+    import gzip
+
+    from curation.atomic import atomic_path
+
+    if path.name.endswith(".parquet"):
+        return write_table(pl.from_dicts(records, infer_schema_length=None), path)
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with atomic_path(path) as tmp:
+        if path.name.endswith(".gz"):
+            with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as g:
+                g.write(data)
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
 def holdout_target(n: int, frac: float, seed: int) -> np.ndarray:
     """Seeded random held-out mask: max(16, round(frac*n)) docs, at most half the corpus."""
     m = min(max(TARGET_MIN, round(frac * n)), n // 2)
@@ -99,27 +215,52 @@ def holdout_target(n: int, frac: float, seed: int) -> np.ndarray:
 
 
 def _run_target(run_dir: Path) -> str | None:
-    """Target path recorded in a scoring run's run.json, if any."""
+    """Target path recorded in a scoring run's run.json, if any (refused when it is gone)."""
     try:
         meta = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
         return None
     args = meta.get("args", meta) if isinstance(meta, dict) else {}
     t = args.get("target") if isinstance(args, dict) else None
-    return str(t) if t else None
+    if not t:
+        return None
+    if not Path(t).is_absolute():  # runs from before paths were stored absolute
+        raise UsageError(
+            f"{run_dir}/run.json names its target by the relative path {t!r}, which depends on "
+            "the directory score ran in; pass the target with --target"
+        )
+    if not Path(t).exists():
+        raise UsageError(
+            f"the target {t} recorded in {run_dir}/run.json no longer exists; pass --target"
+        )
+    return str(t)
 
 
-def _target_ids(path: str | None) -> set[str]:
-    """Ids in a target corpus file (empty when unknown or unreadable)."""
-    from curation.corpus import read_corpus
+def _run_fields(run_dir: Path) -> dict[str, str] | None:
+    """Field-name overrides recorded in a scoring run's run.json (they apply to its target)."""
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+        f = meta["args"].get("fields")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return f if isinstance(f, dict) else None
 
-    if not path or not Path(path).exists():
-        return set()
-    return set(read_corpus(path).df["id"].cast(pl.Utf8).to_list())
+
+def _target_ids(path: str, fields: dict[str, str] | None = None) -> set[str]:
+    """Ids in a target corpus file."""
+    from curation.corpus import FieldMap, read_corpus
+
+    fm = FieldMap(**fields) if fields else FieldMap()
+    return set(read_corpus(path, fields=fm).df["id"].cast(pl.Utf8).to_list())
 
 
 def _score(
-    args: PruneArgs, df: pl.DataFrame, is_target: np.ndarray, target: str, out: Path
+    args: PruneArgs,
+    df: pl.DataFrame,
+    is_target: np.ndarray,
+    target: str,
+    out: Path,
+    target_df: pl.DataFrame | None = None,
 ) -> Path:
     """Run the scoring stage with defaults on the non-target documents; returns the run dir."""
     from curation.corpus import write_corpus
@@ -127,6 +268,8 @@ def _score(
 
     train_path = out / "work" / f"train{_ext(Path(args.corpus))}"
     write_corpus(df.filter(pl.Series(~is_target)), train_path)
+    if args.fields and target_df is not None:  # the scoring run reads canonical field names
+        target = str(write_corpus(target_df, out / "work" / f"target{_ext(Path(args.corpus))}"))
     score_args = ScoreArgs(
         corpus=str(train_path), target=str(target), out=str(out / "scores"), device=args.device
     )
@@ -137,7 +280,14 @@ def _score(
 
 def _load_values(run_dir: Path, ids: list[str], estimator: str) -> tuple[np.ndarray, int]:
     """Per-document values of `estimator` aligned to ids (NaN where unscored), and #missing."""
+    from curation.scoring_run import COMPLETE_MARKER
+
     path = run_dir / "values_by_example.parquet"
+    if not (run_dir / COMPLETE_MARKER).exists():
+        raise UsageError(
+            f"{run_dir} is not a finished scoring run (no {COMPLETE_MARKER} marker): rerun the "
+            "same `adamshap score` command to finish it, then prune"
+        )
     if not path.exists():
         raise UsageError(f"{path} not found: --scores must be a finished `adamshap score` run dir")
     vals = pl.read_parquet(path)
@@ -189,10 +339,14 @@ def _summary(res: SelectionResult, df: pl.DataFrame, k: int) -> dict[str, Any]:
 
 
 def run_prune(args: PruneArgs) -> Path:
-    """Score (unless --scores), embed, cluster, select and write kept/excluded/report files."""
-    from curation.atomic import atomic_write_text
+    """Score (unless --scores), embed, cluster, select and write kept/excluded/report files.
+
+    The outputs are written into a fresh folder inside OUT_DIR and moved into place only when
+    all of them are written (prune.json last); a previous run's outputs are deleted first.
+    """
+    from curation.atomic import atomic_write_text, staged_outputs
     from curation.cluster import default_k, spherical_kmeans
-    from curation.corpus import read_corpus, write_corpus
+    from curation.corpus import FieldMap, read_corpus, write_corpus
     from curation.devices import faiss_gpu, resolve_device
     from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.prune_report import write_prune_report
@@ -203,7 +357,8 @@ def run_prune(args: PruneArgs) -> Path:
     if not 0 < args.target_frac < 1:
         raise UsageError(f"--target-frac must be in (0, 1), got {args.target_frac!r}")
     corpus_path = Path(args.corpus)
-    data = read_corpus(corpus_path)
+    fields = FieldMap(**args.fields) if args.fields else FieldMap()
+    data = read_corpus(corpus_path, fields=fields)
     df = data.df.with_columns(pl.col("id").cast(pl.Utf8))
     n = df.height
     if n == 0:
@@ -214,20 +369,17 @@ def run_prune(args: PruneArgs) -> Path:
             "pass a smaller --clusters (or leave it out for the default rule)"
         )
     out = Path(args.out)
+    check_inputs_apart(out, args.corpus, args.target)
     out.mkdir(parents=True, exist_ok=True)
     ext = _ext(corpus_path)
     # A previous run's outputs go first: none of them may outlive a failed rerun.
-    for stale in (
-        "prune.json",
-        f"kept.{ext}",
-        f"excluded.{ext}",
-        "prune_report.md",
-        "prune_report.html",
-    ):
-        (out / stale).unlink(missing_ok=True)
+    clear_outputs(out)
     ids = df["id"].to_list()
+    rows = input_rows(corpus_path, n)
 
     target = args.target or (_run_target(Path(args.scores)) if args.scores else None)
+    target_df = None
+    held_out = target is None
     if target is None:
         is_target = holdout_target(n, args.target_frac, args.seed)
         if not is_target.any():
@@ -235,17 +387,39 @@ def run_prune(args: PruneArgs) -> Path:
                 f"{corpus_path.name} has {n} documents, too few to hold out a target; pass --target"
             )
         target = str(out / f"target{ext}")
-        write_corpus(df.filter(pl.Series(is_target)), target)
     else:
-        tids = _target_ids(target)
+        tfields = args.fields if args.target else _run_fields(Path(args.scores or ""))
+        tfm = FieldMap(**tfields) if tfields else FieldMap()
+        target_df = read_corpus(target, fields=tfm).df
+        tids = set(target_df["id"].cast(pl.Utf8).to_list())
         is_target = np.array([i in tids for i in ids], bool)
+    n_target = int(is_target.sum())
+    n_budget = round(keep * n) - n_target
+    if n_budget <= 0:
+        what = f"the {n_target} target documents in it" if n_target else "nothing"
+        raise UsageError(
+            f"--keep {args.keep:g} of the {n} documents of {corpus_path.name} keeps "
+            f"{round(keep * n)}, which leaves no training document kept ({what}); "
+            "raise --keep"
+        )
+    if held_out:
+        write_corpus(df.filter(pl.Series(is_target)), target)
 
-    run_dir = Path(args.scores) if args.scores else _score(args, df, is_target, target, out)
+    if args.scores:
+        run_dir = Path(args.scores)
+    else:
+        run_dir = _score(args, df, is_target, target, out, target_df)
     values, _ = _load_values(run_dir, ids, args.estimator)
     values[is_target] = np.nan
-    n_unscored = int(np.isnan(values[~is_target]).sum())
+    unscored = np.isnan(values) & ~is_target
+    n_unscored = int(unscored.sum())
     if n_unscored:
-        print(f"warning: {n_unscored} documents have no {args.estimator} value; ranked lowest")
+        example = ", ".join(repr(ids[i]) for i in np.flatnonzero(unscored)[:3])
+        raise UsageError(
+            f"{n_unscored} of the {n - n_target} documents of {corpus_path.name} have no "
+            f"{args.estimator} value in {run_dir} (e.g. {example}): the scores are from another "
+            "corpus. Score this corpus (or leave out --scores to score it here)"
+        )
     emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress, device=args.device))
     k = args.clusters or default_k(int((~is_target).sum()) or n)
     labels, _ = spherical_kmeans(emb, k, seed=args.seed, gpu=faiss_gpu(args.device))
@@ -269,14 +443,10 @@ def run_prune(args: PruneArgs) -> Path:
         print(f"\n*** {w} ***\n")
     for w in res.warnings:
         print(f"warning: {w}")
-
-    kept_mask = pl.Series(res.kept)
-    write_corpus(df.filter(kept_mask), out / f"kept{ext}")
-    excl = df.with_columns(
-        pl.Series("reason", res.reason, pl.Utf8), pl.Series("value", values, pl.Float64)
-    ).filter(~kept_mask)
-    excl = excl.with_columns(pl.col("value").fill_nan(None))
-    write_table(excl, out / f"excluded{ext}")
+    if not (np.asarray(res.kept, bool) & ~is_target).any():
+        raise UsageError(
+            f"the selection kept no training document of {corpus_path.name}; raise --keep"
+        )
 
     summary = _summary(res, df, k)
     summary.update(
@@ -285,7 +455,9 @@ def run_prune(args: PruneArgs) -> Path:
         estimator=args.estimator,
         n_unscored=n_unscored,
     )
-    write_prune_report(out, df, res, emb, summary)
-    payload = {"args": asdict(args), "summary": summary}
-    atomic_write_text(out / "prune.json", json.dumps(payload, indent=2, default=str))
+    with staged_outputs(out, last=(DONE_FILE,)) as stage:
+        write_outputs(stage, rows, np.asarray(res.kept, bool), list(res.reason), values, ext)
+        write_prune_report(stage, df, res, emb, summary)
+        payload = {"args": asdict(args), "summary": summary}
+        atomic_write_text(stage / DONE_FILE, json.dumps(payload, indent=2, default=str))
     return out

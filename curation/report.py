@@ -15,6 +15,8 @@ from .aggregate import BY_EXAMPLE_FILE, BY_SOURCE_FILE, EXAMPLES_FILE, aggregate
 from .atomic import atomic_write_bytes, atomic_write_text
 from .ledger import read_ledger
 
+COMPLETE_MARKER = ".complete"  # written last by curation.scoring_run (no torch import here)
+
 N_TOP = 10
 PLOT_DIR = "report_plots"  # PNGs beside report.md; report.html embeds them
 SNIPPET_CHARS = 160
@@ -228,8 +230,29 @@ def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[s
     return lines
 
 
+def unfinished_note(run_dir: Path, n_scored: int) -> str | None:
+    """A loud one-line warning when the run has no completion marker, else None."""
+    import sys
+
+    if (run_dir / COMPLETE_MARKER).exists():
+        return None
+    ex_path = run_dir / EXAMPLES_FILE
+    total = pl.read_parquet(ex_path).height if ex_path.exists() else None
+    of = f" of {total}" if total is not None else ""
+    note = (
+        f"UNFINISHED RUN: {n_scored}{of} examples scored so far and the run has no "
+        f"{COMPLETE_MARKER} marker, so every number here is partial; rerun the same "
+        "`adamshap score` command to finish it, then `adamshap report` again"
+    )
+    print(f"warning: {note}", file=sys.stderr)
+    return note
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write `report.md` and a self-contained `report.html` for a finished run; return both paths."""
+    """Write `report.md` and a self-contained `report.html` for a run; return both paths.
+
+    A run without its completion marker gets a loud UNFINISHED warning (stderr and the report).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / BY_SOURCE_FILE).exists() or not (run_dir / BY_EXAMPLE_FILE).exists():
         aggregate_run(run_dir)
@@ -242,6 +265,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     top, bottom = ranked.head(N_TOP), ranked.tail(N_TOP).reverse()
     texts = _texts(run_dir, top["id"].to_list() + bottom["id"].to_list())
     summary = _summary(run_dir, ledger, by_ex)
+    warn = unfinished_note(run_dir, by_ex.height)
+    if warn:
+        summary.insert(0, warn)
     note = (
         f"Values are Adam-aware In-Run Data Shapley values summed over the run (positive = the example "
         f"lowered the target loss). Plots and rankings use `{est}`. `share` is the signed share of the "

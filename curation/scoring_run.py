@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import platform
 import random
 import signal
@@ -38,14 +39,15 @@ from .checkpoint_values import (
     snapshot_steps,
 )
 from .devices import PRECISIONS, amp_dtype, check_device, check_precision, resolve_device
-from .errors import AdamshapError, UsageError
+from .errors import AdamshapError, Interrupted, UsageError
 from .ledger import LedgerWriter, truncate_after
 from .ranks import Ranks, ranks_from_env
 
 ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
 COMPLETE_MARKER = ".complete"
-# Arguments that do not change the outputs; a resume may differ in them.
-_NON_IDENTITY_ARGS = ("progress",)
+# Arguments that do not change the outputs; a resume may differ in them. The inputs are
+# identified by their contents (sha256), not by how their paths were typed.
+_NON_IDENTITY_ARGS = ("progress", "corpus", "target", "out")
 # Fields added after runs existed: a run.json without one was made with this value.
 _LATER_FIELDS = {"precision": "fp32", "snapshots": 0, "sketch_dim": 16}
 
@@ -93,10 +95,11 @@ class ScoreArgs:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         self.estimators = tuple(self.estimators)
+        # stored absolute, so run.json (and prune reading it) means the same files from any cwd
         for name in ("corpus", "target", "out", "tokenizer", "model"):
             v = getattr(self, name)
             if v is not None:
-                setattr(self, name, str(v))
+                setattr(self, name, os.path.abspath(os.fspath(v)))
 
     def validate(self) -> None:
         """Raise UsageError for settings that cannot work."""
@@ -195,10 +198,12 @@ def _versions() -> dict[str, str]:
 def _run_record(args: ScoreArgs) -> dict[str, Any]:
     from .corpus import corpus_sha256
 
+    # a run folder inside a datasets folder must not change that folder's digest
+    skip = (Path(args.out),)
     return {
         "args": args.to_dict(),
-        "corpus_sha256": corpus_sha256(args.corpus),
-        "target_sha256": corpus_sha256(args.target),
+        "corpus_sha256": corpus_sha256(args.corpus, exclude=skip),
+        "target_sha256": corpus_sha256(args.target, exclude=skip),
         "versions": _versions(),
     }
 
@@ -265,27 +270,37 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step-*.pt"))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _SigintFlag:
-    """Turn SIGINT into a flag checked between steps (main thread only)."""
+    """Turn SIGINT and SIGTERM into a flag checked between steps (main thread only).
+
+    Schedulers and container runtimes stop jobs with SIGTERM: it checkpoints like Ctrl-C.
+    """
 
     def __init__(self) -> None:
         self.raised = False
-        self._old: Any = None
+        self.signum = int(signal.SIGINT)
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _SigintFlag:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.raised:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.raised:  # a second signal: stop now
+            raise Interrupted(signum)
         self.raised = True
-        print("\ninterrupt: finishing this step, then checkpointing ...", file=sys.stderr)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(f"\n{name}: finishing this step, then checkpointing ...", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 # ----------------------------------------------------------------------------- data
@@ -403,8 +418,8 @@ def _check_run_dir(args: ScoreArgs, run_dir: Path, record: dict[str, Any]) -> bo
 
 def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path:
     path = run_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # through a Python file: a full disk surfaces as an OSError
     for old in _checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -449,7 +464,7 @@ def _check_finite(step: int, what: str, x: float | torch.Tensor, last_ckpt: int)
         where = f"step {last_ckpt}" if last_ckpt > 0 else "none yet"
         raise NonFiniteError(
             f"non-finite {what} at step {step}; stopped. Last good checkpoint: {where}. "
-            "Try a lower --lr, a smaller --max-grad-norm, or more warm-start steps."
+            "Try a lower --lr, a smaller --max-grad-norm, or more --warm-start-steps."
         )
 
 
@@ -642,7 +657,7 @@ def run_scoring(args: ScoreArgs) -> Path:
                         f"command (same --out {run_dir}).",
                         file=sys.stderr,
                     )
-                    raise SystemExit(130)
+                    raise Interrupted(sigint.signum, "checkpoint saved")
         finally:
             bar.close()
             if scorer is not None:
@@ -721,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ScoreArgs.from_json(Path(ns.args_json).read_text())
     try:
         print(run_scoring(args))
+    except Interrupted as e:
+        return 128 + e.signum
     except AdamshapError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,22 @@ class VerifyArgs:
     baselines: tuple[str, ...] = ("random", "full")
     selection_target: str | None = None  # the target the curation used (dsir, classifier)
     reference: str | None = None  # a scoring run dir: its final proxy ranks `perplexity`
+    fields: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
+        # stored absolute: verify.json means the same files whatever the working directory
+        for name in (
+            "curated",
+            "full",
+            "target",
+            "out",
+            "tokenizer",
+            "selection_target",
+            "reference",
+        ):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, os.path.abspath(os.fspath(v)))
         if isinstance(self.baselines, str):
             self.baselines = tuple(b.strip() for b in self.baselines.split(",") if b.strip())
         self.baselines = tuple(dict.fromkeys(self.baselines))
@@ -63,6 +78,9 @@ class VerifyArgs:
             raise UsageError(
                 f"unknown baseline(s) {', '.join(bad)}; choose from {','.join(BASELINE_ARMS)}"
             )
+
+
+OUTPUT_FILES = ("verify_curve.png", "verify.md", "verify.json")  # verify.json: the marker
 
 
 @dataclass(frozen=True)
@@ -384,13 +402,32 @@ def _markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines + ["", "![target loss over steps](verify_curve.png)", ""])
 
 
+def check_subset(cur_df: Any, full_df: Any, curated: str, full: str) -> None:
+    """UsageError unless every curated document (by id, with the same text) is in the full set."""
+    full_text = dict(zip(full_df["id"].to_list(), full_df["text"].to_list()))
+    missing = [i for i in cur_df["id"].to_list() if i not in full_text]
+    changed = [
+        i
+        for i, t in zip(cur_df["id"].to_list(), cur_df["text"].to_list())
+        if i in full_text and full_text[i] != t
+    ]
+    if missing or changed:
+        bad = missing or changed
+        what = "are not in" if missing else "have another text than in"
+        raise UsageError(
+            f"{len(bad)} of the {cur_df.height} curated documents in {curated} {what} the full "
+            f"corpus {full} (e.g. {', '.join(repr(i) for i in bad[:3])}): the curated set must "
+            "be a subset of --full (pass the corpus that was pruned)"
+        )
+
+
 def run_verify(args: VerifyArgs) -> Path:
     """Train every arm for the same steps; write verify.json, verify.md and verify_curve.png."""
     import polars as pl
     from tqdm.auto import tqdm
 
-    from curation.atomic import atomic_write_text
-    from curation.corpus import read_corpus
+    from curation.atomic import atomic_write_text, staged_outputs
+    from curation.corpus import FieldMap, read_corpus
     from curation.devices import resolve_device
     from curation.encode import encode_corpus
     from curation.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -399,17 +436,22 @@ def run_verify(args: VerifyArgs) -> Path:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     args.device = resolve_device(args.device)
     if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+        raise UsageError(f"steps must be >= 1, got {args.steps}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "verify.json").unlink(missing_ok=True)
-    target_df = read_corpus(args.target).df
+    for name in reversed(OUTPUT_FILES):  # a failed rerun must not leave the old results
+        (out / name).unlink(missing_ok=True)
+    fields = FieldMap(**args.fields) if args.fields else FieldMap()
+    target_df = read_corpus(args.target, fields=fields).df
     if target_df.height == 0:
         raise UsageError(f"target {args.target} is empty")
     tids = set(target_df["id"].to_list())
     if args.selection_target:
-        tids |= set(read_corpus(args.selection_target).df["id"].cast(pl.Utf8).to_list())
-    cur_df, full_df = read_corpus(args.curated).df, read_corpus(args.full).df
+        sel_ids = read_corpus(args.selection_target, fields=fields).df["id"].cast(pl.Utf8)
+        tids |= set(sel_ids.to_list())
+    cur_df = read_corpus(args.curated, fields=fields).df
+    full_df = read_corpus(args.full, fields=fields).df
+    check_subset(cur_df, full_df, args.curated, args.full)
     n_removed = int(cur_df["id"].is_in(list(tids)).sum() + full_df["id"].is_in(list(tids)).sum())
     cur_df = cur_df.filter(~pl.col("id").is_in(list(tids)))
     full_df = full_df.filter(~pl.col("id").is_in(list(tids)))
@@ -494,9 +536,11 @@ def run_verify(args: VerifyArgs) -> Path:
         "selection_target": args.selection_target,
         "reference": args.reference,
     }
-    plot_curves(results, out / "verify_curve.png", "target loss while training from scratch")
-    atomic_write_text(out / "verify.md", _markdown(results, meta))
     payload = {"args": asdict(args), "meta": meta, "arms": results}
     # allow_nan=False: a NaN or inf can never reach verify.json
-    atomic_write_text(out / "verify.json", json.dumps(payload, indent=2, allow_nan=False))
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    with staged_outputs(out, last=("verify.json",)) as stage:
+        plot_curves(results, stage / "verify_curve.png", "target loss while training from scratch")
+        atomic_write_text(stage / "verify.md", _markdown(results, meta))
+        atomic_write_text(stage / "verify.json", text)
     return out

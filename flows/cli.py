@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -122,6 +124,35 @@ def _require_path(path: str | None, what: str) -> None:
         raise UsageError(f"{what} not found: {path}")
 
 
+def _check_out(path: str | None, option: str = "--out") -> None:
+    """UsageError when an output folder cannot be one: a file, a broken symlink, unwritable."""
+    from curation.errors import UsageError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise UsageError(
+            f"{option} {path} is a broken symbolic link (to {os.readlink(p)}); remove it or "
+            "choose another folder"
+        )
+    if p.exists() and not p.is_dir():
+        raise UsageError(
+            f"{option} {path} is a file, not a folder; choose a folder (the outputs are written "
+            "inside it)"
+        )
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"{option} {path}: {probe} is a file, not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{option} {path}: {probe} is not writable by this user; choose a folder you can "
+            "write to"
+        )
+
+
 def build_args(cls: type, values: dict[str, Any], aliases: dict[str, Sequence[str]] | None = None):
     """Instantiate the dataclass `cls` from `values`, skipping None and mapping names to its fields.
 
@@ -168,13 +199,15 @@ def _field_map(args: argparse.Namespace) -> dict[str, str] | None:
     return given or None
 
 
-def _add_field_options(p: argparse.ArgumentParser) -> None:
+def _add_field_options(p: argparse.ArgumentParser, bad_rows: bool = True) -> None:
     g = p.add_argument_group("corpus fields")
     g.add_argument("--id-field", help="name of the id field (default: id)")
     g.add_argument("--source-field", help="name of the source field (default: source)")
     g.add_argument("--text-field", help="name of the text field (default: text)")
     g.add_argument("--prompt-field", help="instruction data: name of the prompt field")
     g.add_argument("--response-field", help="instruction data: name of the response field")
+    if not bad_rows:  # prune and verify read strictly
+        return
     g.add_argument(
         "--on-bad-rows",
         choices=("error", "skip"),
@@ -228,6 +261,9 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-len", type=positive_int, help="tokens per example (longer: truncated)")
     g.add_argument("--vocab-size", type=positive_int, help="BPE vocabulary size when training one")
     g.add_argument("--lr", type=positive_float, help="peak AdamW learning rate")
+    g.add_argument(
+        "--max-grad-norm", type=positive_float, help="clip the gradient norm to this value (1.0)"
+    )
     g.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer folder")
     g.add_argument("--model", metavar="DIR", help="start from this local GPT-2 checkpoint folder")
 
@@ -273,6 +309,7 @@ def _score_values(args: argparse.Namespace) -> dict[str, Any]:
         "seq_len",
         "vocab_size",
         "lr",
+        "max_grad_norm",
         "tokenizer",
         "model",
         "on_bad_rows",
@@ -295,6 +332,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     _require_path(args.target, "target")
     for path, what in ((args.tokenizer, "tokenizer folder"), (args.model, "model folder")):
         _require_path(path, what)
+    _check_out(args.out)
     values = {"corpus": args.corpus, "target": args.target, "out": args.out, **_score_values(args)}
     values.update(_device_values(args))
     run_dir = run_scoring(build_args(ScoreArgs, values, OUT_ALIASES))
@@ -313,6 +351,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "ledger").is_dir():
         raise UsageError(f"{run_dir} is not a scoring run directory (no ledger/ inside)")
+    if not any((run_dir / "ledger").glob("part-*.parquet")):
+        raise UsageError(
+            f"{run_dir} has no scored steps yet (its ledger is empty); run the same `adamshap "
+            "score` command until scoring has started (or finished), then report"
+        )
     aggregate_run(run_dir)
     md, html = write_report(run_dir)
     print(f"report: {html}")
@@ -323,12 +366,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """`adamshap prune`: keep the most valuable fraction of CORPUS under diversity quotas."""
     from curation.errors import AdamshapError
-    from curation.prune import PruneArgs, run_prune
+    from curation.prune import PruneArgs, check_inputs_apart, clear_outputs, run_prune
 
+    out = args.out or str(Path.cwd() / f"adamshap-prune-{corpus_stem(args.corpus)}")
+    _check_out(out)
+    check_inputs_apart(Path(out), args.corpus, args.target)
+    if Path(out).is_dir():  # whatever fails below, no earlier kept/excluded pair may remain
+        clear_outputs(Path(out))
     _require_path(args.corpus, "corpus")
     _require_path(args.scores, "scores run directory")
     _require_path(args.target, "target")
-    out = args.out or str(Path.cwd() / f"adamshap-prune-{corpus_stem(args.corpus)}")
     values = {
         "corpus": args.corpus,
         "keep": args.keep,
@@ -340,6 +387,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "estimator": args.estimator,
         "floor": args.floor,
         "seed": args.seed,
+        "dedup_jaccard": args.dedup_jaccard,
+        "max_dedup_frac": args.max_dedup_frac,
+        "target_frac": args.target_frac,
+        "fields": _field_map(args),
         **_device_values(args),
     }
     prune_args = build_args(PruneArgs, values, OUT_ALIASES)
@@ -357,8 +408,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """`adamshap verify`: retrain on curated vs random-same-size vs full; compare target loss."""
     from curation.errors import AdamshapError
-    from curation.verify import VerifyArgs, run_verify
+    from curation.verify import OUTPUT_FILES, VerifyArgs, run_verify
 
+    _check_out(args.out)
+    for name in reversed(OUTPUT_FILES):  # whatever fails below, no earlier result may remain
+        (Path(args.out) / name).unlink(missing_ok=True)
     for path, what in ((args.curated, "curated corpus"), (args.full, "full corpus")):
         _require_path(path, what)
     _require_path(args.target, "target")
@@ -378,6 +432,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "baselines": args.baselines,
         "selection_target": args.selection_target,
         "reference": args.reference,
+        "fields": _field_map(args),
         **_device_values(args),
     }
     _require_path(args.selection_target, "selection target")
@@ -397,6 +452,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_curate(args: argparse.Namespace) -> int:
     """`adamshap curate`: the whole pipeline as a Prefect flow (ephemeral Prefect, cached)."""
     _require_path(args.manifest, "manifest")
+    _check_out(args.out)
     from curation.errors import AdamshapError
     from flows import prefect_env
 
@@ -411,6 +467,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from flows.quiet import quiet_user_errors
 
     quiet_user_errors()
+    prefect_env.tie_temporary_server_to_this_process()  # never outlives curate, even SIGKILLed
     try:
         curate_flow(
             manifest_path=str(Path(args.manifest).resolve()), keep=args.keep, out=args.out, **device
@@ -469,6 +526,15 @@ _BAD_ROW_HINTS = {
 }
 
 
+_FIELD_OPTS = {
+    "id": "--id-field",
+    "source": "--source-field",
+    "text": "--text-field",
+    "prompt": "--prompt-field",
+    "response": "--response-field",
+}
+
+
 def _strict_corpus_hint(command: str) -> Callable[[BaseException], BaseException]:
     """Rewrite a CorpusError's `--on-bad-rows` hint for commands that have no such option."""
 
@@ -477,6 +543,9 @@ def _strict_corpus_hint(command: str) -> Callable[[BaseException], BaseException
 
         if isinstance(exc, CorpusError) and exc.hint and "--on-bad-rows" in exc.hint:
             hint = _BAD_ROW_HINTS[command]
+            what = exc.message.removeprefix("missing ")
+            if command != "curate" and exc.message.startswith("missing ") and what in _FIELD_OPTS:
+                hint = f"if the corpus names the {what} field otherwise, pass {_FIELD_OPTS[what]} NAME; else {hint}"
             return CorpusError(exc.path, exc.row, exc.field, exc.message, hint, exc.unit)
         return exc
 
@@ -567,6 +636,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--floor", type=non_negative_float, help="minimum kept share of each cluster")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument(
+        "--dedup-jaccard",
+        type=non_negative_float,
+        metavar="J",
+        help="a near-duplicate needs token 3-gram Jaccard >= J too (0.8)",
+    )
+    p.add_argument(
+        "--max-dedup-frac",
+        type=non_negative_float,
+        metavar="F",
+        help="warn loudly when near-duplicates exceed this share of the corpus (0.3)",
+    )
+    p.add_argument(
+        "--target-frac",
+        type=positive_float,
+        metavar="F",
+        help="share of the corpus held out as the target when no --target is given (0.05)",
+    )
+    _add_field_options(p, bad_rows=False)
     _add_device_option(p)
     p.set_defaults(handler=cmd_prune)
 
@@ -610,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a finished `adamshap score` run whose proxy ranks the perplexity baseline "
         "(default: verify trains one on --full)",
     )
+    _add_field_options(p, bad_rows=False)
     _add_device_option(p)
     p.set_defaults(handler=cmd_verify)
 
@@ -665,10 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _INTERRUPTED = threading.Event()
+_SIGNUM = [int(signal.SIGINT)]  # the stop signal received (SIGINT or SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _interrupt_once(signum: int, frame: object) -> None:
-    """Turn the first Ctrl-C into KeyboardInterrupt; later ones (or a replay of it) do nothing.
+    """Turn the first Ctrl-C (or SIGTERM) into KeyboardInterrupt; later ones do nothing.
 
     Native code (polars) may raise KeyboardInterrupt itself and still leave this handler pending:
     while that KeyboardInterrupt is being handled, the replay is ignored.
@@ -676,7 +767,54 @@ def _interrupt_once(signum: int, frame: object) -> None:
     if _INTERRUPTED.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt):
         return
     _INTERRUPTED.set()
+    _SIGNUM[0] = signum
     raise KeyboardInterrupt
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space and run the same command again",
+    errno.EFBIG: "the file grew past the allowed file size; free space or raise the limit",
+    errno.EDQUOT: "the disk quota is used up; free some space and run the same command again",
+    errno.EACCES: "check the permissions, or choose a folder you can write to",
+    errno.EPERM: "check the permissions, or choose a folder you can write to",
+    errno.EROFS: "that file system is read-only; choose another folder",
+    errno.ENOENT: "check the path (a broken symbolic link?)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "a folder is in the way of a file; check the path",
+    errno.EEXIST: "something is already in the way at that path; remove it or choose another",
+}
+
+
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`, or None.
+
+    Itself, one in its cause/context chain, or one that native code (polars, safetensors)
+    reports only in its message ("... (os error 28)").
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    m = _NATIVE_OS_ERROR.search(str(exc))
+    if m:
+        code = int(m.group(1) or m.group(2))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, what to do."""
+    what = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(os.fsdecode(p) for p in paths)
+    hint = _OS_HINTS.get(exc.errno or 0, "check the path and the disk, then run it again")
+    return f"{where + ': ' if where else ''}{what} ({hint})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -687,30 +825,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or an argument error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    from curation.errors import AdamshapError
+    from curation.errors import AdamshapError, Interrupted
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _interrupt_once)
+        for sig in STOP_SIGNALS:  # SIGTERM (schedulers, containers) behaves as Ctrl-C
+            signal.signal(sig, _interrupt_once)
     try:
         return handler(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _INTERRUPTED.set()  # the message and the exit status must always get out:
         if threading.current_thread() is threading.main_thread():
-            # a replayed or second SIGINT during the exit would end the process by the signal
+            # a replayed or second signal during the exit would end the process by the signal
             # (status -2) instead of 130, so the interrupt is ignored from here on
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+        signum = exc.signum if isinstance(exc, Interrupted) else _SIGNUM[0]
         try:
             print(
-                "\nadamshap: interrupted; run the same command again to resume from the last "
-                "checkpoint",
+                f"\nadamshap: interrupted ({signal.Signals(signum).name}); run the same command "
+                "again to resume from the last checkpoint",
                 file=sys.stderr,
             )
         except KeyboardInterrupt:  # raised before the handler above took over
             pass
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + int(signum)
     except AdamshapError as exc:
         print(f"adamshap {args.command}: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
+    except Exception as exc:
+        os_exc = os_error_of(exc)
+        if os_exc is None:
+            raise
+        print(f"adamshap {args.command}: error: {os_error_line(os_exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The offline settings must be in os.environ before prefect is first imported.
+from flows import prefect_env  # noqa: F401
+
+# isort: split
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from curation.errors import AdamshapError, ManifestError
-from flows import prefect_env  # noqa: F401  (offline settings before prefect is imported)
 
 DEFAULT_KEEP = 0.7
 CACHE_VERSION = "1"  # bump when a stage's outputs change meaning

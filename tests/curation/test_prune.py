@@ -185,6 +185,7 @@ def _fake_run(run: Path, corpus: Path) -> None:
         }
     ).write_parquet(run / "values_by_example.parquet")
     (run / "run.json").write_text(json.dumps({"args": {"seq_len": 32}}))
+    (run / ".complete").write_text("{}\n")  # prune takes finished runs only
 
 
 @pytest.mark.integration
