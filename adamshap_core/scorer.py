@@ -102,7 +102,9 @@ class InRunScorer:
     first moment for the K steps after it was drawn (momentum.py): each `StepOutput.propagated`
     lists the steps whose window closed at this step, with own value + carry-over per estimator;
     `flush_momentum()` closes the windows still open at the end of training. Exact (ghost
-    contraction of the kept records, once per step); costs K steps' records in memory.
+    contraction of the kept records, once per step); costs K steps' records in memory. Open
+    windows are not part of `state_dict()`: a run resumed from a checkpoint starts with none,
+    so the steps still open at the checkpoint get no propagated value.
 
     Data parallel (torchrun, gloo or NCCL): when `torch.distributed` is initialised, every rank
     passes its shard of the global batch and of the target batch; losses are normalised by the
