@@ -18,14 +18,15 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
 
 from adamshap_core import InRunScorer, build_model, plain_step
 
-from .common import environment, write_results
-from .throughput import _data, tensor_peak_mib
+from .common import RESULTS, environment, write_results
+from .throughput import _data, _rss_mib, tensor_peak_mib
 
 VARIANTS: dict[str, tuple[tuple[str, ...] | None, int]] = {
     "plain": (None, 0),
@@ -56,18 +57,21 @@ def held_mib(sc: InRunScorer | None) -> float:
     """Bytes held by the open momentum windows: kept records and accumulated val sides."""
     if sc is None or sc.momentum is None:
         return 0.0
-    total = 0
+    seen: dict[int, int] = {}  # storage pointer -> bytes (views of one storage counted once)
+
+    def add(t: torch.Tensor | None) -> None:
+        if t is not None and t.numel():
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+
     for p in sc.momentum.pending:
         for _, recs in p.records:
             for r in recs:
                 for t in (r.a, r.b, r.gw, r.gb):
-                    if t is not None and t.numel():
-                        total += t.numel() * t.element_size()
-        for t in (p.acc or {}).values():
-            total += t.numel() * t.element_size()
-        for t in (p.ghat or {}).values():
-            total += t.numel() * t.element_size()
-    return total / 2**20
+                    add(t)
+        for t in list((p.acc or {}).values()) + list((p.ghat or {}).values()):
+            add(t)
+    return sum(seen.values()) / 2**20
 
 
 def time_config(preset: str, T: int, rounds: int) -> dict:
@@ -97,10 +101,27 @@ def time_config(preset: str, T: int, rounds: int) -> dict:
 def _memory_child(variant: str, preset: str, T: int) -> None:
     torch.set_num_threads(1)
     run, sc = _runner(variant, preset, T)
-    for s in range(VARIANTS[variant][1] + 1):
+    base = _rss_mib()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:  # the peak of the current RSS while the window fills and runs
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    for s in range(VARIANTS[variant][1] + 2):
         run(_data(VOCAB, BATCH, T, seed=s))
-    peak = tensor_peak_mib(lambda: run(_data(VOCAB, BATCH, T, seed=77)))
-    print(json.dumps({"tensor_peak_mib": peak, "held_mib": held_mib(sc)}))
+    stop.set()
+    th.join()
+    tensors = tensor_peak_mib(lambda: run(_data(VOCAB, BATCH, T, seed=77)))
+    print(
+        json.dumps(
+            {"rss_mib": peak[0] - base, "tensor_peak_mib": tensors, "held_mib": held_mib(sc)}
+        )
+    )
 
 
 def memory(preset: str, T: int) -> dict:
@@ -142,17 +163,21 @@ def markdown(rows: list[dict], mem: dict, mem_cfg: tuple[str, int], env: dict) -
         "",
         f"Memory ({mem_cfg[0]}, seq {mem_cfg[1]}, each variant in its own process, one step "
         "after its window filled): the peak of live tensor bytes (model, optimizer state and "
-        "the window included), and what the open windows hold (K steps' kept layer inputs "
+        "the window included, but only the tensors the profiler sees touched in that step, "
+        "so it misses most of the held window), the peak RSS above the process baseline "
+        "while the window fills and runs (everything, plus what glibc keeps cached), and "
+        "what the open windows hold, counted storage by storage (K steps' kept layer inputs "
         "and output gradients, plus one accumulated val side per estimator and open step).",
         "",
-        "| variant | live tensors MiB | x plain | held by the window MiB |",
-        "|---|---|---|---|",
+        "| variant | live tensors MiB | x plain | RSS MiB | x plain | held by the window MiB |",
+        "|---|---|---|---|---|---|",
     ]
+    rbase = mem["plain"]["rss_mib"]
     for v in names:
         m = mem[v]
         lines.append(
             f"| {v} | {m['tensor_peak_mib']:.0f} | {m['tensor_peak_mib'] / base:.2f} "
-            f"| {m['held_mib']:.0f} |"
+            f"| {m['rss_mib']:.0f} | {m['rss_mib'] / rbase:.2f} | {m['held_mib']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -162,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "PRESET", "SEQ"))
     ap.add_argument("--quick", action="store_true", help="tiny seq 64, 2 rounds")
+    ap.add_argument("--memory-only", action="store_true", help="redo memory, keep timed rows")
     ns = ap.parse_args(argv)
     if ns.memory_child:
         v, preset, T = ns.memory_child
@@ -169,16 +195,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(1)
     configs = (("tiny", 64, 2),) if ns.quick else CONFIGS
+    name = "momentum_cost_quick" if ns.quick else "momentum_cost"
     rows = []
+    if ns.memory_only:
+        rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+        configs = ()
     for preset, T, rounds in configs:
         t0 = time.time()
         rows.append(time_config(preset, T, rounds))
         print(f"{preset} seq {T}: {rows[-1]['x_plain']} ({time.time() - t0:.0f}s)", flush=True)
-    mem_cfg = configs[0][:2]
+    mem_cfg = (rows[0]["preset"], rows[0]["seq_len"])
     mem = memory(*mem_cfg)
     env = environment()
     md = markdown(rows, mem, mem_cfg, env)
-    name = "momentum_cost_quick" if ns.quick else "momentum_cost"
     write_results(name, {"rows": rows, "memory": mem, "env": env}, md)
     print(md)
 
