@@ -120,6 +120,13 @@ class GhostCapture:
         for use in self.uses:
             use.records.clear()
 
+    def take_records(self) -> list[tuple[nn.Module, list[_Record]]]:
+        """Hand over this step's records (per layer use) and start empty, without freeing them."""
+        out = [(use.module, use.records) for use in self.uses]
+        for use in self.uses:
+            use.records = []
+        return out
+
     def clear_target(self) -> None:
         """Drop the target pass's records."""
         for use in self.uses:
@@ -161,8 +168,12 @@ class GhostCapture:
         dtype=torch.float32,
         low: dict[int, LowRank] | None = None,
         gram: dict[int, GramSide] | None = None,
+        records: list[tuple[nn.Module, list[_Record]]] | None = None,
     ) -> torch.Tensor:
         """Return [n, E]: <G_e, g_i> for each example i and val-side tensor G_e (keyed by id(param)).
+
+        `records` (from `take_records`) contracts an earlier step's kept records instead of the
+        live ones (the momentum carry-over, momentum.py).
 
         `low` optionally maps a Linear/Conv1D weight id to a low-rank form of its val-side stack;
         those layers then contract through the factors (embeddings, tied or not, stay exact).
@@ -171,11 +182,13 @@ class GhostCapture:
         out = None
         low = low or {}
         gram = gram or {}
-        for use in self.uses:
-            for rec in use.records:
+        if records is None:
+            records = [(use.module, use.records) for use in self.uses]
+        for module, recs in records:
+            for rec in recs:
                 if rec.b is None:  # layer output did not reach the loss
                     continue
-                part = _contract_one(use.module, rec, val_side, dtype, low, gram)
+                part = _contract_one(module, rec, val_side, dtype, low, gram)
                 if part is None:
                     continue
                 out = part.double() if out is None else out + part.double()

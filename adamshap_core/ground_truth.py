@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,3 +164,186 @@ def monte_carlo_shapley(
         u_full=tr.val_before - l_full,
         u_empty=tr.val_before - l_empty,
     )
+
+
+def _replay(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    val_batch: Mapping[str, torch.Tensor],
+    max_grad_norm: float | None,
+    lrs: Sequence[float] | None,
+    drop: int | None,
+) -> float:
+    """Target loss after real optimizer steps on `batches` from deep copies of the live state."""
+    m = copy.deepcopy(model)
+    pmap = {id(p): q for p, q in zip(model.parameters(), m.parameters())}
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [pmap[id(p)] for p in g["params"]],
+        }
+        for g in optimizer.param_groups
+    ]
+    opt = type(optimizer)(groups)
+    opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    dev = next(m.parameters()).device
+    for j, raw in enumerate(batches):
+        b = prepare_batch(raw, dev)
+        if lrs is not None:
+            for g in opt.param_groups:
+                g["lr"] = float(lrs[j])
+        opt.zero_grad(set_to_none=True)
+        losses = per_example_loss(m, b)
+        n = losses.shape[0]
+        if j == 0 and drop is not None:  # drop g_i with the normaliser 1/n unchanged
+            keep = torch.ones(n, dtype=losses.dtype, device=losses.device)
+            keep[drop] = 0
+            loss = (losses * keep).sum() / n
+        else:
+            loss = losses.mean()
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), max_grad_norm)
+        opt.step()
+    with torch.no_grad():
+        return float(per_example_loss(m, prepare_batch(val_batch, dev)).mean().double())
+
+
+def leave_one_out_window(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    val_batch: Mapping[str, torch.Tensor],
+    max_grad_norm: float | None = None,
+    lrs: Sequence[float] | None = None,
+) -> np.ndarray:
+    """K-step LOO of each example of `batches[0]`: l_val after K+1 real steps without it minus with it.
+
+    `batches` are steps t, t+1, ..., t+K (K = len(batches) - 1); example i is removed from step
+    t only (its gradient dropped, normaliser unchanged) and the same later batches are replayed
+    with real optimizer steps from deep copies of the live state, so the change includes
+    momentum carry-over and the later gradients' reaction to the moved weights. `lrs` sets each
+    step's lr (all groups) where a schedule moves it. K = 0 is `leave_one_out`.
+    """
+    n = prepare_batch(batches[0])["input_ids"].shape[0]
+    full = _replay(model, optimizer, batches, val_batch, max_grad_norm, lrs, None)
+    return np.array(
+        [
+            _replay(model, optimizer, batches, val_batch, max_grad_norm, lrs, i) - full
+            for i in range(n)
+        ]
+    )
+
+
+def leave_one_out_carry(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    val_batch: Mapping[str, torch.Tensor],
+    max_grad_norm: float | None = None,
+    lrs: Sequence[float] | None = None,
+) -> np.ndarray:
+    """In-run K-step LOO: Σ_s of each step's real-step target-loss change when i's share is removed.
+
+    The truth of the momentum-propagated values. The run follows its real trajectory over
+    `batches` (steps t..t+K); at each step s, from the saved state before s, a real optimizer
+    step is taken with example i's share of Adam's state removed: at s = t its gradient (clip
+    recomputed); at s > t its clipped contribution to `m_{s-1}` (weight β1^(s-t-1)(1-β1)) and to
+    `v_{s-1}` (weight β2^(s-t-1)(1-β2)). The value is Σ_s [l_val(w_{s+1} without i's share) −
+    l_val(w_{s+1})]: per-step utilities on the realised trajectory (DESIGN §2.2), so, unlike
+    `leave_one_out_window`, the later batches' reaction to the moved weights is not in it.
+    """
+    dev = next(model.parameters()).device
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    m = copy.deepcopy(model)
+    pmap = {id(p): q for p, q in zip(model.parameters(), m.parameters())}
+    mp = [pmap[id(p)] for p in params]
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [pmap[id(p)] for p in g["params"]],
+        }
+        for g in optimizer.param_groups
+    ]
+    opt = type(optimizer)(groups)
+    opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    vb = prepare_batch(val_batch, dev)
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(per_example_loss(m, vb).mean().double())
+
+    def clipped(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if max_grad_norm is None:
+            return grads
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        coef = torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
+        return [g * coef for g in grads]
+
+    # the real trajectory: state before each step, raw batch gradients, loss after each step
+    snaps, raw, after, ex_grads = [], [], [], None
+    for j, rb in enumerate(batches):
+        b = prepare_batch(rb, dev)
+        if lrs is not None:
+            for g in opt.param_groups:
+                g["lr"] = float(lrs[j])
+        snaps.append(([p.detach().clone() for p in mp], copy.deepcopy(opt.state_dict())))
+        opt.zero_grad(set_to_none=True)
+        losses = per_example_loss(m, b)
+        n = losses.shape[0]
+        if j == 0:
+            ex_grads = [
+                [
+                    g if g is not None else torch.zeros_like(p)
+                    for p, g in zip(
+                        mp,
+                        torch.autograd.grad(
+                            losses[i] / n, mp, retain_graph=True, allow_unused=True
+                        ),
+                    )
+                ]
+                for i in range(n)
+            ]
+        grads = torch.autograd.grad(losses.mean(), mp, allow_unused=True)
+        raw.append([g if g is not None else torch.zeros_like(p) for p, g in zip(mp, grads)])
+        for p, g in zip(mp, clipped(raw[-1])):
+            p.grad = g.clone()
+        opt.step()
+        after.append(val_loss())
+    b1 = {id(p): float(g["betas"][0]) for g in opt.param_groups for p in g["params"]}
+    b2 = {id(p): float(g["betas"][1]) for g in opt.param_groups for p in g["params"]}
+
+    def step_from(j: int, grads, dm=None, dv=None) -> float:
+        w, st = snaps[j]
+        with torch.no_grad():
+            for p, s in zip(mp, w):
+                p.copy_(s)
+        o = type(optimizer)(groups)
+        o.load_state_dict(copy.deepcopy(st))
+        if lrs is not None:
+            for g in o.param_groups:
+                g["lr"] = float(lrs[j])
+        if dm is not None:
+            for p, a, c in zip(mp, dm, dv):
+                o.state[p]["exp_avg"].sub_(a)
+                o.state[p]["exp_avg_sq"].sub_(c).clamp_(min=0)
+        for p, g in zip(mp, grads):
+            p.grad = g.clone()
+        o.step()
+        return val_loss()
+
+    full0 = clipped(raw[0])
+    out = []
+    for gi in ex_grads:
+        red = clipped([g - e for g, e in zip(raw[0], gi)])
+        total = step_from(0, red) - after[0]
+        d1 = [a - r for a, r in zip(full0, red)]  # i's share of the clipped step-t gradient
+        d2 = [a * a - r * r for a, r in zip(full0, red)]
+        for j in range(1, len(batches)):
+            k = j - 1
+            dm = [(b1[id(p)] ** k) * (1 - b1[id(p)]) * d for p, d in zip(mp, d1)]
+            dv = [(b2[id(p)] ** k) * (1 - b2[id(p)]) * d for p, d in zip(mp, d2)]
+            total += step_from(j, clipped(raw[j]), dm, dv) - after[j]
+        out.append(total)
+    return np.array(out)

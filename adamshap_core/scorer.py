@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -15,6 +15,7 @@ from .batch import logits_of, per_example_loss, per_example_loss_from_logits, pr
 from .ghost import Conv1D, GhostCapture
 from .gram import GramSide, rank1_factors
 from .lowrank import CONTRACTIONS, LowRank, randomized_lowrank, use_lowrank
+from .momentum import MomentumWindow, PropagatedStep
 from .preconditioner import (
     check_optimizer,
     loo_preconditioner,
@@ -39,6 +40,8 @@ class StepOutput:
     example_losses: torch.Tensor  # [n] per-example training losses at w_t
     grad_norm: float | None  # unclipped batch-gradient norm when clipping is on
     clipped: bool  # whether clipping scaled this step's gradient
+    # momentum_window=K: the propagated values of the steps whose K-step window closed now
+    propagated: list[PropagatedStep] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +98,14 @@ class InRunScorer:
     peak of live tensors from 1.66x to 1.27x plain training at no measurable speed cost
     (benchmarks/results/throughput.md). None takes the target batch whole.
 
+    Momentum option: `momentum_window=K` also follows each example's gradient through Adam's
+    first moment for the K steps after it was drawn (momentum.py): each `StepOutput.propagated`
+    lists the steps whose window closed at this step, with own value + carry-over per estimator;
+    `flush_momentum()` closes the windows still open at the end of training. Exact (ghost
+    contraction of the kept records, once per step); costs K steps' records in memory. Open
+    windows are not part of `state_dict()`: a run resumed from a checkpoint starts with none,
+    so the steps still open at the checkpoint get no propagated value.
+
     Data parallel (torchrun, gloo or NCCL): when `torch.distributed` is initialised, every rank
     passes its shard of the global batch and of the target batch; losses are normalised by the
     global counts and gradients are all-reduced (as DDP does), so every rank takes the identical
@@ -119,6 +130,7 @@ class InRunScorer:
         lowrank_niter: int = 1,
         seed: int = 0,
         target_chunk: int | None = 8,
+        momentum_window: int = 0,
     ):
         self.estimators = tuple(dict.fromkeys(estimators))
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
@@ -172,6 +184,19 @@ class InRunScorer:
         self._cache: _ValGrad | None = None
         self._stale: _ValGrad | None = None  # last computed start gradient (val_grad_every > 1)
         self._stale_age = 0  # steps since self._stale was computed
+        self._steps_done = 0
+        self.momentum: MomentumWindow | None = None
+        if int(momentum_window) < 0:
+            raise ValueError(f"momentum_window must be >= 0, got {momentum_window}")
+        if momentum_window:
+            beta1 = {}
+            for group in optimizer.param_groups:
+                b1 = group["betas"][0]
+                for p in group["params"]:
+                    beta1[id(p)] = float(b1.item()) if torch.is_tensor(b1) else float(b1)
+            self.momentum = MomentumWindow(
+                int(momentum_window), self.estimators, beta1, self.contract_dtype
+            )
         self.set_val_batch(val_batch)
 
     # ----------------------------------------------------------------------------- target side
@@ -377,6 +402,7 @@ class InRunScorer:
             gram = self._gram_sides(gram_mods, names, P, lrs) if gram_mods else None
         with record_function("adamshap.contract"):
             C = self.capture.contract(val_side, n, dtype=self.contract_dtype, low=low, gram=gram)
+        records = self.capture.take_records() if self.momentum is not None else None
         self.capture.clear()
         self.capture.clear_target()
         col = {c: C[:, i] for i, c in enumerate(names)}
@@ -396,6 +422,18 @@ class InRunScorer:
                 v = v - (_dot(u, ghat) / _dot(ghat, ghat)) * col["gg"]
             values[e] = v.detach().cpu().double()
 
+        propagated: list[PropagatedStep] = []
+        if self.momentum is not None:
+            with record_function("adamshap.momentum"):
+                lin_e = (
+                    frozenset(self.clip_linearised & set(self.estimators)) if lin else frozenset()
+                )
+                gg_col = col["gg"].detach().cpu().double() if lin else None
+                propagated = self._momentum_step(
+                    cols, P, end, kappa, n, records, values, lin_e, ghat, gg_col
+                )
+        self._steps_done += 1
+
         return StepOutput(
             values=values,
             loss=float(loss.detach()),
@@ -405,7 +443,33 @@ class InRunScorer:
             example_losses=ex_loss.detach().cpu(),
             grad_norm=grad_norm,
             clipped=clipped,
+            propagated=propagated,
         )
+
+    def _momentum_step(
+        self, cols, P, end, kappa, n, records, values, lin_e, ghat, gg_col
+    ) -> list[PropagatedStep]:
+        """Credit this step's val side to the open windows, close the due ones, open this one."""
+        mw = self.momentum
+        carry_cols = {}
+        for e in self.estimators:
+            if e == "adam-loo":  # the carry moves m only: P held, κ_s not moved by example i
+                carry_cols[e] = cols["end"] if "end" in cols else _times(P, end.grads)
+            else:
+                carry_cols[e] = cols[e]
+        mw.add_step(mw.carry_column(carry_cols, kappa))
+        closed = mw.close_due(self._contract_records)
+        mw.open(self._steps_done, n, kappa, records, values, lin_e, ghat, gg_col)
+        return closed
+
+    def _contract_records(self, val_side: dict[int, torch.Tensor], n: int, records) -> torch.Tensor:
+        return self.capture.contract(val_side, n, dtype=self.contract_dtype, records=records)
+
+    def flush_momentum(self) -> list[PropagatedStep]:
+        """Close every open momentum window (end of training: the carry stops where the run does)."""
+        if self.momentum is None:
+            return []
+        return self.momentum.close_due(self._contract_records, force=True)
 
     def _stack(self, cols: list[torch.Tensor | None], p: torch.Tensor) -> torch.Tensor:
         dt = self.contract_dtype

@@ -1,0 +1,355 @@
+"""Run-level fidelity: does the sum of an example's values predict leaving it out of the run?
+
+Linear datamodeling score (LDS). A small real corpus (the project's demo corpus, built from
+installed Debian packages by `curation.demo_corpus`), a target set of held-out `pydocs`
+documents, and a tiny proxy GPT-2 trained for a few epochs with AdamW from a fixed seed and a
+fixed batch order. One scored run on the full corpus gives every example's summed value per
+estimator (one-step values, and momentum-propagated values for each window K). Then M random
+half-subsets are retrained from the same seed with the same batch order (left-out examples
+dropped from their batches, each batch's loss the mean over the examples it kept), and the
+target loss at the end is recorded. LDS = Spearman, over subsets, between the summed values of
+the included examples and the negated target loss (a larger value sum should mean a lower
+loss). Repeated for several seeds (model init and batch order).
+
+The same scored run also measures the K-step leave-one-out table: at a few steps t, each example
+of the batch is removed from step t and the next K batches are replayed with real AdamW from
+deep-copied state (`leave_one_out_window`), against the propagated and the one-step values.
+
+    python -m benchmarks.lds            # the table in the README
+    python -m benchmarks.lds --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from adamshap_core import (
+    InRunScorer,
+    build_model,
+    leave_one_out_carry,
+    leave_one_out_window,
+    plain_step,
+)
+from adamshap_core.batch import per_example_loss, prepare_batch
+
+from .common import environment, write_results
+
+ESTS = ("sgd", "adam", "adam2", "adam-loo")
+
+
+@dataclass
+class LdsArgs:
+    """Sizes of the LDS benchmark (for 2 slow CPU cores)."""
+
+    per_source: int = 32  # training documents per source (6 sources)
+    target_source: str = "pydocs"
+    target_size: int = 16  # held-out documents of target_source (the target batch)
+    vocab_size: int = 2048
+    seq_len: int = 64
+    preset: str = "tiny"
+    batch_size: int = 16
+    epochs: int = 2
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    subsets: int = 16
+    seeds: tuple[int, ...] = (0, 1, 2)
+    windows: tuple[int, ...] = (10, 24)  # momentum windows K of the propagated values
+    loo_window: int = 10
+    loo_steps: tuple[int, ...] = (6,)  # 0-based steps whose K-step LOO truth is measured
+    threads: int = 1
+    quick: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+QUICK = dict(
+    per_source=16,
+    epochs=2,
+    subsets=6,
+    seeds=(0,),
+    windows=(4,),
+    loo_window=4,
+    loo_steps=(3,),
+    quick=True,
+)
+
+
+def corpus(a: LdsArgs):
+    """Training rows and target rows of the demo corpus, tokenised with a BPE trained on training text."""
+    import polars as pl
+
+    from curation.demo_corpus import demo_frame
+    from curation.encode import encode_corpus
+    from curation.tokenizer import train_tokenizer
+
+    df = demo_frame(per_source=a.per_source + a.target_size, seed=0)
+    parts, target = [], None
+    for src in sorted(df["source"].unique().to_list()):
+        sub = df.filter(pl.col("source") == src)
+        if src == a.target_source:
+            target = sub.head(a.target_size)
+            sub = sub.slice(a.target_size)
+        parts.append(sub.head(a.per_source))
+    train = pl.concat(parts)
+    tok = train_tokenizer(train["text"].to_list(), vocab_size=a.vocab_size, seed=0)
+    return encode_corpus(train, tok, a.seq_len), encode_corpus(target, tok, a.seq_len), len(tok)
+
+
+def batch_order(n: int, a: LdsArgs, seed: int) -> list[np.ndarray]:
+    """Seeded epochs of full batches (the same order for the full run and every subset)."""
+    rng = np.random.default_rng(1000 + seed)
+    out = []
+    for _ in range(a.epochs):
+        perm = rng.permutation(n)
+        out += [perm[i : i + a.batch_size] for i in range(0, n - a.batch_size + 1, a.batch_size)]
+    return out
+
+
+def _model_opt(a: LdsArgs, vocab: int, seed: int):
+    model = build_model(a.preset, vocab, a.seq_len, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=a.betas, weight_decay=a.weight_decay)
+    return model, opt
+
+
+@torch.no_grad()
+def _target_loss(model, val) -> float:
+    return float(per_example_loss(model, prepare_batch(val)).mean())
+
+
+def retrain(a: LdsArgs, enc, val, vocab: int, order, keep: np.ndarray, seed: int) -> float:
+    """Target loss after training on the kept examples only, same seed and batch order."""
+    model, opt = _model_opt(a, vocab, seed)
+    for idx in order:
+        kept = idx[keep[idx]]
+        if len(kept):
+            plain_step(model, opt, enc.batch(kept), a.max_grad_norm)
+    return _target_loss(model, val)
+
+
+def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> dict:
+    """Full-corpus scored run: summed one-step and propagated values per example, K-step LOO rows."""
+    model, opt = _model_opt(a, vocab, seed)
+    sc = InRunScorer(
+        model, opt, val, estimators=ESTS, max_grad_norm=a.max_grad_norm, momentum_window=K
+    )
+    n = len(enc)
+    own = {e: np.zeros(n) for e in ESTS}
+    prop = {e: np.zeros(n) for e in ESTS}
+    step_own, step_prop, loo_rows = {}, {}, []
+    do_loo = K == a.loo_window
+    t0 = time.time()
+    for t, idx in enumerate(order):
+        if do_loo and t in a.loo_steps and t + K < len(order):
+            tl = time.time()
+            window = [enc.batch(b) for b in order[t : t + K + 1]]
+            replay = leave_one_out_window(model, opt, window, val, a.max_grad_norm)
+            carry = leave_one_out_carry(model, opt, window, val, a.max_grad_norm)
+            loo_rows.append(
+                {
+                    "step": t,
+                    "truth_replay": replay.tolist(),
+                    "truth_carry": carry.tolist(),
+                    "seconds": time.time() - tl,
+                }
+            )
+        out = sc.step(enc.batch(idx))
+        for e in ESTS:
+            np.add.at(own[e], idx, out.values[e].numpy())
+        step_own[t] = {e: out.values[e].numpy() for e in ESTS}
+        for p in out.propagated:
+            for e in ESTS:
+                np.add.at(prop[e], order[p.step], p.values[e].numpy())
+            step_prop[p.step] = {e: p.values[e].numpy() for e in ESTS}
+    for p in sc.flush_momentum():
+        for e in ESTS:
+            np.add.at(prop[e], order[p.step], p.values[e].numpy())
+        step_prop[p.step] = {e: p.values[e].numpy() for e in ESTS}
+    seconds = time.time() - t0
+    sc.close()
+    for row in loo_rows:
+        t = row["step"]
+        for kind, src in (("prop", step_prop), ("one", step_own)):
+            for e in ESTS:
+                row[f"values_{kind}_{e}"] = src[t][e].tolist()
+                for truth in ("replay", "carry"):
+                    tv = np.array(row[f"truth_{truth}"])
+                    row[f"r_{truth}_{kind}_{e}"] = _pearson(src[t][e], tv)
+    return {
+        "K": K,
+        "own": own,
+        "prop": prop,
+        "loo_rows": loo_rows,
+        "full_target_loss": _target_loss(model, val),
+        "seconds": seconds,
+    }
+
+
+def _pearson(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def lds(values: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> float:
+    """Spearman over subsets between the summed values of the kept examples and -target loss."""
+    pred = masks.astype(float) @ values
+    return float(spearmanr(pred, -losses).statistic)
+
+
+def run(a: LdsArgs) -> dict:
+    """Every seed: scored runs (one per window K), M subset retrains, LDS per variant."""
+    torch.set_num_threads(a.threads)
+    enc, tenc, vocab = corpus(a)
+    val = tenc.batch(np.arange(len(tenc)))
+    n = len(enc)
+    per_seed = []
+    for seed in a.seeds:
+        order = batch_order(n, a, seed)
+        print(f"seed {seed}: {n} docs, {len(order)} steps", flush=True)
+        runs = [scored_run(a, enc, val, vocab, order, seed, K) for K in a.windows]
+        for r in runs:
+            print(f"  scored K={r['K']}: {r['seconds']:.0f}s", flush=True)
+        rng = np.random.default_rng(2000 + seed)
+        masks = np.zeros((a.subsets, n), dtype=bool)
+        for m in range(a.subsets):
+            masks[m, rng.choice(n, n // 2, replace=False)] = True
+        t0 = time.time()
+        losses = np.array(
+            [retrain(a, enc, val, vocab, order, masks[m], seed) for m in range(a.subsets)]
+        )
+        print(f"  {a.subsets} retrains: {time.time() - t0:.0f}s", flush=True)
+        scores = {}
+        for e in ESTS:
+            scores[f"{e}"] = lds(runs[0]["own"][e], masks, losses)
+            for r in runs:
+                scores[f"{e} K={r['K']}"] = lds(r["prop"][e], masks, losses)
+        print("  " + " ".join(f"{k}={v:+.3f}" for k, v in scores.items()), flush=True)
+        per_seed.append(
+            {
+                "seed": seed,
+                "lds": scores,
+                "subset_losses": losses.tolist(),
+                "full_target_loss": runs[0]["full_target_loss"],
+                "scored_seconds": {r["K"]: r["seconds"] for r in runs},
+                "loo_rows": [row for r in runs for row in r["loo_rows"]],
+                "values": {
+                    **{e: runs[0]["own"][e].tolist() for e in ESTS},
+                    **{f"{e} K={r['K']}": r["prop"][e].tolist() for r in runs for e in ESTS},
+                },
+            }
+        )
+    return {"n_train": n, "n_target": len(tenc), "vocab": vocab, "seeds": per_seed}
+
+
+def markdown(res: dict, a: LdsArgs, env: dict) -> str:
+    """LDS table (mean ± std over seeds) and the K-step LOO table."""
+    seeds = res["seeds"]
+    steps = len(batch_order(res["n_train"], a, 0))
+    lines = [
+        "# Run-level fidelity (linear datamodeling score)",
+        "",
+        f"Demo corpus from the installed Debian packages: {res['n_train']} training documents "
+        f"({a.per_source} per source), target = {res['n_target']} held-out `{a.target_source}` "
+        f"documents. `{a.preset}` GPT-2, BPE vocab {res['vocab']}, seq {a.seq_len}, batch "
+        f"{a.batch_size}, {a.epochs} epochs = {steps} steps, AdamW lr {a.lr:g}, betas "
+        f"{a.betas[0]}/{a.betas[1]}, weight decay {a.weight_decay}, clip {a.max_grad_norm}, no "
+        f"warm start. {a.subsets} random half-subsets per seed, each retrained from the same "
+        f"init with the same batch order (left-out examples dropped from their batches); seeds "
+        f"{list(a.seeds)}. Cell: LDS = Spearman over subsets between the summed values of the "
+        "kept examples and the negated target loss after retraining, mean ± std over seeds "
+        "(per-seed values in brackets). `K=k`: momentum-propagated values with a k-step window "
+        f"(K >= {steps} follows the carry to the end of the run).",
+        "",
+        "| estimator | one-step | " + " | ".join(f"propagated K={k}" for k in a.windows) + " |",
+        "|---|---|" + "---|" * len(a.windows),
+    ]
+    for e in ESTS:
+        cells = []
+        for key in [e] + [f"{e} K={k}" for k in a.windows]:
+            v = np.array([s["lds"][key] for s in seeds])
+            per = ", ".join(f"{x:.2f}" for x in v)
+            cells.append(f"{v.mean():.3f} ± {v.std():.3f} [{per}]")
+        lines.append(f"| `{e}` | " + " | ".join(cells) + " |")
+    sub = np.array([s["subset_losses"] for s in seeds])
+    lines += [
+        "",
+        "Target loss after the full run: "
+        + ", ".join(f"{s['full_target_loss']:.3f}" for s in seeds)
+        + f" (seeds {list(a.seeds)}); on the half-subsets: mean {sub.mean():.3f}, spread "
+        f"(std over subsets, mean over seeds) {sub.std(1).mean():.4f}.",
+        "",
+    ]
+    rows = [r for s in seeds for r in s["loo_rows"]]
+    if rows:
+        K = a.loo_window
+        lines += [
+            f"## K-step leave-one-out truth (K = {K})",
+            "",
+            f"At steps {list(a.loo_steps)} of each seed ({len(rows)} steps, batch "
+            f"{a.batch_size}), two truths from real AdamW steps on deep-copied state. "
+            f"**In-run** (`leave_one_out_carry`): at each step s = t..t+{K} of the realised "
+            "trajectory, a real step with example i's share of Adam's state removed (its "
+            "gradient at s = t, its share of m and v after), target-loss changes summed: the "
+            "per-step utility the values are defined on. **Replay** (`leave_one_out_window`): "
+            f"i removed from step t, the next {K} batches replayed; truth = target loss after "
+            f"step t+{K} without it minus with it, so it also holds the later batches' reaction "
+            "to the moved weights, which no in-run value models. Cell: Pearson R per step, "
+            "median [min, max] over the steps.",
+            "",
+            "| estimator | propagated vs in-run | one-step vs in-run | propagated vs replay "
+            "| one-step vs replay |",
+            "|---|---|---|---|---|",
+        ]
+        for e in ESTS:
+            cells = []
+            for truth in ("carry", "replay"):
+                for kind in ("prop", "one"):
+                    v = np.array([r[f"r_{truth}_{kind}_{e}"] for r in rows])
+                    cells.append(f"{np.median(v):.3f} [{v.min():.3f}, {v.max():.3f}]")
+            lines.append(f"| `{e}` | " + " | ".join(cells) + " |")
+        secs = sum(r["seconds"] for r in rows)
+        lines += ["", f"Truth replays took {secs / 60:.1f} min in all."]
+    lines += [
+        "",
+        f"{env['threads']} torch thread(s), {env['cpu_count']} CPU cores shared with other jobs; "
+        f"run {env['date']}.",
+    ]
+    lines += [f"\n{n}" for n in a.notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the LDS benchmark and write benchmarks/results/lds[_quick].{json,md}."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="*")
+    ap.add_argument("--subsets", type=int)
+    ns = ap.parse_args(argv)
+    a = LdsArgs(**QUICK) if ns.quick else LdsArgs()
+    if ns.seeds:
+        a.seeds = tuple(ns.seeds)
+    if ns.subsets:
+        a.subsets = ns.subsets
+    t0 = time.time()
+    res = run(a)
+    env = environment()
+    res["minutes"] = (time.time() - t0) / 60
+    name = "lds_quick" if a.quick else "lds"
+    md = markdown(res, a, env)
+    md += f"\nWhole benchmark: {res['minutes']:.1f} min.\n"
+    write_results(name, {"args": asdict(a), "env": env, **res}, md)
+    print(md)
+    print(json.dumps({"minutes": res["minutes"]}))
+
+
+if __name__ == "__main__":
+    main()
