@@ -40,17 +40,20 @@ def test_trimmed_cosine_keeps_a_target_minority_from_vouching_for_its_kind() -> 
 def test_common_direction_is_removed_before_the_cosine() -> None:
     rng = np.random.default_rng(1)
     d = 24
-    common = 30 * np.eye(d)[0]
-    a, b = np.eye(d)[2], np.eye(d)[3]
-    target = common + a + 0.1 * rng.normal(size=(10, d))
-    # "loud" documents: a large common part, no target-specific part; "quiet" ones: the reverse
-    loud = 1.5 * common + b + 0.1 * rng.normal(size=(10, d))
-    quiet = 0.2 * common + a + 0.1 * rng.normal(size=(10, d))
-    train = torch.tensor(np.vstack([loud, quiet]))
+    common = np.eye(d)[0]
+    eye = np.eye(d)
+    noise = lambda n: 0.05 * rng.normal(size=(n, d))  # noqa: E731
+    target = 3 * common + eye[2] + noise(10)
+    # every document shares the common direction; "loud" ones have much of it and nothing of
+    # the target's own direction, "quiet" ones little of it and the target's own direction
+    loud = 6 * common + eye[3] + noise(10)
+    quiet = 1 * common + eye[2] + noise(10)
+    others = 3 * common + eye[rng.integers(4, d, size=20)] + noise(20)
+    train = torch.tensor(np.vstack([loud, quiet, others]))
     plain = score_from_sketches(train, torch.tensor(target), n_common=0, trim=0.0)
     fixed = score_from_sketches(train, torch.tensor(target), n_common=1, trim=0.0)
-    assert plain[:10].mean() > plain[10:].mean()  # the shared direction dominates the raw cosine
-    assert fixed[10:].min() > fixed[:10].max()
+    assert plain[:10].mean() > plain[10:20].mean()  # the shared direction dominates the raw cosine
+    assert fixed[10:20].min() > fixed[:10].max() and fixed[10:20].min() > fixed[20:].max()
 
 
 def test_score_tracks_exact_preconditioned_cosines_from_per_example_gradients() -> None:
