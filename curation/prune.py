@@ -45,7 +45,7 @@ class PruneArgs:
     dedup_eps: float = 0.02
     dedup_jaccard: float = 0.8
     max_dedup_frac: float = 0.3
-    estimator: str = "adam2"
+    estimator: str = "ckpt"  # checkpoint values; benchmarks/results/pruning.md
     floor: float | None = None
     seed: int = 0
     target_frac: float = 0.05
@@ -294,7 +294,15 @@ def _load_values(run_dir: Path, ids: list[str], estimator: str) -> tuple[np.ndar
     col = value_column(estimator)
     if col not in vals.columns:
         have = sorted(c[6:] for c in vals.columns if c.startswith("value_"))
-        raise UsageError(f"estimator {estimator!r} not in {path.name}; available: {have}")
+        hint = (
+            " (checkpoint values need a run scored with --snapshots >= 1)"
+            if estimator == "ckpt"
+            else ""
+        )
+        raise UsageError(
+            f"estimator {estimator!r} not in {path.name}{hint}; available: {have}; "
+            "pass one of them as --estimator"
+        )
     lut = dict(zip(vals["id"].cast(pl.Utf8).to_list(), vals[col].to_list()))
     v = np.array([lut.get(i) if lut.get(i) is not None else np.nan for i in ids], np.float64)
     return v, int(np.isnan(v).sum())

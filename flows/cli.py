@@ -632,7 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="near-duplicate threshold: cosine > 1-E (0 turns it off)",
     )
     p.add_argument(
-        "--estimator", choices=ESTIMATORS, help="value used for ranking (default: adam2)"
+        "--estimator",
+        choices=("ckpt", *ESTIMATORS),
+        help="value used for ranking: ckpt (checkpoint values, the default) or an in-run "
+        "estimator's run sum",
     )
     p.add_argument("--floor", type=non_negative_float, help="minimum kept share of each cluster")
     p.add_argument("--seed", type=int, help="random seed")
