@@ -1,0 +1,88 @@
+"""Pruning benchmark plumbing: disjoint splits, junk kinds, the Markdown table (no training)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import polars as pl
+import pytest
+
+from benchmarks.pruning import ARMS, JUNK_KINDS, build_scenario, make_junk, markdown
+
+
+def _frame(per_source: int = 60) -> pl.DataFrame:
+    rows = []
+    for src in ("bible", "pydocs", "wordnet"):
+        for i in range(per_source):
+            rows.append({"id": f"{src}-{i}", "source": src, "text": f"{src} text number {i} " * 5})
+    return pl.DataFrame(rows)
+
+
+@pytest.mark.parametrize("scenario", ["pydocs", "none"])
+def test_scenario_splits_are_disjoint_and_shaped(scenario: str) -> None:
+    pool, target, ev = build_scenario(_frame(), scenario, 100, 12, 10, seed=0)
+    ids = [set(d["id"].to_list()) for d in (pool, target, ev)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert pool.height == 100 and pool["junk_kind"].is_not_null().sum() == 20
+    assert set(pool["junk_kind"].drop_nulls().unique()) == set(JUNK_KINDS)
+    assert ev.height == 10 and "junk_kind" not in ev.columns  # the evaluation split is clean
+    if scenario == "none":
+        assert target["junk_kind"].is_not_null().sum() == round(0.2 * 12)
+        assert ev["source"].n_unique() > 1
+    else:
+        assert set(target["source"]) == set(ev["source"]) == {"pydocs"}
+        assert target["junk_kind"].is_null().all()
+
+
+def test_every_junk_kind_differs_from_its_donor() -> None:
+    rng = random.Random(0)
+    text = "The quick brown fox jumps over the lazy dog near the river bank today."
+    for kind in JUNK_KINDS:
+        out = make_junk(kind, text, rng)
+        assert out and out != text, kind
+    salad = make_junk("word_salad", text, rng).split()
+    assert len(salad) >= 40 and all(w.isalpha() and w.islower() for w in salad)
+
+
+def test_markdown_names_every_arm_and_the_unigram_line() -> None:
+    arms = {
+        a: {
+            "eval_loss_mean": 5.0 + i / 10,
+            "eval_loss_std": 0.01,
+            "paired_diff_mean": i / 10,
+            "paired_diff_sd": 0.01,
+            "junk_removed": 0.5,
+            "removal_precision": 0.3,
+            "by_kind": dict.fromkeys(JUNK_KINDS, 0.5),
+        }
+        for i, a in enumerate(ARMS)
+    }
+    scen = {
+        "scenario": "pydocs",
+        "n_eval": 10,
+        "unigram_eval_ce": 6.5,
+        "untrained_ce": float(np.log(2048)),
+        "n_target": 12,
+        "n_target_junk": 0,
+        "arms": arms,
+        "auc": {"ckpt": dict.fromkeys(["all", *JUNK_KINDS], 0.6)},
+        "dedup": {"n_removed": 3},
+        "floor_kept_junk": 1,
+    }
+    meta = dict(
+        command="python -m benchmarks.pruning",
+        n_pool=100,
+        keep=0.7,
+        seq_len=64,
+        vocab=2048,
+        lr=3e-3,
+        warm_start_steps=10,
+        steps=20,
+        seeds=[0, 1, 2],
+        total_s=1.0,
+    )
+    md = markdown(meta, [scen])
+    assert "**6.500**" in md and "Lowest mean eval loss: `random`" in md
+    for a in ARMS:
+        assert f"| {a} |" in md
