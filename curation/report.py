@@ -201,14 +201,36 @@ def _html_table(head: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _model_line(run_dir: Path, a: dict[str, Any]) -> str:
+    """Which model (checkpoint or fresh preset, with its shape) and which tokenizer the run used."""
+    shape = ""
+    try:
+        cfg = json.loads((run_dir / "final_model" / "config.json").read_text())
+        shape = f" ({cfg['n_layer']} layers x {cfg['n_embd']}, vocab {cfg['vocab_size']})"
+    except (OSError, KeyError, ValueError):
+        pass
+    if a.get("model"):
+        model = f"model: warm start from checkpoint `{a['model']}`{shape}"
+    else:
+        model = f"model: fresh `{a['preset']}` preset{shape}"
+    if a.get("tokenizer"):
+        tok = f"`{a['tokenizer']}`"
+    elif a.get("model") and (Path(a["model"]) / "tokenizer.json").exists():
+        tok = f"`{a['model']}` (the checkpoint's own)"
+    else:
+        tok = f"byte-level BPE trained on the corpus (vocab size {a.get('vocab_size')})"
+    return f"{model}; tokenizer: {tok}"
+
+
 def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[str]:
     lines = []
     try:
         rec = json.loads((run_dir / "run.json").read_text())
         a = rec["args"]
         lines.append(f"corpus `{a['corpus']}`, target `{a['target']}`")
+        lines.append(_model_line(run_dir, a))
         lines.append(
-            f"model preset `{a['preset']}`{' from ' + a['model'] if a.get('model') else ''}, seq_len {a['seq_len']}, "
+            f"seq_len {a['seq_len']}, "
             f"batch {a['batch_size']}, target batch {a['target_batch_size']}, epochs {a['epochs']}, "
             f"warm start {a['warm_start_steps']} steps, lr {a['lr']}, seed {a['seed']}"
         )
