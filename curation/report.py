@@ -13,6 +13,7 @@ import polars as pl
 
 from .aggregate import BY_EXAMPLE_FILE, BY_SOURCE_FILE, EXAMPLES_FILE, aggregate_run
 from .atomic import atomic_write_bytes, atomic_write_text
+from .bootstrap import LEVEL, source_bootstrap
 from .ledger import read_ledger
 
 N_TOP = 10
@@ -67,8 +68,13 @@ def _texts(run_dir: Path, ids: list[str]) -> dict[str, str]:
                 rejects_path=Path(tmp) / "rejects.jsonl",
                 **extra,
             ).df
-        df = df.filter(pl.col("id").is_in(ids)).select("id", "text")
-        return dict(zip(df["id"].to_list(), df["text"].to_list()))
+        df = df.filter(pl.col("id").is_in(ids))
+        texts = dict(zip(df["id"].to_list(), df["text"].to_list()))
+        if "prompt" in df.columns:  # instruction rows read as prompt → response
+            for i, p, r in zip(df["id"], df["prompt"], df["response"]):
+                if p is not None and r is not None:
+                    texts[i] = f"{_snippet(p)} → {r}"
+        return texts
     except Exception:
         return {}
 
@@ -160,6 +166,13 @@ def _source_table(by_src: pl.DataFrame, est: str) -> tuple[list[str], list[list[
     cols = ["source", "n_examples", "n_tokens"]
     cols += [f"{k}_{est}" for k in ("total", "mean", "share", "frac_negative")]
     return cols, [list(r) for r in by_src.select(cols).iter_rows()]
+
+
+def _ci_table(by_ex: pl.DataFrame, est: str) -> tuple[list[str], list[list[Any]]]:
+    """Sources ranked by mean example value, each with a bootstrap CI of that mean."""
+    df = source_bootstrap(by_ex, f"value_{est}")
+    cols = ["rank", "source", "n_examples", "mean", "ci_low", "ci_high", "excludes_zero"]
+    return cols, [list(r) for r in df.select(cols).iter_rows()]
 
 
 def _estimator_table(by_src: pl.DataFrame) -> tuple[list[str], list[list[Any]]]:
@@ -271,6 +284,10 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     )
     sections = [
         (f"Per source ({est})", *_source_table(by_src, est)),
+        (
+            f"Per-source mean with {LEVEL:.0%} bootstrap CI over examples ({est})",
+            *_ci_table(by_ex, est),
+        ),
         ("Mean value per example, every estimator", *_estimator_table(by_src)),
         (f"Top {N_TOP} examples", *_example_table(top, est, texts)),
         (f"Bottom {N_TOP} examples", *_example_table(bottom, est, texts)),

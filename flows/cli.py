@@ -416,9 +416,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_corpus_build(args: argparse.Namespace) -> int:
     """`adamshap corpus build demo`: assemble the demo corpus from installed Debian packages."""
+    if args.name == "instruct":
+        from curation.instruct_corpus import build_instruct_corpus
+
+        per = 200 if args.per_source is None else args.per_source
+        path = build_instruct_corpus(args.out, per_source=per, seed=args.seed)
+        print(f"instruct corpus: {path or args.out}")
+        return 0
     from curation.demo_corpus import build_demo_corpus
 
-    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed)
+    per = 300 if args.per_source is None else args.per_source
+    path = build_demo_corpus(args.out, per_source=per, seed=args.seed)
     print(f"demo corpus: {path or args.out}")
     return 0
 
@@ -547,9 +555,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="build a built-in corpus",
         description="Build a built-in corpus (demo: real text from installed Debian packages).",
     )
-    b.add_argument("name", choices=("demo",), help="which corpus")
+    b.add_argument(
+        "name",
+        choices=("demo", "instruct"),
+        help="which corpus (instruct: prompt/response tasks, see curation/instruct_corpus.py)",
+    )
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
-    b.add_argument("--per-source", type=positive_int, default=300, help="documents per source")
+    b.add_argument(
+        "--per-source", type=positive_int, help="documents per source (demo 300, instruct 200)"
+    )
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
     b.set_defaults(handler=cmd_corpus_build)
     return parser

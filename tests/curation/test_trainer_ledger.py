@@ -59,4 +59,5 @@ def test_ledger_and_value_tables_match_the_records(tmp_path):
     by_src = pl.read_parquet(run / "values_by_source.parquet")
     assert set(by_src["source"].to_list()) == {"even", "odd"}
     md, html = write_report(run)
-    assert "Per source" in md.read_text() and html.exists()
+    text = md.read_text()
+    assert "Per source" in text and "bootstrap CI" in text and html.exists()
