@@ -416,6 +416,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_corpus_build(args: argparse.Namespace) -> int:
     """`adamshap corpus build demo`: assemble the demo corpus from installed Debian packages."""
+    if args.name == "rag":
+        from curation.rag_corpus import build_rag_corpus
+
+        per = 200 if args.per_source is None else args.per_source
+        path = build_rag_corpus(args.out, per_source=per, seed=args.seed)
+        print(f"rag corpus: {path or args.out}")
+        return 0
     if args.name == "instruct":
         from curation.instruct_corpus import build_instruct_corpus
 
@@ -557,12 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "name",
-        choices=("demo", "instruct"),
-        help="which corpus (instruct: prompt/response tasks, see curation/instruct_corpus.py)",
+        choices=("demo", "instruct", "rag"),
+        help="which corpus (instruct: prompt/response tasks; rag: context + question -> answer)",
     )
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
     b.add_argument(
-        "--per-source", type=positive_int, help="documents per source (demo 300, instruct 200)"
+        "--per-source", type=positive_int, help="documents per source (demo 300, instruct/rag 200)"
     )
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
     b.set_defaults(handler=cmd_corpus_build)
