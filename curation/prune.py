@@ -49,6 +49,7 @@ class PruneArgs:
     seed: int = 0
     target_frac: float = 0.05
     progress: bool = True
+    by: str = "row"  # "source": keep or drop whole sources (curation/source_prune.py)
 
 
 def value_column(estimator: str) -> str:
@@ -185,6 +186,45 @@ def _summary(res: SelectionResult, df: pl.DataFrame, k: int) -> dict[str, Any]:
     }
 
 
+def _prune_sources(
+    args: PruneArgs,
+    df: pl.DataFrame,
+    values: np.ndarray,
+    is_target: np.ndarray,
+    keep: float,
+    out: Path,
+    ext: str,
+    run_dir: Path,
+    target: str,
+) -> Path:
+    """`--by source`: keep or drop whole sources by their mean example value."""
+    from curation.atomic import atomic_write_text
+    from curation.corpus import write_corpus
+    from curation.source_prune import prune_by_source, write_source_report
+
+    kept, reason, table = prune_by_source(df, values, is_target, keep, seed=args.seed)
+    mask = pl.Series(kept)
+    write_corpus(df.filter(mask), out / f"kept{ext}")
+    excl = df.with_columns(
+        pl.Series("reason", reason, pl.Utf8), pl.Series("value", values, pl.Float64)
+    ).filter(~mask)
+    write_table(excl.with_columns(pl.col("value").fill_nan(None)), out / f"excluded{ext}")
+    summary = {
+        "by": "source",
+        "keep": keep,
+        "n_docs": df.height,
+        "n_kept": int(kept.sum()),
+        "sources": table.to_dicts(),
+        "scores": str(run_dir),
+        "target": str(target),
+        "estimator": args.estimator,
+    }
+    write_source_report(out, table, summary)
+    payload = {"args": asdict(args), "summary": summary}
+    atomic_write_text(out / "prune.json", json.dumps(payload, indent=2, default=str))
+    return out
+
+
 def run_prune(args: PruneArgs) -> Path:
     """Score (unless --scores), embed, cluster, select and write kept/excluded/report files."""
     from curation.atomic import atomic_write_text
@@ -195,6 +235,8 @@ def run_prune(args: PruneArgs) -> Path:
     from curation.selection import token_shingles
 
     keep = validate_keep(args.keep)
+    if args.by not in ("row", "source"):
+        raise UsageError(f"--by must be 'row' or 'source', got {args.by!r}")
     if not 0 < args.target_frac < 1:
         raise UsageError(f"--target-frac must be in (0, 1), got {args.target_frac!r}")
     corpus_path = Path(args.corpus)
@@ -241,6 +283,8 @@ def run_prune(args: PruneArgs) -> Path:
     n_unscored = int(np.isnan(values[~is_target]).sum())
     if n_unscored:
         print(f"warning: {n_unscored} documents have no {args.estimator} value; ranked lowest")
+    if args.by == "source":
+        return _prune_sources(args, df, values, is_target, keep, out, ext, run_dir, target)
     emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress))
     k = args.clusters or default_k(int((~is_target).sum()) or n)
     labels, _ = spherical_kmeans(emb, k, seed=args.seed)

@@ -285,6 +285,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "estimator": args.estimator,
         "floor": args.floor,
         "seed": args.seed,
+        "by": getattr(args, "by", None),
     }
     prune_args = build_args(PruneArgs, values, OUT_ALIASES)
     try:
@@ -501,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimator", choices=ESTIMATORS, help="value used for ranking (default: adam2)"
     )
     p.add_argument("--floor", type=non_negative_float, help="minimum kept share of each cluster")
+    p.add_argument(
+        "--by",
+        choices=("row", "source"),
+        help="row: rank rows under cluster quotas (default); source: keep or drop whole sources",
+    )
     p.add_argument("--seed", type=int, help="random seed")
     p.set_defaults(handler=cmd_prune)
 
