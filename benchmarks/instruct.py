@@ -41,9 +41,11 @@ SETTINGS = dict(
 )
 
 
-def split(df: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Hold out `fraction` of the target task's rows (seeded); return (training, target)."""
-    ids = sorted(df.filter(pl.col("source") == TARGET_TASK)["id"].to_list())
+def split(
+    df: pl.DataFrame, fraction: float, seed: int, source: str = TARGET_TASK
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Hold out `fraction` of one source's rows (seeded); return (training, target)."""
+    ids = sorted(df.filter(pl.col("source") == source)["id"].to_list())
     rng = random.Random(seed)
     held = set(rng.sample(ids, max(1, round(fraction * len(ids)))))
     return df.filter(~pl.col("id").is_in(held)), df.filter(pl.col("id").is_in(held))
