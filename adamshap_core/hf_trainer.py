@@ -168,7 +168,7 @@ class InRunTrainer(Trainer):
         self.source_column = source_column
         self.keep_batches = keep_batches
         self.scorer_options = dict(scorer_options or {})
-        self.step_values: list[StepValues] = [] if on_step_values is None else []
+        self.step_values: list[StepValues] = []  # kept here when no on_step_values is given
         self._scorer: InRunScorer | None = None
         self._last_grad_norm: float | None = None
         ds = self.train_dataset
