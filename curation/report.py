@@ -171,8 +171,11 @@ def _source_table(by_src: pl.DataFrame, est: str) -> tuple[list[str], list[list[
 def _ci_table(by_ex: pl.DataFrame, est: str) -> tuple[list[str], list[list[Any]]]:
     """Sources ranked by mean example value, each with a bootstrap CI of that mean."""
     df = source_bootstrap(by_ex, f"value_{est}")
-    cols = ["rank", "source", "n_examples", "mean", "ci_low", "ci_high", "excludes_zero"]
-    return cols, [list(r) for r in df.select(cols).iter_rows()]
+    cols = ["rank", "source", "n_examples", "mean", "ci_low", "ci_high", "frac_negative"]
+    rows = [list(r) for r in df.select(cols).iter_rows()]
+    for r, lo, hi in zip(rows, df["ci_low"], df["ci_high"]):
+        r.append("helps" if lo > 0 else "hurts" if hi < 0 else "unclear (CI spans 0)")
+    return cols + ["verdict"], rows
 
 
 def _estimator_table(by_src: pl.DataFrame) -> tuple[list[str], list[list[Any]]]:

@@ -61,3 +61,4 @@ def test_ledger_and_value_tables_match_the_records(tmp_path):
     md, html = write_report(run)
     text = md.read_text()
     assert "Per source" in text and "bootstrap CI" in text and html.exists()
+    assert "verdict" in text
