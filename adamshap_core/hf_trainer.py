@@ -199,7 +199,8 @@ class InRunTrainer(Trainer):
         ds = self.target_dataset
         if hasattr(ds, "column_names"):
             ds = self._remove_unused_columns(ds, description="target")
-        rows = [ds[i] for i in range(len(ds))]
+        drop = (self.id_column, self.source_column)
+        rows = [{k: v for k, v in dict(ds[i]).items() if k not in drop} for i in range(len(ds))]
         return trainer_batch(self.data_collator(rows))
 
     # ------------------------------------------------------------------ the step
