@@ -105,13 +105,13 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"target = held-out 10% of `{TARGET_TASK}` ({res['n_target']} rows), training "
         f"{res['n_train']} rows; {res['settings']}; seed {res['seed']}. Cell: mean example value "
         f"(summed over the run) with its {res['ranking']['level']:.0%} percentile bootstrap CI "
-        f"over the source's examples ({res['ranking']['n_boot']} resamples). Scoring took "
-        f"{res['score_seconds']} s ({res['scores_from']}).",
+        f"over the source's examples ({res['ranking']['n_boot']} resamples). Scores: "
+        f"{res['scores_from']}.",
         "",
     ]
     for est, r in res["ranking"]["estimators"].items():
         lines += [
-            f"## {est}",
+            f"#### {est}",
             "",
             f"target source first: **{r['target_first']}** (rank {r['target_rank']}); shuffled "
             f"last: **{r['shuffled_last']}** (rank {r['shuffled_rank']}); shuffled mean < 0 with "
@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_train": ex.height,
         "n_target": tgt_n,
         "settings": ", ".join(f"{k} {rec['args'][k]}" for k in SETTINGS),
-        "scores_from": f"reused {run_dir}" if cfg.scores else "scored here",
-        "score_seconds": None if cfg.scores else took,
+        "scores_from": f"reused {run_dir}" if cfg.scores else f"scored here in {took} s",
         "ranking": rank_sources(run_dir),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     ]
     for est, r in res["ranking"]["estimators"].items():
         lines += [
-            f"## {est}",
+            f"#### {est}",
             "",
             f"answer-bearing first: **{r['answer_first']}**; contradicting last: "
             f"**{r['contradict_last']}**",
