@@ -11,7 +11,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.profiler import record_function
 
-from .batch import logits_of, per_example_loss, per_example_loss_from_logits, prepare_batch
+from .batch import (
+    logits_of,
+    n_target_tokens,
+    per_example_loss,
+    per_example_loss_from_logits,
+    prepare_batch,
+)
 from .ghost import Conv1D, GhostCapture
 from .gram import GramSide, rank1_factors
 from .lowrank import CONTRACTIONS, LowRank, randomized_lowrank, use_lowrank
@@ -25,6 +31,7 @@ from .preconditioner import (
 )
 
 ESTIMATORS: tuple[str, ...] = ("sgd", "adam", "adam2", "adam-loo")
+LOSS_REDUCTIONS: tuple[str, ...] = ("example", "token")
 DEFAULT_CLIP_LINEARISED: frozenset[str] = frozenset({"adam-loo"})
 
 
@@ -106,6 +113,12 @@ class InRunScorer:
     windows are not part of `state_dict()`: a run resumed from a checkpoint starts with none,
     so the steps still open at the checkpoint get no propagated value.
 
+    Training loss: `loss_reduction="example"` (the default) trains on the mean of the
+    per-example losses; `"token"` on the mean over every counted target token of the batch
+    (sum of token losses / number of counted tokens), which is what a Hugging Face causal-LM
+    loss with `labels` computes. Either way each example is valued by its share of the batch
+    gradient the real step used; the target loss stays the mean of per-example losses.
+
     Data parallel (torchrun, gloo or NCCL): when `torch.distributed` is initialised, every rank
     passes its shard of the global batch and of the target batch; losses are normalised by the
     global counts and gradients are all-reduced (as DDP does), so every rank takes the identical
@@ -131,6 +144,7 @@ class InRunScorer:
         seed: int = 0,
         target_chunk: int | None = 8,
         momentum_window: int = 0,
+        loss_reduction: str = "example",
     ):
         self.estimators = tuple(dict.fromkeys(estimators))
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
@@ -158,6 +172,11 @@ class InRunScorer:
         if target_chunk is not None and int(target_chunk) < 1:
             raise ValueError(f"target_chunk must be a positive integer or None, got {target_chunk}")
         self.target_chunk = None if target_chunk is None else int(target_chunk)
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}"
+            )
+        self.loss_reduction = loss_reduction
         self.contraction = contraction
         self.rank = int(rank)
         self.lowrank_niter = int(lowrank_niter)
@@ -297,8 +316,17 @@ class InRunScorer:
         return float(lt)
 
     # ----------------------------------------------------------------------------- the step
-    def step(self, batch: Mapping[str, torch.Tensor]) -> StepOutput:
-        """Take one real optimizer step on `batch` and return each example's value in it."""
+    def step(
+        self, batch: Mapping[str, torch.Tensor], token_denominator: float | None = None
+    ) -> StepOutput:
+        """Take one real optimizer step on `batch` and return each example's value in it.
+
+        `token_denominator` (with `loss_reduction="token"` only) replaces the global count of
+        counted target tokens that the summed token loss is divided by, for trainers that count
+        them their own way (the Hugging Face Trainer's `num_items_in_batch`).
+        """
+        if token_denominator is not None and self.loss_reduction != "token":
+            raise ValueError("token_denominator needs loss_reduction='token'")
         est = set(self.estimators)
         need_start = bool(est & {"sgd", "adam"})
         need_end = bool(est & {"adam-loo", "adam2"})
@@ -327,8 +355,19 @@ class InRunScorer:
                 with self._autocast():
                     logits = logits_of(self.model, b)
                 ex_loss = per_example_loss_from_logits(logits, b)
-                n_global = self._global_count(n)
-                loss = ex_loss.sum() / n_global  # = mean over the global batch
+                if self.loss_reduction == "token":  # mean over the global batch's tokens
+                    n_tok = n_target_tokens(b).to(ex_loss.dtype)
+                    tok_total = n_tok.sum().detach().reshape(1).clone()
+                    self._sum_over_ranks([tok_total])
+                    denom = (
+                        tok_total.clamp(min=1.0).squeeze(0)
+                        if token_denominator is None
+                        else float(token_denominator)
+                    )
+                    loss = (ex_loss * n_tok).sum() / denom
+                else:
+                    n_global = self._global_count(n)
+                    loss = ex_loss.sum() / n_global  # = mean over the global batch
                 loss.backward()
         finally:
             self.capture.active = False

@@ -60,6 +60,8 @@ class PruneArgs:
             if v is not None:
                 setattr(self, name, os.path.abspath(os.fspath(v)))
 
+    by: str = "row"  # "source": keep or drop whole sources (curation/source_prune.py)
+
 
 def value_column(estimator: str) -> str:
     """Column of values_by_example.parquet holding an estimator's run value."""
@@ -346,6 +348,47 @@ def _summary(res: SelectionResult, df: pl.DataFrame, k: int) -> dict[str, Any]:
     }
 
 
+def _prune_sources(
+    args: PruneArgs,
+    df: pl.DataFrame,
+    values: np.ndarray,
+    is_target: np.ndarray,
+    keep: float,
+    out: Path,
+    ext: str,
+    run_dir: Path,
+    target: str,
+) -> Path:
+    """`--by source`: keep or drop whole sources by their mean example value."""
+    from curation.atomic import atomic_write_text, staged_outputs
+    from curation.corpus import write_corpus
+    from curation.source_prune import prune_by_source, write_source_report
+
+    kept, reason, table = prune_by_source(df, values, is_target, keep, seed=args.seed)
+    mask = pl.Series(kept)
+    summary = {
+        "by": "source",
+        "keep": keep,
+        "n_docs": df.height,
+        "n_kept": int(kept.sum()),
+        "sources": table.to_dicts(),
+        "scores": str(run_dir),
+        "target": str(target),
+        "estimator": args.estimator,
+    }
+    payload = {"args": asdict(args), "summary": summary}
+    # the same all-or-nothing swap as row pruning: prune.json last, no half-written pair
+    with staged_outputs(out, last=(DONE_FILE,)) as stage:
+        write_corpus(df.filter(mask), stage / f"kept{ext}")
+        excl = df.with_columns(
+            pl.Series("reason", reason, pl.Utf8), pl.Series("value", values, pl.Float64)
+        ).filter(~mask)
+        write_table(excl.with_columns(pl.col("value").fill_nan(None)), stage / f"excluded{ext}")
+        write_source_report(stage, table, summary)
+        atomic_write_text(stage / DONE_FILE, json.dumps(payload, indent=2, default=str))
+    return out
+
+
 def run_prune(args: PruneArgs) -> Path:
     """Score (unless --scores), embed, cluster, select and write kept/excluded/report files.
 
@@ -362,6 +405,8 @@ def run_prune(args: PruneArgs) -> Path:
 
     keep = validate_keep(args.keep)
     args.device = resolve_device(args.device)
+    if args.by not in ("row", "source"):
+        raise UsageError(f"--by must be 'row' or 'source', got {args.by!r}")
     if not 0 < args.target_frac < 1:
         raise UsageError(f"--target-frac must be in (0, 1), got {args.target_frac!r}")
     corpus_path = Path(args.corpus)
@@ -428,6 +473,8 @@ def run_prune(args: PruneArgs) -> Path:
             f"{args.estimator} value in {run_dir} (e.g. {example}): the scores are from another "
             "corpus. Score this corpus (or leave out --scores to score it here)"
         )
+    if args.by == "source":
+        return _prune_sources(args, df, values, is_target, keep, out, ext, run_dir, target)
     emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress, device=args.device))
     k = args.clusters or default_k(int((~is_target).sum()) or n)
     labels, _ = spherical_kmeans(emb, k, seed=args.seed, gpu=faiss_gpu(args.device))

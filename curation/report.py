@@ -13,6 +13,7 @@ import polars as pl
 
 from .aggregate import BY_EXAMPLE_FILE, BY_SOURCE_FILE, EXAMPLES_FILE, aggregate_run
 from .atomic import atomic_write_bytes, atomic_write_text
+from .bootstrap import LEVEL, source_bootstrap
 from .ledger import read_ledger
 
 COMPLETE_MARKER = ".complete"  # written last by curation.scoring_run (no torch import here)
@@ -69,8 +70,13 @@ def _texts(run_dir: Path, ids: list[str]) -> dict[str, str]:
                 rejects_path=Path(tmp) / "rejects.jsonl",
                 **extra,
             ).df
-        df = df.filter(pl.col("id").is_in(ids)).select("id", "text")
-        return dict(zip(df["id"].to_list(), df["text"].to_list()))
+        df = df.filter(pl.col("id").is_in(ids))
+        texts = dict(zip(df["id"].to_list(), df["text"].to_list()))
+        if "prompt" in df.columns:  # instruction rows read as prompt → response
+            for i, p, r in zip(df["id"], df["prompt"], df["response"]):
+                if p is not None and r is not None:
+                    texts[i] = f"{_snippet(p)} → {r}"
+        return texts
     except Exception:
         return {}
 
@@ -164,6 +170,16 @@ def _source_table(by_src: pl.DataFrame, est: str) -> tuple[list[str], list[list[
     return cols, [list(r) for r in by_src.select(cols).iter_rows()]
 
 
+def _ci_table(by_ex: pl.DataFrame, est: str) -> tuple[list[str], list[list[Any]]]:
+    """Sources ranked by mean example value, each with a bootstrap CI of that mean."""
+    df = source_bootstrap(by_ex, f"value_{est}")
+    cols = ["rank", "source", "n_examples", "mean", "ci_low", "ci_high", "frac_negative"]
+    rows = [list(r) for r in df.select(cols).iter_rows()]
+    for r, lo, hi in zip(rows, df["ci_low"], df["ci_high"]):
+        r.append("helps" if lo > 0 else "hurts" if hi < 0 else "unclear (CI spans 0)")
+    return cols + ["verdict"], rows
+
+
 def _estimator_table(by_src: pl.DataFrame) -> tuple[list[str], list[list[Any]]]:
     cols = ["source"] + [c for c in by_src.columns if c.startswith("mean_")]
     return cols, [list(r) for r in by_src.select(cols).iter_rows()]
@@ -203,14 +219,36 @@ def _html_table(head: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _model_line(run_dir: Path, a: dict[str, Any]) -> str:
+    """Which model (checkpoint or fresh preset, with its shape) and which tokenizer the run used."""
+    shape = ""
+    try:
+        cfg = json.loads((run_dir / "final_model" / "config.json").read_text())
+        shape = f" ({cfg['n_layer']} layers x {cfg['n_embd']}, vocab {cfg['vocab_size']})"
+    except (OSError, KeyError, ValueError):
+        pass
+    if a.get("model"):
+        model = f"model: warm start from checkpoint `{a['model']}`{shape}"
+    else:
+        model = f"model: fresh `{a['preset']}` preset{shape}"
+    if a.get("tokenizer"):
+        tok = f"`{a['tokenizer']}`"
+    elif a.get("model") and (Path(a["model"]) / "tokenizer.json").exists():
+        tok = f"`{a['model']}` (the checkpoint's own)"
+    else:
+        tok = f"byte-level BPE trained on the corpus (vocab size {a.get('vocab_size')})"
+    return f"{model}; tokenizer: {tok}"
+
+
 def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[str]:
     lines = []
     try:
         rec = json.loads((run_dir / "run.json").read_text())
         a = rec["args"]
         lines.append(f"corpus `{a['corpus']}`, target `{a['target']}`")
+        lines.append(_model_line(run_dir, a))
         lines.append(
-            f"model preset `{a['preset']}`{' from ' + a['model'] if a.get('model') else ''}, seq_len {a['seq_len']}, "
+            f"seq_len {a['seq_len']}, "
             f"batch {a['batch_size']}, target batch {a['target_batch_size']}, epochs {a['epochs']}, "
             f"warm start {a['warm_start_steps']} steps, lr {a['lr']}, seed {a['seed']}"
         )
@@ -275,6 +313,10 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     )
     sections = [
         (f"Per source ({est})", *_source_table(by_src, est)),
+        (
+            f"Per-source mean with {LEVEL:.0%} bootstrap CI over examples ({est})",
+            *_ci_table(by_ex, est),
+        ),
         ("Mean value per example, every estimator", *_estimator_table(by_src)),
         (f"Top {N_TOP} examples", *_example_table(top, est, texts)),
         (f"Bottom {N_TOP} examples", *_example_table(bottom, est, texts)),

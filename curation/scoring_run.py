@@ -336,16 +336,29 @@ def _load_inputs(
     return corpus, target
 
 
+def tokenizer_origin(args: ScoreArgs) -> str | None:
+    """The folder the run's tokenizer comes from (None: trained on the corpus)."""
+    if args.tokenizer is not None:
+        return args.tokenizer
+    if args.model is not None and (Path(args.model) / "tokenizer.json").exists():
+        return args.model
+    return None
+
+
 def _tokenizer(args: ScoreArgs, run_dir: Path, corpus: pl.DataFrame) -> Any:
     from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
     folder = run_dir / "tokenizer"
     if (folder / "tokenizer.json").exists():
         return load_tokenizer(folder)
-    if args.tokenizer is not None:
-        tok = load_tokenizer(args.tokenizer)
-    elif args.model is not None and (Path(args.model) / "tokenizer.json").exists():
-        tok = load_tokenizer(args.model)
+    origin = tokenizer_origin(args)
+    if origin is None and args.model is not None:
+        raise UsageError(
+            f"--model {args.model} has no tokenizer.json: a tokenizer trained on the corpus would "
+            "not match the checkpoint's embeddings; pass its tokenizer with --tokenizer DIR"
+        )
+    if origin is not None:
+        tok = load_tokenizer(origin)
     else:
         tok = train_tokenizer(corpus["text"].to_list(), args.vocab_size, seed=args.seed)
     with atomic_dir(folder) as tmp:

@@ -392,6 +392,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "target_frac": args.target_frac,
         "fields": _field_map(args),
         **_device_values(args),
+        "by": getattr(args, "by", None),
     }
     prune_args = build_args(PruneArgs, values, OUT_ALIASES)
     try:
@@ -563,10 +564,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_corpus_build(args: argparse.Namespace) -> int:
     """`adamshap corpus build demo`: assemble the demo corpus from installed Debian packages."""
+    if args.name == "rag":
+        from curation.rag_corpus import build_rag_corpus
+
+        per = 200 if args.per_source is None else args.per_source
+        path = build_rag_corpus(args.out, per_source=per, seed=args.seed)
+        print(f"rag corpus: {path or args.out}")
+        return 0
+    if args.name == "instruct":
+        from curation.instruct_corpus import build_instruct_corpus
+
+        per = 200 if args.per_source is None else args.per_source
+        path = build_instruct_corpus(args.out, per_source=per, seed=args.seed)
+        print(f"instruct corpus: {path or args.out}")
+        return 0
     from curation.demo_corpus import build_demo_corpus
 
     sources = args.sources.split(",") if args.sources else None
-    path = build_demo_corpus(args.out, per_source=args.per_source, seed=args.seed, sources=sources)
+    per = 300 if args.per_source is None else args.per_source
+    path = build_demo_corpus(args.out, per_source=per, seed=args.seed, sources=sources)
     print(f"demo corpus: {path or args.out}")
     return 0
 
@@ -638,6 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
         "estimator's run sum",
     )
     p.add_argument("--floor", type=non_negative_float, help="minimum kept share of each cluster")
+    p.add_argument(
+        "--by",
+        choices=("row", "source"),
+        help="row: rank rows under cluster quotas (default); source: keep or drop whole sources",
+    )
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument(
         "--dedup-jaccard",
@@ -743,9 +764,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="build a built-in corpus",
         description="Build a built-in corpus (demo: real text from installed Debian packages).",
     )
-    b.add_argument("name", choices=("demo",), help="which corpus")
+    b.add_argument(
+        "name",
+        choices=("demo", "instruct", "rag"),
+        help="which corpus (instruct: prompt/response tasks; rag: context + question -> answer)",
+    )
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
-    b.add_argument("--per-source", type=positive_int, default=300, help="documents per source")
+    b.add_argument(
+        "--per-source", type=positive_int, help="documents per source (demo 300, instruct/rag 200)"
+    )
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
     b.add_argument(
         "--sources",
