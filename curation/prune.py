@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ class PruneArgs:
     dedup_eps: float = 0.02
     dedup_jaccard: float = 0.8
     max_dedup_frac: float = 0.3
-    estimator: str = "ckpt"  # checkpoint values; benchmarks/results/pruning.md
+    # None: checkpoint values (`ckpt`) when the run has them, else the first in-run estimator
+    # it has (a run scored with --snapshots 0, or by an older version); the choice is recorded
+    estimator: str | None = None
     floor: float | None = None
     seed: int = 0
     target_frac: float = 0.05
@@ -280,6 +283,30 @@ def _score(
     return Path(run_scoring(score_args))
 
 
+DEFAULT_ESTIMATOR = "ckpt"  # checkpoint values: benchmarks/results/pruning_*.md
+FALLBACK_ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
+
+
+def resolve_estimator(run_dir: Path, estimator: str | None) -> tuple[str, str | None]:
+    """The estimator to rank by, and a note when the default had to fall back."""
+    if estimator is not None:
+        return estimator, None
+    path = Path(run_dir) / "values_by_example.parquet"
+    try:
+        have = set(pl.read_parquet_schema(path))
+    except OSError:
+        return DEFAULT_ESTIMATOR, None  # _load_values names the problem
+    if value_column(DEFAULT_ESTIMATOR) in have:
+        return DEFAULT_ESTIMATOR, None
+    for e in FALLBACK_ESTIMATORS:
+        if value_column(e) in have:
+            return e, (
+                f"{run_dir} has no checkpoint values (scored with --snapshots 0, or by an older "
+                f"version); ranking by the in-run {e} sum instead"
+            )
+    return DEFAULT_ESTIMATOR, None
+
+
 def _load_values(run_dir: Path, ids: list[str], estimator: str) -> tuple[np.ndarray, int]:
     """Per-document values of `estimator` aligned to ids (NaN where unscored), and #missing."""
     from curation.scoring_run import COMPLETE_MARKER
@@ -462,6 +489,9 @@ def run_prune(args: PruneArgs) -> Path:
         run_dir = Path(args.scores)
     else:
         run_dir = _score(args, df, is_target, target, out, target_df)
+    args.estimator, fallback = resolve_estimator(run_dir, args.estimator)
+    if fallback:
+        print(f"note: {fallback}", file=sys.stderr)
     values, _ = _load_values(run_dir, ids, args.estimator)
     values[is_target] = np.nan
     unscored = np.isnan(values) & ~is_target
@@ -508,6 +538,7 @@ def run_prune(args: PruneArgs) -> Path:
         scores=str(run_dir),
         target=str(target),
         estimator=args.estimator,
+        estimator_note=fallback,
         n_unscored=n_unscored,
     )
     with staged_outputs(out, last=(DONE_FILE,)) as stage:

@@ -363,7 +363,7 @@ def curate_flow(
         "verify_json": str(verify_dir / "verify.json"),
         "summary": str(out_dir / SUMMARY_FILE),
     }
-    estimator = str(prune_fields.get("estimator") or PruneArgs.estimator)
+    estimator = str(prune_fields.get("estimator") or "ckpt")
     progress.run(7, "publish", publish_stage, info["name"], outputs, estimator)
 
     outputs["keep"] = keep

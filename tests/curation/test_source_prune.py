@@ -31,6 +31,7 @@ def _fake_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     pl.DataFrame(vals).write_parquet(run / "values_by_example.parquet")
+    (run / ".complete").write_text("{}\n")  # prune takes finished runs only
     return corpus, target, run
 
 
