@@ -198,7 +198,7 @@ def test_prune_refuses_scores_of_another_corpus(scored):
     out = scored["dir"] / "p_other"
     args = _prune(scored, out)
     args[1] = other
-    _one_line_error(_cli(args, scored["dir"]), "prune", "no adam2 value", "another corpus")
+    _one_line_error(_cli(args, scored["dir"]), "prune", "have no ckpt value", "another corpus")
     _no_outputs(out)
 
 
