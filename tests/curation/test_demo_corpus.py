@@ -87,8 +87,8 @@ def test_demo_manifest_materialises(demo, tmp_path):
     m = load_manifest(folder / "demo.yaml")
     corpus, target = materialise_manifest(m, tmp_path / "out")
     t = read_corpus(target).df
-    assert t.height == 4 and set(t["source"]) == {"pydocs"}
-    assert read_corpus(corpus).df.height == 6 * 40 - 4
+    assert t.height == 8 and set(t["source"]) == {"pydocs"}  # 20% of 40
+    assert read_corpus(corpus).df.height == 6 * 40 - 8
 
 
 @needs_packages

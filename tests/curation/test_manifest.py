@@ -196,7 +196,7 @@ def test_demo_manifest_parses():
     ]
     assert all(s.licence for s in m.sources)
     assert m.target.holdout is not None and m.target.holdout.sources == ["pydocs"]
-    assert m.target.holdout.fraction == 0.1
+    assert m.target.holdout.fraction == 0.2
     assert m.run["preset"] == "tiny" and m.run["seq_len"] == 128
     f = m.sources[0].files[0]
     assert f == REPO / "data_manifests" / "generated" / "demo_corpus.jsonl"
