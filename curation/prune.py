@@ -294,8 +294,8 @@ def resolve_estimator(run_dir: Path, estimator: str | None) -> tuple[str, str | 
     path = Path(run_dir) / "values_by_example.parquet"
     try:
         have = set(pl.read_parquet_schema(path))
-    except OSError:
-        return DEFAULT_ESTIMATOR, None  # _load_values names the problem
+    except Exception:  # missing or unreadable: _load_values names the problem
+        return DEFAULT_ESTIMATOR, None
     if value_column(DEFAULT_ESTIMATOR) in have:
         return DEFAULT_ESTIMATOR, None
     for e in FALLBACK_ESTIMATORS:
