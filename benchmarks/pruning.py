@@ -57,7 +57,16 @@ CYR = dict(
 GRK = dict(
     zip("abgdezhiklmnxoprstufcABGDEZHIKLMNXOPRSTUFC", "αβγδεζηικλμνξοπρστυφχΑΒΓΔΕΖΗΙΚΛΜΝΞΟΠΡΣΤΥΦΧ")
 )
-ARMS = ("random", "perplexity", "dsir", "classifier", "adam2-inrun", "adamshap", "full")
+ARMS = (
+    "random",
+    "perplexity",
+    "dsir",
+    "classifier",
+    "adam2-inrun",
+    "ckpt-topk",
+    "adamshap",
+    "full",
+)
 
 
 def make_junk(kind: str, text: str, rng: random.Random) -> str:
@@ -188,6 +197,22 @@ def _auc(values: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _cached(folder: Path, key: tuple, compute: Any) -> dict:
+    """A retraining result, computed once per (kept mask, config, steps, seed) and kept on disk,
+    so a rerun (or a new arm) does not retrain the arms it already has."""
+    import hashlib
+
+    m, cfg, steps, seed = key
+    h = hashlib.sha1(np.packbits(m).tobytes() + repr((cfg, steps, seed)).encode()).hexdigest()
+    f = folder / f"{h[:16]}.json"
+    if f.exists():
+        return json.loads(f.read_text())
+    out = compute()
+    folder.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({k: out[k] for k in ("seed", "final_loss", "curve")}))
+    return out
+
+
 def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work: Path) -> dict:
     """Score, select with every arm, retrain every arm on every seed; one scenario's results."""
     from curation.baselines import (
@@ -251,6 +276,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     default = select(ids, ckpt, labels, emb, a.keep, shingles=shingles)
     masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
     masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
+    masks["ckpt-topk"] = top_k_mask(ckpt, a.keep)  # the recipe's ranking without floors/dedup
     masks["adamshap"] = default.kept
     masks["full"] = np.ones(len(ids), bool)
 
@@ -264,8 +290,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     cfg = TrainConfig(seq_len=a.seq_len, batch_size=16, lr=a.lr)
     seeds = [a.seed + s for s in range(a.seeds)]
     n_keep = int(masks["adamshap"].sum())
+    np.savez(wdir / "scores.npz", ids=np.array(ids), kinds=kinds, losses=losses, **scores)
     results: dict[str, Any] = {}
-    for arm in ARMS:
+    for arm in a.arms:
         runs, stats = [], []
         for s in seeds:
             m = masks.get(arm)
@@ -274,8 +301,12 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
                 m[np.random.default_rng(1000 + s).choice(len(ids), n_keep, replace=False)] = True
             stats.append(_junk_stats(m, kinds))
             runs.append(
-                train_and_evaluate(
-                    arr.take(np.flatnonzero(m)), ev, a.steps, cfg, s, len(tok), 0, n_evals=4
+                _cached(
+                    wdir / "arms",
+                    (m, cfg, a.steps, s),
+                    lambda m=m, s=s: train_and_evaluate(
+                        arr.take(np.flatnonzero(m)), ev, a.steps, cfg, s, len(tok), 0, n_evals=4
+                    ),
                 )
             )
         summ = summarise(runs)
@@ -400,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=float, default=0.7)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=None, help="retraining steps per arm")
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"subset of {','.join(ARMS)}")
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warm-start-steps", type=int, default=None)
@@ -411,8 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default=None, help="result file stem (default pruning[_quick])")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
-    a.n_pool = a.n_pool or (300 if a.quick else 1000)
-    a.steps = a.steps or (40 if a.quick else 200)
+    a.n_pool = a.n_pool or (300 if a.quick else 3000)
+    a.steps = a.steps or (40 if a.quick else 300)
+    a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    if "adamshap" not in a.arms or set(a.arms) - set(ARMS):
+        p.error(f"--arms must include adamshap and name only {', '.join(ARMS)}")
     a.warm_start_steps = (
         a.warm_start_steps if a.warm_start_steps is not None else (20 if a.quick else 250)
     )
