@@ -28,9 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
+from .ghost import _Record
 
 # estimators whose own column holds κ_s (Adam's preconditioner); sgd's does not
 ADAM_FAMILY = frozenset({"adam", "adam2", "adam-loo"})
+
+_RECORD_FIELDS = ("a", "b", "gw", "gb")
 
 Contract = Callable[[dict[int, torch.Tensor], int, list], torch.Tensor]
 
@@ -74,6 +79,72 @@ class MomentumWindow:
         if int(self.window) < 1:
             raise ValueError(f"momentum window must be a positive integer, got {self.window}")
         self.window = int(self.window)
+
+    def state_dict(self, modules: list[nn.Module], params: list[torch.Tensor]) -> list[dict]:
+        """The open windows as plain tensors and lists (a checkpoint loadable with weights_only).
+
+        Modules and parameters are stored by their index in `modules` / `params` (the capture's
+        layer uses and the optimizer's parameters), tensors on the CPU. Holds K steps' records.
+        """
+        index = {id(m): j for j, m in enumerate(modules)}
+
+        def per_param(d: dict[int, torch.Tensor] | None) -> list | None:
+            return None if d is None else [_cpu(d.get(id(q))) for q in params]
+
+        return [
+            {
+                "step": p.step,
+                "n": p.n,
+                "kappa": p.kappa,
+                "k": p.k,
+                "records": [
+                    [index[id(mod)], [{f: _cpu(getattr(r, f)) for f in _RECORD_FIELDS} for r in rs]]
+                    for mod, rs in p.records
+                ],
+                "own": {e: _cpu(v) for e, v in p.own.items()},
+                "acc": per_param(p.acc),
+                "ghat": per_param(p.ghat),
+                "gg_col": _cpu(p.gg_col),
+                "lin": sorted(p.lin),
+            }
+            for p in self.pending
+        ]
+
+    def load_state_dict(
+        self,
+        state: list[dict],
+        modules: list[nn.Module],
+        params: list[torch.Tensor],
+        device: torch.device,
+    ) -> None:
+        """Replace the open windows by those of `state_dict` (same model layout)."""
+        to = lambda t: None if t is None else t.to(device)  # noqa: E731
+
+        def per_param(xs: list | None) -> dict[int, torch.Tensor] | None:
+            if xs is None:
+                return None
+            return {id(q): to(x) for q, x in zip(params, xs, strict=True) if x is not None}
+
+        self.pending.clear()
+        for d in state:
+            records = [
+                (modules[j], [_Record(**{f: to(r[f]) for f in _RECORD_FIELDS}) for r in rs])
+                for j, rs in d["records"]
+            ]
+            self.pending.append(
+                _Pending(
+                    step=int(d["step"]),
+                    n=int(d["n"]),
+                    kappa=float(d["kappa"]),
+                    records=records,
+                    own=dict(d["own"]),
+                    acc=per_param(d["acc"]),
+                    k=int(d["k"]),
+                    ghat=per_param(d["ghat"]),
+                    gg_col=d["gg_col"],
+                    lin=frozenset(d["lin"]),
+                )
+            )
 
     def carry_column(
         self, cols: dict[str, dict[int, torch.Tensor]], kappa: float
@@ -150,3 +221,7 @@ class MomentumWindow:
                     carry[e] = carry[e] - float(scale * xg / gg) * p.gg_col
         values = {e: p.own[e] + carry[e] for e in self.estimators}
         return PropagatedStep(step=p.step, values=values, carry=carry, steps_covered=p.k)
+
+
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().cpu()

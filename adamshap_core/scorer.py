@@ -110,8 +110,8 @@ class InRunScorer:
     lists the steps whose window closed at this step, with own value + carry-over per estimator;
     `flush_momentum()` closes the windows still open at the end of training. Exact (ghost
     contraction of the kept records, once per step); costs K steps' records in memory. Open
-    windows are not part of `state_dict()`: a run resumed from a checkpoint starts with none,
-    so the steps still open at the checkpoint get no propagated value.
+    windows (their records and accumulated val sides) are part of `state_dict()`, so a run
+    resumed from a checkpoint closes them exactly as an uninterrupted run would.
 
     Training loss: `loss_reduction="example"` (the default) trains on the mean of the
     per-example losses; `"token"` on the mean over every counted target token of the batch
@@ -630,12 +630,20 @@ class InRunScorer:
             out["stale_age"] = self._stale_age
             out["stale_same_val_batch"] = s.val_version == self._val_version
         out["generator"] = self._gen.get_state()
+        out["steps_done"] = self._steps_done
+        if self.momentum is not None:
+            mods = [u.module for u in self.capture.uses]
+            out["momentum"] = self.momentum.state_dict(mods, self.params)
         return out
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the cached target gradient; the model must already hold the saved weights."""
         if "generator" in state:
             self._gen.set_state(state["generator"])
+        self._steps_done = int(state.get("steps_done", self._steps_done))
+        if self.momentum is not None:
+            mods = [u.module for u in self.capture.uses]
+            self.momentum.load_state_dict(state.get("momentum", []), mods, self.params, self.device)
         stale = state.get("stale")
         self._stale, self._stale_age = None, 0
         if stale is not None:

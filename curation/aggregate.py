@@ -9,6 +9,10 @@ Definitions, per estimator `<est>` (column suffix uses `_` for `-`):
   can exceed 1 when totals have mixed signs; null when the grand total is 0), `frac_negative_<est>` = fraction of its examples whose
   value is < 0. `n_tokens` is the number of counted target tokens of the source's examples
   (from `examples.parquet`, written by the scoring run; null when that file is absent).
+
+A run scored with `--momentum-window K` also gets, per example, `value_<est>_prop` = the sum of
+its momentum-propagated values (own value + carry-over through Adam's `m`, from
+`ledger_momentum/`) and `mean_<est>_prop`; per source they are aggregated like any estimator.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from .atomic import atomic_write_parquet
-from .ledger import read_ledger, scan_ledger
+from .ledger import PROP_SUFFIX, read_ledger, read_momentum_ledger, scan_ledger
 
 EXAMPLES_FILE = "examples.parquet"
 BY_EXAMPLE_FILE = "values_by_example.parquet"
@@ -41,6 +45,12 @@ def values_by_example(ledger: pl.DataFrame) -> pl.DataFrame:
         [(pl.col(f"value_{e}") / pl.col("n_steps")).alias(f"mean_{e}") for e in ests]
     )
     return df.sort("id")
+
+
+def propagated_by_example(momentum: pl.DataFrame) -> pl.DataFrame:
+    """Per-example sums of the momentum-propagated values: id, value_<est>_prop."""
+    cols = [c for c in momentum.columns if c.startswith("value_") and c.endswith(PROP_SUFFIX)]
+    return momentum.group_by("id", maintain_order=True).agg(pl.col(c).sum() for c in cols)
 
 
 def values_by_source(by_example: pl.DataFrame, examples: pl.DataFrame | None) -> pl.DataFrame:
@@ -90,6 +100,13 @@ def aggregate_run(run_dir: str | Path) -> tuple[Path, Path]:
         ckpt = pl.read_parquet(ckpt_path).select("id", "value_ckpt")
         by_example = by_example.join(ckpt, on="id", how="left").with_columns(
             pl.col("value_ckpt").alias("mean_ckpt")
+        )
+    momentum = read_momentum_ledger(run_dir)
+    if momentum is not None:
+        prop = propagated_by_example(momentum)
+        cols = [c for c in prop.columns if c != "id"]
+        by_example = by_example.join(prop, on="id", how="left").with_columns(
+            (pl.col(c) / pl.col("n_steps")).alias("mean_" + c.removeprefix("value_")) for c in cols
         )
     ex_path = run_dir / EXAMPLES_FILE
     examples = pl.read_parquet(ex_path) if ex_path.exists() else None

@@ -254,6 +254,9 @@ def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[s
         )
     except (OSError, KeyError, ValueError):
         pass
+    line = momentum_line(run_dir)
+    if line:
+        lines.append(line)
     lines.append(
         f"{by_ex.height} examples scored over {ledger['step'].n_unique()} steps "
         f"(steps {ledger['step'].min()}–{ledger['step'].max()})"
@@ -266,6 +269,30 @@ def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[s
                 f"{int(ex['truncated'].sum())} of {ex.height} examples truncated to the context length"
             )
     return lines
+
+
+def momentum_line(run_dir: Path) -> str | None:
+    """What the `_prop` columns hold, and which steps' windows the end of the run cut short."""
+    try:
+        rec = json.loads((run_dir / "run.json").read_text())
+        k = int(rec["args"].get("momentum_window") or 0)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    if k <= 0:
+        return None
+    line = (
+        f"momentum-propagated values (`value_<est>_prop`): own value + carry-over through Adam's "
+        f"first moment over the {k} steps after each draw"
+    )
+    flushed = (rec.get("momentum") or {}).get("flushed_at_end") or []
+    if flushed:
+        first, last = flushed[0], flushed[-1]
+        line += (
+            f"; the last {len(flushed)} scored steps ({first['step']}–{last['step']}) were "
+            f"flushed at the end of the run with {first['steps_covered']}–"
+            f"{last['steps_covered']} later steps instead of {k}"
+        )
+    return line
 
 
 def unfinished_note(run_dir: Path, n_scored: int) -> str | None:

@@ -40,7 +40,13 @@ from .checkpoint_values import (
 )
 from .devices import PRECISIONS, amp_dtype, check_device, check_precision, resolve_device
 from .errors import AdamshapError, Interrupted, UsageError
-from .ledger import LedgerWriter, truncate_after
+from .ledger import (
+    MOMENTUM_DIR,
+    LedgerWriter,
+    MomentumLedgerWriter,
+    read_momentum_ledger,
+    truncate_after,
+)
 from .ranks import Ranks, ranks_from_env
 
 ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
@@ -49,7 +55,7 @@ COMPLETE_MARKER = ".complete"
 # identified by their contents (sha256), not by how their paths were typed.
 _NON_IDENTITY_ARGS = ("progress", "corpus", "target", "out")
 # Fields added after runs existed: a run.json without one was made with this value.
-_LATER_FIELDS = {"precision": "fp32", "snapshots": 0, "sketch_dim": 16}
+_LATER_FIELDS = {"precision": "fp32", "snapshots": 0, "sketch_dim": 16, "momentum_window": 0}
 
 
 class NonFiniteError(AdamshapError):
@@ -91,6 +97,7 @@ class ScoreArgs:
     precision: str = "fp32"  # fp32 | bf16 (CUDA only: bf16 autocast in the scored steps)
     snapshots: int = 3  # shared snapshots for checkpoint values (0 = in-run values only)
     sketch_dim: int = 16  # k of the k x k gradient sketch per weight (checkpoint values)
+    momentum_window: int = 0  # K: also momentum-propagated values over K later steps (0 = off)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -133,6 +140,11 @@ class ScoreArgs:
         if self.snapshots < 0:
             raise UsageError(
                 f"snapshots must be >= 0 (0 = no checkpoint values), got {self.snapshots}"
+            )
+        k = self.momentum_window
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise UsageError(
+                f"momentum_window (--momentum-window) must be an integer >= 0 (0 = off), got {k!r}"
             )
         if self.epochs < 0 or self.warm_start_steps < 0:
             raise UsageError("epochs and warm_start_steps must be >= 0")
@@ -496,6 +508,11 @@ def run_scoring(args: ScoreArgs) -> Path:
         if not Path(p).exists():
             raise UsageError(f"{what} {p} does not exist")
     ranks, device = ranks_from_env(args.device)
+    if ranks.active and args.momentum_window:
+        raise UsageError(
+            "--momentum-window is not supported under torchrun yet (each rank's open windows "
+            "would need their own checkpoint); run it on one process"
+        )
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     ranks.barrier()
@@ -568,13 +585,22 @@ def run_scoring(args: ScoreArgs) -> Path:
     ranks.barrier()  # every rank has read the checkpoint before rank 0 may replace it
     if ranks.main:
         truncate_after(run_dir, step)
+        # propagated rows written after the checkpoint: its open windows write them again
+        truncate_after(run_dir, step, MOMENTUM_DIR, "closed_at")
     ranks.barrier()
     last_ckpt = step
     ledger = LedgerWriter(run_dir, args.estimators, suffix=ranks.suffix)
+    mledger = (
+        MomentumLedgerWriter(run_dir, args.estimators, suffix=ranks.suffix)
+        if args.momentum_window
+        else None
+    )
 
     def checkpoint(at: int) -> None:
         nonlocal last_ckpt
         ledger.flush()
+        if mledger is not None:
+            mledger.flush()
         ranks.barrier()  # every rank's rows up to `at` are on disk before the checkpoint says so
         last_ckpt = at
         if not ranks.main:
@@ -602,6 +628,35 @@ def run_scoring(args: ScoreArgs) -> Path:
     orders: dict[int, np.ndarray] = {}
     snaps = set(snapshot_steps(args.warm_start_steps, n_scored, args.snapshots))
 
+    def scored_batch(t: int) -> tuple[int, np.ndarray]:
+        """Epoch and (this rank's) example indices of scored step t: a function of (seed, t)."""
+        epoch, pos = divmod(t - args.warm_start_steps - 1, steps_per_epoch)
+        if epoch not in orders:
+            if len(orders) >= 2:  # the current epoch, and the previous one for open windows
+                orders.pop(min(orders))
+            orders[epoch] = epoch_order(n, args.seed, epoch)
+        idx = orders[epoch][pos * args.batch_size : (pos + 1) * args.batch_size]
+        return epoch, ranks.shard(idx)
+
+    def add_propagated(closed: list, at: int) -> None:
+        """Ledger rows of the windows that closed at step `at` (momentum-propagated values)."""
+        for ps in closed:
+            drawn = args.warm_start_steps + 1 + ps.step
+            epoch, idx = scored_batch(drawn)
+            for e in args.estimators:
+                _check_finite(at, f"{e} propagated value", ps.values[e], last_ckpt)
+                if len(ps.values[e]) != len(idx):
+                    raise RuntimeError(f"propagated values of step {drawn} do not fit its batch")
+            mledger.add_step(
+                at,
+                drawn,
+                epoch,
+                [train.ids[i] for i in idx],
+                [train.sources[i] for i in idx],
+                ps.steps_covered,
+                {e: ps.values[e].numpy() for e in args.estimators},
+            )
+
     with _SigintFlag() as sigint:
         bar = tqdm(
             total=total,
@@ -622,14 +677,9 @@ def run_scoring(args: ScoreArgs) -> Path:
                     _check_finite(t, "warm-start loss", loss, last_ckpt)
                     bar.set_postfix(phase="warm", loss=f"{loss:.3f}")
                 else:
-                    k = t - args.warm_start_steps - 1
-                    epoch, pos = divmod(k, steps_per_epoch)
-                    if epoch not in orders:
-                        orders.clear()
-                        orders[epoch] = epoch_order(n, args.seed, epoch)
-                    idx = orders[epoch][pos * args.batch_size : (pos + 1) * args.batch_size]
+                    epoch, idx = scored_batch(t)
                     tidx = target_batch_indices(len(target), args.target_batch_size, args.seed, t)
-                    idx, tidx = ranks.shard(idx), ranks.shard(tidx)
+                    tidx = ranks.shard(tidx)
                     tbatch = _to_device(target.batch(tidx), device)
                     if scorer is None:
                         scorer = _make_scorer(args, model, opt, tbatch)
@@ -651,6 +701,10 @@ def run_scoring(args: ScoreArgs) -> Path:
                         out.example_losses.detach().double().cpu().numpy(),
                         {e: out.values[e].detach().double().cpu().numpy() for e in args.estimators},
                     )
+                    if mledger is not None:
+                        add_propagated(out.propagated, t)
+                        if t == total:  # the carry stops where the run does (before the checkpoint)
+                            add_propagated(scorer.flush_momentum(), t)
                     bar.set_postfix(
                         epoch=epoch, loss=f"{out.loss:.3f}", target=f"{out.val_loss:.3f}"
                     )
@@ -688,10 +742,30 @@ def run_scoring(args: ScoreArgs) -> Path:
         _checkpoint_values(args, run_dir, model, opt, train, target)
     if n_scored > 0:
         aggregate_run(run_dir)
+    if n_scored > 0 and args.momentum_window:
+        _record_momentum(run_dir, args.momentum_window)
     done = {"steps": total, "n_examples": n, "n_truncated": n_truncated, "ranks": ranks.world}
     atomic_write_text(run_dir / COMPLETE_MARKER, json.dumps(done) + "\n")
     ranks.barrier()
     return run_dir
+
+
+def _record_momentum(run_dir: Path, window: int) -> dict[str, Any]:
+    """Add the momentum window and the steps flushed early at the end to run.json."""
+    rows = read_momentum_ledger(run_dir)
+    flushed = []
+    if rows is not None:
+        short = rows.filter(pl.col("steps_covered") < window)
+        per_step = short.group_by("step").agg(pl.col("steps_covered").first()).sort("step")
+        flushed = [
+            {"step": int(a), "steps_covered": int(b)}
+            for a, b in zip(per_step["step"], per_step["steps_covered"])
+        ]
+    info = {"window": window, "flushed_at_end": flushed}
+    record = json.loads((run_dir / "run.json").read_text())
+    record["momentum"] = info
+    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return info
 
 
 def _check_shards(ranks: Ranks, n_train: int, n_target: int, args: ScoreArgs) -> None:
@@ -736,6 +810,7 @@ def _make_scorer(
         seed=args.seed,
         target_chunk=args.target_chunk or None,
         amp_dtype=amp_dtype(args.precision),
+        momentum_window=args.momentum_window,
     )
 
 

@@ -60,6 +60,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _integer(text: str) -> int:
+    """argparse type: any integer; the range is checked with the run's settings (one line)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a float >= 0."""
     try:
@@ -255,6 +263,13 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="K x K gradient sketch per weight for the checkpoint values (16)",
     )
+    g.add_argument(
+        "--momentum-window",
+        type=_integer,
+        metavar="K",
+        help="also value each example by its carry-over through Adam's momentum over the K "
+        "steps after it was drawn (value_<est>_prop columns; 0 = off, the default)",
+    )
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--batch-size", type=positive_int, help="training examples per step")
     g.add_argument("--target-batch-size", type=positive_int, help="target examples per step")
@@ -306,6 +321,7 @@ def _score_values(args: argparse.Namespace) -> dict[str, Any]:
         "target_chunk",
         "snapshots",
         "sketch_dim",
+        "momentum_window",
         "seq_len",
         "vocab_size",
         "lr",

@@ -51,3 +51,31 @@ def test_truncate_after(tmp_path) -> None:
     truncate_after(tmp_path, 3)
     assert sorted((tmp_path / "ledger").glob("*.parquet"))[-1].name == "part-0000001.parquet"
     assert read_ledger(tmp_path)["step"].max() == 3
+
+
+def test_momentum_ledger_truncates_by_closed_at(tmp_path) -> None:
+    """Propagated rows are written when their window closes: a resume drops them by `closed_at`
+    (the step they were written at), not by the step their examples were drawn in."""
+    from curation.ledger import (
+        MOMENTUM_DIR,
+        MomentumLedgerWriter,
+        prop_column,
+        read_momentum_ledger,
+    )
+
+    assert read_momentum_ledger(tmp_path) is None
+    w = MomentumLedgerWriter(tmp_path, ["adam", "adam-loo"])
+    for closed in range(4, 10):
+        drawn = closed - 3
+        vals = {e: np.arange(2.0) + drawn for e in ("adam", "adam-loo")}
+        w.add_step(closed, drawn, 0, [f"a{drawn}", f"b{drawn}"], ["s", "s"], 3, vals)
+        if closed in (5, 7, 9):
+            w.flush()
+    df = read_momentum_ledger(tmp_path)
+    assert df.height == 12 and prop_column("adam-loo") == "value_adam_loo_prop"
+    assert df["step"].to_list() == sorted(df["step"].to_list())
+    assert truncate_after(tmp_path, 6, MOMENTUM_DIR, "closed_at") == 6
+    df = read_momentum_ledger(tmp_path)
+    assert df["closed_at"].max() == 6 and df["step"].max() == 3
+    assert df["value_adam_loo_prop"].to_list() == [1.0, 2.0, 2.0, 3.0, 3.0, 4.0]
+    assert sorted(set(df["id"].to_list())) == ["a1", "a2", "a3", "b1", "b2", "b3"]

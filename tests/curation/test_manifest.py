@@ -201,3 +201,19 @@ def test_demo_manifest_parses():
     f = m.sources[0].files[0]
     assert f == REPO / "data_manifests" / "generated" / "demo_corpus.jsonl"
     assert m.sources[0].build_command(f) == f"adamshap corpus build demo --out {f}"
+
+
+@pytest.mark.parametrize(
+    ("run", "words"),
+    [
+        ({"momentum_window": -1}, r"run: momentum_window \(--momentum-window\) must be"),
+        ({"score": {"momentum_window": -2}}, "got -2"),
+        ({"momentum_window": "3"}, "run.momentum_window: expected an integer"),
+    ],
+)
+def test_momentum_window_is_checked_like_the_cli(run, words):
+    from curation.manifest import check_run_settings
+
+    with pytest.raises(ManifestError, match=words):
+        check_run_settings(run)
+    check_run_settings({"momentum_window": 3, "score": {"momentum_window": 0}})

@@ -328,3 +328,125 @@ def test_gram_contraction_run_matches_exact(data, tmp_path) -> None:
     x, y = gram["value_adam"].to_numpy(), exact["value_adam"].to_numpy()
     r = np.corrcoef(x, y)[0, 1]
     assert r > 0.99, r
+
+
+# ----------------------------------------------------------------------------- momentum window
+
+MOMENTUM = dict(momentum_window=3, epochs=2, estimators=("adam2", "adam-loo", "adam", "sgd"))
+
+
+@pytest.fixture(scope="module")
+def momentum_run(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("momentum") / "run"
+    return run_scoring(_args(data, out, **MOMENTUM))
+
+
+def _momentum_rows(run: Path) -> pl.DataFrame:
+    from curation.ledger import read_momentum_ledger
+
+    return read_momentum_ledger(run).sort("step", "id")
+
+
+@pytest.mark.integration
+def test_momentum_run_writes_propagated_values(momentum_run) -> None:
+    """Every scored row gets one propagated row; the last K steps are flushed short and said so."""
+    K, run = MOMENTUM["momentum_window"], momentum_run
+    led, mom = read_ledger(run).sort("step", "id"), _momentum_rows(run)
+    assert led.select("step", "epoch", "id", "source").equals(
+        mom.select("step", "epoch", "id", "source")
+    )
+    last = int(led["step"].max())  # 3 warm + 2 epochs x 5 steps
+    want = np.minimum(K, last - mom["step"].to_numpy())
+    assert np.array_equal(mom["steps_covered"].to_numpy(), want)
+    assert (mom["closed_at"] == (mom["step"] + K).clip(upper_bound=last)).all()
+    for e in ("adam2", "adam_loo", "adam", "sgd"):
+        own, prop = led[f"value_{e}"].to_numpy(), mom[f"value_{e}_prop"].to_numpy()
+        assert np.isfinite(prop).all()
+        # a window that saw no later step adds nothing; the others carry something
+        flat = mom["steps_covered"].to_numpy() == 0
+        np.testing.assert_array_equal(prop[flat], own[flat])
+        assert (np.abs(prop - own)[~flat] > 0).mean() > 0.9, e
+    by_ex = pl.read_parquet(run / "values_by_example.parquet")
+    sums = mom.group_by("id").agg(pl.col("value_adam_prop").sum()).sort("id")
+    np.testing.assert_allclose(
+        by_ex.sort("id")["value_adam_prop"].to_numpy(), sums["value_adam_prop"].to_numpy()
+    )
+    assert {"value_adam_prop", "mean_adam_prop", "value_adam"} <= set(by_ex.columns)
+    by_src = pl.read_parquet(run / "values_by_source.parquet")
+    assert {"total_adam2_prop", "share_adam2_prop"} <= set(by_src.columns)
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["args"]["momentum_window"] == K
+    flushed = rec["momentum"]["flushed_at_end"]
+    assert [f["step"] for f in flushed] == list(range(last - K + 1, last + 1))
+    assert [f["steps_covered"] for f in flushed] == [K - 1 - j for j in range(K)]
+
+    from curation.report import write_report
+
+    md, _ = write_report(run)
+    assert f"flushed at the end of the run with {K - 1}–0 later steps instead of {K}" in (
+        md.read_text()
+    )
+
+
+@pytest.mark.integration
+def test_momentum_run_interrupted_and_resumed_equals_uninterrupted(
+    data, momentum_run, tmp_path, monkeypatch
+) -> None:
+    """Stop (as on Ctrl-C) after step 11, with windows of steps 9-11 open, then lose that
+    checkpoint so the run resumes from step 9 (windows 7-9 open, rows closed at 10-11 on disk
+    to drop): the propagated values equal the uninterrupted run's."""
+    import curation.scoring_run as sr
+    from curation.errors import Interrupted
+    from curation.ledger import read_momentum_ledger
+
+    flags: list = []
+
+    class StopFlag(sr._SigintFlag):
+        def __enter__(self):
+            flags.append(self)
+            return super().__enter__()
+
+    real = sr._make_scorer
+
+    def stopping(*a, **kw):
+        scorer = real(*a, **kw)
+        step = scorer.step
+
+        def step_then_stop(batch):
+            out = step(batch)
+            if scorer._steps_done == 8:  # global step 3 + 8 = 11
+                flags[-1].raised = True
+            return out
+
+        scorer.step = step_then_stop
+        return scorer
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(sr, "_SigintFlag", StopFlag)
+        m.setattr(sr, "_make_scorer", stopping)
+        with pytest.raises(Interrupted):
+            run_scoring(_args(data, out, **MOMENTUM))
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000009.pt", "step-0000011.pt"]
+    ck = torch.load(ckpts / "step-0000011.pt", weights_only=True)
+    assert [w["step"] for w in ck["scorer"]["momentum"]] == [5, 6, 7]  # scored steps 9-11
+    assert int(read_momentum_ledger(out)["closed_at"].max()) == 11
+    (ckpts / "step-0000011.pt").write_bytes(b"damaged")  # resume falls back to step 9
+
+    run_scoring(_args(data, out, **MOMENTUM))
+    assert (out / ".complete").exists()
+    a, b = _momentum_rows(momentum_run), _momentum_rows(out)
+    cols = ["closed_at", "step", "epoch", "id", "source", "steps_covered"]
+    assert a.select(cols).equals(b.select(cols))
+    for c in [c for c in a.columns if c.endswith("_prop")]:
+        x, y = b[c].to_numpy(), a[c].to_numpy()
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * np.abs(y).max(), err_msg=c)
+    ex_a = pl.read_parquet(momentum_run / "values_by_example.parquet")
+    ex_b = pl.read_parquet(out / "values_by_example.parquet")
+    assert ex_a.columns == ex_b.columns and ex_a["id"].equals(ex_b["id"])
+    for c in [c for c in ex_a.columns if c.endswith("_prop")]:
+        x, y = ex_b[c].to_numpy(), ex_a[c].to_numpy()
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * np.abs(y).max(), err_msg=c)
+    ra = json.loads((momentum_run / "run.json").read_text())["momentum"]
+    assert json.loads((out / "run.json").read_text())["momentum"] == ra
