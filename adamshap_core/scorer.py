@@ -418,18 +418,19 @@ class InRunScorer:
 
         # Val-side tensors, one column per distinct contraction.
         cols: dict[str, dict[int, torch.Tensor]] = {}
-        if "sgd" in est:
-            cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
-        if "adam" in est:
-            cols["adam"] = _times(P, start.grads)
-        if "adam-loo" in est and not self.loo_second_moment:
-            cols["end"] = _times(P, end.grads)
-        if "adam-loo" in est and self.loo_second_moment:
-            cols["loo"] = _times(P_loo, end.grads)
-        if need_mid:
-            # adam2 is linear in the val side: contract P ⊙ ½(mid + end) once, not two columns
-            # (each column costs one forward-sized matmul per layer).
-            cols["adam2"] = {k: P[k] * (0.5 * (mid.grads[k] + end.grads[k])) for k in P}
+        with record_function("adamshap.val_columns"):
+            if "sgd" in est:
+                cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
+            if "adam" in est:
+                cols["adam"] = _times(P, start.grads)
+            if "adam-loo" in est and not self.loo_second_moment:
+                cols["end"] = _times(P, end.grads)
+            if "adam-loo" in est and self.loo_second_moment:
+                cols["loo"] = _times(P_loo, end.grads)
+            if need_mid:
+                # adam2 is linear in the val side: contract P ⊙ ½(mid + end) once, not two
+                # columns (each column costs one forward-sized matmul per layer).
+                cols["adam2"] = {k: P[k] * (0.5 * (mid.grads[k] + end.grads[k])) for k in P}
         if lin:
             cols["gg"] = ghat
         names = list(cols)
