@@ -422,7 +422,12 @@ class InRunScorer:
             if "sgd" in est:
                 cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
             if "adam" in est:
-                cols["adam"] = _times(P, start.grads)
+                # When nothing after this reads P (no adam2/adam-loo column, no Gram factors),
+                # P ⊙ ∇l_val is formed in P's own memory: same product, one allocation fewer.
+                alone = not (est & {"adam2", "adam-loo"}) and not gram_mods
+                cols["adam"] = _times_into(P, start.grads) if alone else _times(P, start.grads)
+                if alone:
+                    P = {}  # consumed
             if "adam-loo" in est and not self.loo_second_moment:
                 cols["end"] = _times(P, end.grads)
             if "adam-loo" in est and self.loo_second_moment:
@@ -667,6 +672,11 @@ class InRunScorer:
 
 def _times(P: dict[int, torch.Tensor], g: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     return {k: P[k] * v for k, v in g.items() if k in P}
+
+
+def _times_into(P: dict[int, torch.Tensor], g: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """`_times`, written into P's tensors (P is consumed)."""
+    return {k: P[k].mul_(v) for k, v in g.items() if k in P}
 
 
 def _dot(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> torch.Tensor:
