@@ -55,8 +55,8 @@ class Args:
     batch_size: int = 16
     val_size: int = 4
     vocab_size: int = 4096
-    rounds: int = 8
-    steps_per_round: int = 3
+    rounds: int = 12
+    steps_per_round: int = 2
     warmup: int = 2
     threads: int = 1
     label: str = "current"
@@ -122,12 +122,25 @@ def measure(a: Args) -> dict:
             ratios.append(step_s["sgd"][-1] / step_s["adam"][-1])
     finally:
         scorer_mod.record_function = saved
+    for e in ESTIMATORS:  # the rest of each round's step time
+        phase_s[e]["other"] = [
+            t - sum(phase_s[e][p][r] for p in PHASES) for r, t in enumerate(step_s[e])
+        ]
     out = {"args": asdict(a), "env": environment(), "rounds": {}}
     for e in ESTIMATORS:
-        phases = {p: 1e3 * statistics.median(phase_s[e][p]) for p in PHASES}
-        total = 1e3 * statistics.median(step_s[e])
-        phases["other"] = max(0.0, total - sum(phases.values()))
-        out["rounds"][e] = {"ms_per_step": total, "phases_ms": phases, "raw_s": step_s[e]}
+        out["rounds"][e] = {
+            "ms_per_step": 1e3 * statistics.median(step_s[e]),
+            "phases_ms": {p: 1e3 * statistics.median(ts) for p, ts in phase_s[e].items()},
+            "raw_s": step_s[e],
+        }
+    # adam - sgd per phase, paired within each round (load shifts between rounds cancel)
+    out["extra_ms"] = {
+        p: 1e3 * statistics.median(x - y for x, y in zip(phase_s["adam"][p], phase_s["sgd"][p]))
+        for p in (*PHASES, "other")
+    }
+    out["extra_ms"]["step"] = 1e3 * statistics.median(
+        x - y for x, y in zip(step_s["adam"], step_s["sgd"])
+    )
     out["ratio_rounds"] = ratios
     out["ratio"] = statistics.median(ratios)  # adam throughput as a fraction of sgd's
     out["ops"] = op_diff(scorers, batches[0])
@@ -186,15 +199,26 @@ def markdown(runs: dict[str, dict]) -> str:
             f"{r['rounds']['adam']['ms_per_step']:.1f} | **{r['ratio']:.3f}** | "
             f"{min(rr):.3f}-{max(rr):.3f} |"
         )
-    lines += ["", "Per-phase ms per step (sgd / adam):", ""]
+    lines += [
+        "",
+        "Per-phase ms per step: sgd / adam (median over rounds) and adam - sgd (median of the "
+        "per-round differences, which cancels load that shifts between rounds):",
+        "",
+    ]
     lines.append("| phase | " + " | ".join(labels) + " |")
     lines.append("|---|" + "---|" * len(labels))
-    for p in (*PHASES, "other"):
+    for p in (*PHASES, "other", "step"):
         cells = []
         for lab in labels:
-            ph = {e: runs[lab]["rounds"][e]["phases_ms"].get(p, 0.0) for e in ESTIMATORS}
-            cells.append(f"{ph['sgd']:.1f} / {ph['adam']:.1f}")
-        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+            run = runs[lab]
+            if p == "step":
+                ph = {e: run["rounds"][e]["ms_per_step"] for e in ESTIMATORS}
+            else:
+                ph = {e: run["rounds"][e]["phases_ms"].get(p, 0.0) for e in ESTIMATORS}
+            cells.append(
+                f"{ph['sgd']:.1f} / {ph['adam']:.1f} (adam - sgd {run['extra_ms'][p]:+.1f})"
+            )
+        lines.append(f"| {'whole step' if p == 'step' else p} | " + " | ".join(cells) + " |")
     for lab in labels:
         lines += [
             "",
