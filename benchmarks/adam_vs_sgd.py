@@ -2,9 +2,10 @@
 
 Two `InRunScorer`s through the public API, one valuing `sgd` only and one `adam` only, each on
 its own model and optimizer from the same seed (so both train the identical trajectory on the
-same batches and the same target batch, with the same exact contraction). After warm-up they
-alternate round by round (the order flips every round), so machine load hits both alike; the
-ratio is sgd s/step / adam s/step per round, median over rounds.
+same batches and the same target batch, with the same exact contraction), plus a second `sgd`
+scorer as an A/A control. After warm-up the three take turns round by round (who goes first
+rotates), so machine load hits all alike; the ratio is sgd s/step / adam s/step per round,
+median over rounds, and sgd / sgd-control shows how far the same measurement strays from 1.
 
 Phases are timed by swapping the scorer's `record_function` labels for wall-clock timers (no
 profiler running during the timed rounds): target gradient, training forward/backward,
@@ -35,6 +36,8 @@ from adamshap_core import scorer as scorer_mod
 from .common import RESULTS, environment, write_results
 
 ESTIMATORS = ("sgd", "adam")
+CONTROL = "sgd-control"  # a second sgd scorer: the A/A noise floor of the same measurement
+RUNS = (*ESTIMATORS, CONTROL)
 PHASES = (
     "target_grad",
     "train_forward_backward",
@@ -97,7 +100,7 @@ def make_scorer(estimator: str, a: Args) -> InRunScorer:
 def measure(a: Args) -> dict:
     """Interleaved timing of sgd-only vs adam-only steps, with a per-phase split."""
     torch.set_num_threads(a.threads)
-    scorers = {e: make_scorer(e, a) for e in ESTIMATORS}
+    scorers = {e: make_scorer(e.removesuffix("-control"), a) for e in RUNS}
     batches = [_data(a.vocab_size, a.batch_size, a.seq_len, seed=s) for s in range(8)]
     for k in range(a.warmup):
         for sc in scorers.values():
@@ -105,12 +108,11 @@ def measure(a: Args) -> dict:
     timer = PhaseTimer()
     saved = scorer_mod.record_function
     scorer_mod.record_function = timer
-    step_s = {e: [] for e in ESTIMATORS}  # per round: mean seconds per step
-    phase_s = {e: {p: [] for p in PHASES} for e in ESTIMATORS}
-    ratios = []
+    step_s = {e: [] for e in RUNS}  # per round: mean seconds per step
+    phase_s = {e: {p: [] for p in PHASES} for e in RUNS}
     try:
         for r in range(a.rounds):
-            order = ESTIMATORS if r % 2 == 0 else ESTIMATORS[::-1]
+            order = RUNS[r % len(RUNS) :] + RUNS[: r % len(RUNS)]  # rotate who goes first
             for e in order:
                 timer.reset()
                 t0 = time.perf_counter()
@@ -119,15 +121,14 @@ def measure(a: Args) -> dict:
                 step_s[e].append((time.perf_counter() - t0) / a.steps_per_round)
                 for p in PHASES:
                     phase_s[e][p].append(timer.totals.get(p, 0.0) / a.steps_per_round)
-            ratios.append(step_s["sgd"][-1] / step_s["adam"][-1])
     finally:
         scorer_mod.record_function = saved
-    for e in ESTIMATORS:  # the rest of each round's step time
+    for e in RUNS:  # the rest of each round's step time
         phase_s[e]["other"] = [
             t - sum(phase_s[e][p][r] for p in PHASES) for r, t in enumerate(step_s[e])
         ]
     out = {"args": asdict(a), "env": environment(), "rounds": {}}
-    for e in ESTIMATORS:
+    for e in RUNS:
         out["rounds"][e] = {
             "ms_per_step": 1e3 * statistics.median(step_s[e]),
             "phases_ms": {p: 1e3 * statistics.median(ts) for p, ts in phase_s[e].items()},
@@ -141,9 +142,13 @@ def measure(a: Args) -> dict:
     out["extra_ms"]["step"] = 1e3 * statistics.median(
         x - y for x, y in zip(step_s["adam"], step_s["sgd"])
     )
-    out["ratio_rounds"] = ratios
-    out["ratio"] = statistics.median(ratios)  # adam throughput as a fraction of sgd's
-    out["ops"] = op_diff(scorers, batches[0])
+    # throughput as a fraction of sgd's, per round; the control's spread is the noise floor
+    ratios = [x / y for x, y in zip(step_s["sgd"], step_s["adam"])]
+    control = [x / y for x, y in zip(step_s["sgd"], step_s[CONTROL])]
+    out["ratio_rounds"], out["control_rounds"] = ratios, control
+    out["ratio"] = statistics.median(ratios)
+    out["control_ratio"] = statistics.median(control)
+    out["ops"] = op_diff({e: scorers[e] for e in ESTIMATORS}, batches[0])
     return out
 
 
@@ -181,14 +186,14 @@ def markdown(runs: dict[str, dict]) -> str:
         f"{a['preset']}, seq {a['seq_len']}, batch {a['batch_size']}, target batch "
         f"{a['val_size']}, vocab {a['vocab_size']}, AdamW, scorer defaults (exact contraction, "
         "no clipping, target chunks of 8). One scorer per estimator on its own model from one "
-        "seed, same batches; interleaved in one process, order flipped every round. Ratio: "
+        "seed, same batches; interleaved in one process, the order rotated every round. Ratio: "
         "sgd s/step / adam s/step per round, median over rounds (adam throughput as a "
         "fraction of sgd's). Phase times: median over rounds of the mean per step, "
         "from wall-clock timers on the scorer's phase labels (`python -m benchmarks.adam_vs_sgd`).",
         "",
         "| run | rounds x steps | torch threads | date | sgd ms/step | adam ms/step | "
-        "adam / sgd throughput | per-round ratios (min-max) |",
-        "|---|---|---|---|---|---|---|---|",
+        "adam / sgd throughput | per-round (min-max) | A/A control: sgd / sgd |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for lab, r in runs.items():
         ra = r["args"]
@@ -197,7 +202,8 @@ def markdown(runs: dict[str, dict]) -> str:
             f"| {lab} | {ra['rounds']} x {ra['steps_per_round']} | {ra['threads']} | "
             f"{r['env']['date']} | {r['rounds']['sgd']['ms_per_step']:.1f} | "
             f"{r['rounds']['adam']['ms_per_step']:.1f} | **{r['ratio']:.3f}** | "
-            f"{min(rr):.3f}-{max(rr):.3f} |"
+            f"{min(rr):.3f}-{max(rr):.3f} | {r['control_ratio']:.3f} "
+            f"({min(r['control_rounds']):.3f}-{max(r['control_rounds']):.3f}) |"
         )
     lines += [
         "",

@@ -14,13 +14,14 @@ def test_measure_times_every_phase_and_restores_the_scorer():
     )  # fmt: skip
     res = adam_vs_sgd.measure(a)
     assert scorer_mod.record_function is saved
-    for e in ("sgd", "adam"):
+    for e in adam_vs_sgd.RUNS:
         phases = res["rounds"][e]["phases_ms"]
         assert set(phases) == {*adam_vs_sgd.PHASES, "other"}
         # every labelled phase of a sgd/adam step ran, so each got some time
         assert all(phases[p] > 0 for p in adam_vs_sgd.PHASES), (e, phases)
         assert len(res["rounds"][e]["raw_s"]) == 2
     assert len(res["ratio_rounds"]) == 2 and res["ratio"] > 0
+    assert len(res["control_rounds"]) == 2 and res["control_ratio"] > 0
     assert set(res["extra_ms"]) == {*adam_vs_sgd.PHASES, "other", "step"}
     md = adam_vs_sgd.markdown({"before": res, "after": res})
     assert "| phase | before | after |" in md
