@@ -96,16 +96,36 @@ def _states(optimizer: torch.optim.Optimizer):
             m, v = _moments(optimizer, p)
             g = _effective_grad(p, h)
             bc1, bc2 = 1 - h.beta1**t, 1 - h.beta2**t
-            s = (v * h.beta2 + (1 - h.beta2) * g * g).sqrt() / (bc2**0.5)
-            yield p, _StepState(h, m, g, bc1, bc2, s)
+            yield p, _StepState(h, m, g, bc1, bc2, _sqrt_v_hat(v, g, h.beta2, bc2))
+
+
+def _sqrt_v_hat(v: torch.Tensor, g: torch.Tensor, beta2: float, bc2: float) -> torch.Tensor:
+    """sqrt(β2·v + (1-β2)·g·g) / sqrt(1-β2^t), in one fresh tensor plus one temporary.
+
+    The same elementwise operations in the same order as the plain expression
+    `(v * β2 + (1 - β2) * g * g).sqrt() / bc2**0.5`, so bit for bit the same result, but done
+    in place: a parameter-sized allocation (a page-faulted one for large tensors on CPU) costs
+    about as much as the arithmetic, and the plain form makes five of them per parameter.
+    """
+    gg = torch.mul(g, 1 - beta2)
+    gg.mul_(g)
+    s = torch.mul(v, beta2)
+    s.add_(gg)
+    del gg
+    return s.sqrt_().div_(bc2**0.5)
 
 
 def preconditioner(optimizer: torch.optim.Optimizer, kappa: float) -> dict[int, torch.Tensor]:
-    """Return, per parameter id, lr·P with P = c1_t κ / (sqrt(v̂_t) + ε) under the fixed state."""
-    return {
-        id(p): (st.h.lr * (1 - st.h.beta1) / st.bc1 * kappa) / st.denom
-        for p, st in _states(optimizer)
-    }
+    """Return, per parameter id, lr·P with P = c1_t κ / (sqrt(v̂_t) + ε) under the fixed state.
+
+    Formed in place in the sqrt(v̂_t) tensor: `c / x` on a tensor is `x.reciprocal() * c` in
+    torch, so `reciprocal_().mul_(c)` gives the identical values without two more allocations.
+    """
+    out: dict[int, torch.Tensor] = {}
+    for p, st in _states(optimizer):
+        c = st.h.lr * (1 - st.h.beta1) / st.bc1 * kappa
+        out[id(p)] = st.s.add_(st.h.eps).reciprocal_().mul_(c)
+    return out
 
 
 def lr_scale(optimizer: torch.optim.Optimizer) -> dict[int, float]:

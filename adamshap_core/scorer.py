@@ -418,18 +418,24 @@ class InRunScorer:
 
         # Val-side tensors, one column per distinct contraction.
         cols: dict[str, dict[int, torch.Tensor]] = {}
-        if "sgd" in est:
-            cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
-        if "adam" in est:
-            cols["adam"] = _times(P, start.grads)
-        if "adam-loo" in est and not self.loo_second_moment:
-            cols["end"] = _times(P, end.grads)
-        if "adam-loo" in est and self.loo_second_moment:
-            cols["loo"] = _times(P_loo, end.grads)
-        if need_mid:
-            # adam2 is linear in the val side: contract P ⊙ ½(mid + end) once, not two columns
-            # (each column costs one forward-sized matmul per layer).
-            cols["adam2"] = {k: P[k] * (0.5 * (mid.grads[k] + end.grads[k])) for k in P}
+        with record_function("adamshap.val_columns"):
+            if "sgd" in est:
+                cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
+            if "adam" in est:
+                # When nothing after this reads P (no adam2/adam-loo column, no Gram factors),
+                # P ⊙ ∇l_val is formed in P's own memory: same product, one allocation fewer.
+                alone = not (est & {"adam2", "adam-loo"}) and not gram_mods
+                cols["adam"] = _times_into(P, start.grads) if alone else _times(P, start.grads)
+                if alone:
+                    P = {}  # consumed
+            if "adam-loo" in est and not self.loo_second_moment:
+                cols["end"] = _times(P, end.grads)
+            if "adam-loo" in est and self.loo_second_moment:
+                cols["loo"] = _times(P_loo, end.grads)
+            if need_mid:
+                # adam2 is linear in the val side: contract P ⊙ ½(mid + end) once, not two
+                # columns (each column costs one forward-sized matmul per layer).
+                cols["adam2"] = {k: P[k] * (0.5 * (mid.grads[k] + end.grads[k])) for k in P}
         if lin:
             cols["gg"] = ghat
         names = list(cols)
@@ -674,6 +680,11 @@ class InRunScorer:
 
 def _times(P: dict[int, torch.Tensor], g: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     return {k: P[k] * v for k, v in g.items() if k in P}
+
+
+def _times_into(P: dict[int, torch.Tensor], g: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """`_times`, written into P's tensors (P is consumed)."""
+    return {k: P[k].mul_(v) for k, v in g.items() if k in P}
 
 
 def _dot(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> torch.Tensor:
