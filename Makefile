@@ -13,6 +13,9 @@ TORCH_VERSION := 2.13.0
 DEMO_APT_PACKAGES := fortunes fortunes-min fortune-anarchism fortunes-bofh-excuses \
 	fortunes-debian-hints bible-kjv-text bible-kjv wordnet-base dict-devil jargon-text \
 	python3.11-doc
+# Debian packages the tests need: Chromium renders the HTML reports (tests/curation/test_report_pages.py).
+TEST_APT_PACKAGES := chromium
+APT_PACKAGES := $(DEMO_APT_PACKAGES) $(TEST_APT_PACKAGES)
 DEMO_MANIFEST := data_manifests/demo.yaml
 DEMO_CORPUS := data_manifests/generated/demo_corpus.jsonl
 DEMO_OUT := runs/demo
@@ -29,7 +32,7 @@ export HF_HUB_OFFLINE ?= 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: $(STAMP)  ## create .venv, install torch 2.13.0 + the project, demo Debian packages
+setup: $(STAMP)  ## create .venv, install torch 2.13.0 + the project, demo + test Debian packages
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory apt-packages
@@ -39,16 +42,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-apt-packages:  ## install the demo corpus's Debian packages (root + apt-get only; else skipped)
+apt-packages:  ## install the demo corpus's and the tests' Debian packages (root + apt-get only; else skipped)
 	@if ! command -v apt-get >/dev/null 2>&1; then \
-		echo "setup: no apt-get; skipping the demo's Debian packages ($(DEMO_APT_PACKAGES))"; \
-	elif dpkg -s $(DEMO_APT_PACKAGES) >/dev/null 2>&1; then \
-		echo "setup: demo Debian packages already installed"; \
+		echo "setup: no apt-get; skipping the Debian packages ($(APT_PACKAGES))"; \
+	elif dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		echo "setup: Debian packages already installed"; \
 	elif [ "$$(id -u)" != "0" ]; then \
-		echo "setup: not root; to build the demo corpus run: sudo apt-get install -y $(DEMO_APT_PACKAGES)"; \
+		echo "setup: not root; for the demo corpus and the browser test run: sudo apt-get install -y $(APT_PACKAGES)"; \
 	else \
-		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEMO_APT_PACKAGES)) \
-		|| echo "setup: warning: apt-get failed; the demo corpus cannot be built until these are installed: $(DEMO_APT_PACKAGES)"; \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES)) \
+		|| echo "setup: warning: apt-get failed; the demo corpus and the browser test need: $(APT_PACKAGES)"; \
 	fi
 
 $(DEMO_CORPUS): | $(STAMP)

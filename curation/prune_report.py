@@ -1,9 +1,7 @@
-"""prune_report.md / .html: kept shares, thresholds, excluded examples and a 2-D cluster map."""
+"""prune_report.md / .html: what was kept, kept shares, thresholds, excluded examples, a cluster map."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from pathlib import Path
 from typing import Any
@@ -11,65 +9,133 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curation.render import Figure, Page, Section, Table, write_page
 from curation.selection import SelectionResult
 
 N_EXAMPLES = 5
+MAP_FILE = "prune_map.png"
+MAP_MAX_POINTS = 20_000  # more documents than this: a seeded random sample is drawn
+MAP_MAX_SOURCES = 12  # more sources than this: the smallest share one colour ("other")
 
 
-def cluster_map_png(emb: np.ndarray, res: SelectionResult, seed: int = 0) -> bytes:
-    """PNG of a 2-D PCA of the embeddings, coloured kept / excluded / target."""
+def _fmt(v: Any) -> str:
+    """Cell text of the pruning tables (shares to 3 decimals)."""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}"
+    return str(v)
+
+
+def map_projection(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D coordinates that separate the clusters: the plane of the cluster centroids' PCA.
+
+    A PCA of all the (normalised) embeddings spreads the documents on a ring, mostly along
+    within-cluster directions; projecting on the two principal directions of the centroids keeps
+    the between-cluster spread instead. With fewer than 3 clusters the documents' own PCA is used.
+    """
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(emb, np.float64)
+    n = x.shape[0]
+    if n < 2 or x.ndim != 2 or x.shape[1] < 2:
+        return np.zeros((n, 2))
+    ids = np.unique(labels)
+    if ids.size >= 3:
+        fit_on = np.stack([x[labels == c].mean(axis=0) for c in ids])
+    else:
+        fit_on = x
+    pca = PCA(n_components=min(2, *fit_on.shape), random_state=seed).fit(fit_on)
+    xy = pca.transform(x)
+    return xy if xy.shape[1] == 2 else np.column_stack([xy, np.zeros(n)])
+
+
+def cluster_map_png(
+    emb: np.ndarray, res: SelectionResult, sources: list[str] | None = None, seed: int = 0
+) -> bytes:
+    """PNG map of the documents: colour = source, filled = kept, hollow = excluded, + = target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
+    from matplotlib.lines import Line2D
 
     n = len(res.ids)
-    xy = np.zeros((n, 2))
-    if n >= 2 and emb.shape[1] >= 2:
-        xy = PCA(n_components=2, random_state=seed).fit_transform(emb.astype(np.float64))
+    xy = map_projection(emb, res.labels, seed)
+    src = np.array(sources if sources is not None else ["corpus"] * n, dtype=object)
+    names, counts = np.unique(src, return_counts=True)
+    order = [str(s) for s in names[np.argsort(-counts, kind="stable")]]
+    if len(order) > MAP_MAX_SOURCES:
+        order, rest = order[: MAP_MAX_SOURCES - 1], set(order[MAP_MAX_SOURCES - 1 :])
+        src = np.where(np.isin(src, list(rest)), "other", src)
+        order.append("other")
+    shown = np.arange(n)
+    if n > MAP_MAX_POINTS:
+        shown = np.sort(np.random.default_rng(seed).choice(n, MAP_MAX_POINTS, replace=False))
     reason = np.array(res.reason)
-    fig, ax = plt.subplots(figsize=(7, 5.5), dpi=100)
-    groups = [
-        ("excluded", ~res.kept, "#d62728", 6),
-        ("kept", res.kept & (reason != "target"), "#1f77b4", 6),
-        ("target", reason == "target", "#2ca02c", 14),
-    ]
-    for name, m, colour, size in groups:
-        if m.any():
-            ax.scatter(
-                xy[m, 0],
-                xy[m, 1],
-                s=size,
-                c=colour,
-                alpha=0.55,
-                label=f"{name} ({m.sum()})",
-                linewidths=0,
-            )
+    target = reason == "target"
+    kept = np.asarray(res.kept, bool) & ~target
+    excluded = ~np.asarray(res.kept, bool)
+    palette = plt.get_cmap("tab10" if len(order) <= 10 else "tab20").colors
+    colour = {s: palette[i % len(palette)] for i, s in enumerate(order)}
+
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    size = 22 if len(shown) <= 2000 else 8
+    for s in order:
+        m = np.zeros(n, bool)
+        m[shown] = True
+        m &= src == s
+        c = colour[s]
+        if (m & excluded).any():
+            ax.scatter(*xy[m & excluded].T, s=size, facecolors="none", edgecolors=[c], lw=0.8)
+        if (m & kept).any():
+            ax.scatter(*xy[m & kept].T, s=size, c=[c], edgecolors="none", alpha=0.85)
+        if (m & target).any():
+            ax.scatter(*xy[m & target].T, s=size * 1.6, c=[c], marker="+", lw=1.0)
     for c in np.unique(res.labels):
         cx, cy = xy[res.labels == c].mean(axis=0)
-        ax.annotate(str(c), (cx, cy), fontsize=7, ha="center", va="center", alpha=0.8)
-    ax.set_title("documents (PCA of proxy embeddings); numbers = cluster ids")
-    ax.legend(loc="best", fontsize=8, markerscale=2)
+        ax.annotate(
+            str(c),
+            (cx, cy),
+            fontsize=8,
+            ha="center",
+            va="center",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "#999", "alpha": 0.8},
+        )
+    by_source = [
+        Line2D([], [], ls="", marker="o", color=colour[s], label=f"{s} ({int((src == s).sum())})")
+        for s in order
+    ]
+    grey = "#555"
+    by_status = [
+        Line2D([], [], ls="", marker="o", color=grey, label=f"kept ({int(kept.sum())})"),
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            mfc="none",
+            color=grey,
+            label=f"excluded ({int(excluded.sum())})",
+        ),
+    ]
+    if target.any():
+        by_status.append(
+            Line2D([], [], ls="", marker="+", color=grey, label=f"target ({int(target.sum())})")
+        )
+    first = ax.legend(handles=by_source, title="source", fontsize=8, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+    ax.add_artist(first)
+    ax.legend(handles=by_status, title="decision", fontsize=8, loc="lower left",
+              bbox_to_anchor=(1.01, 0.0))  # fmt: skip
+    sample = f"; {len(shown)} of {n} documents shown" if len(shown) < n else ""
+    ax.set_title(f"documents on the plane of the cluster centroids (boxed: cluster ids{sample})")
+    ax.set_xlabel("centroid direction 1")
+    ax.set_ylabel("centroid direction 2")
     ax.set_xticks([])
     ax.set_yticks([])
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    """Markdown table of dict rows."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}"
-        return str(v).replace("|", "\\|")
-
-    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    return head + "".join("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |\n" for r in rows)
 
 
 def _snippet(text: str, n: int = 140) -> str:
@@ -78,50 +144,12 @@ def _snippet(text: str, n: int = 140) -> str:
     return t if len(t) <= n else t[: n - 1] + "…"
 
 
-def report_markdown(df: pl.DataFrame, res: SelectionResult, summary: dict[str, Any]) -> str:
-    """The Markdown body of the pruning report."""
-    s = summary
-    lines = ["# Pruning report", ""]
-    loud = [w for w in s.get("warnings", []) if w.startswith("LOUD")]
-    lines += [f"**{w}**" for w in loud] + ([""] if loud else [])
-    dd = s.get("dedup") or {}
-    lines += [
-        f"- kept **{s['n_kept']}** of {s['n_input']} documents (requested {s['n_requested']}),"
-        f" excluded {s['n_excluded']}; target documents (kept, marked `target`): {s['n_target']}",
-        f"- estimator `{s.get('estimator')}`; clusters: {s['clusters']};"
-        f" floor share per cluster: {s['floor_frac']:.3f}",
-        f"- global value threshold (lowest value kept by ranking): {s['global_threshold']}",
-        f"- reasons: {', '.join(f'{k}: {v}' for k, v in sorted(s['reasons'].items()))}",
-        f"- scores: `{s.get('scores')}`; target: `{s.get('target')}`",
-    ]
-    if dd:
-        lines.append(
-            f"- near-duplicates: {dd.get('n_removed', 0)} excluded "
-            f"({dd.get('removed_frac', 0.0):.1%} of the non-target documents; "
-            f"{dd.get('candidate_pairs', 0)} embedding candidate pairs, "
-            f"{dd.get('confirmed_pairs', 0)} confirmed); rule: {dd.get('rule')}"
-        )
-    lines += [f"- **warning**: {w}" for w in s.get("warnings", [])]
-    lines += [
-        "",
-        "## Kept share per source",
-        "",
-        _table(s["by_source"], ["source", "n", "kept", "kept_share"]),
-    ]
-    cl = [
-        dict(
-            r,
-            floor=s["cluster_floor"].get(str(r["cluster"])),
-            threshold=s["cluster_threshold"].get(str(r["cluster"])),
-        )
-        for r in s["by_cluster"]
-    ]
-    lines += [
-        "## Kept share per cluster",
-        "",
-        _table(cl, ["cluster", "n", "kept", "kept_share", "floor", "threshold"]),
-    ]
-    lines += ["## Examples of excluded documents", ""]
+def _dict_table(rows: list[dict[str, Any]], cols: list[str]) -> Table:
+    return Table(cols, [[r.get(c) for c in cols] for r in rows], _fmt)
+
+
+def _excluded_sections(df: pl.DataFrame, res: SelectionResult) -> list[Section]:
+    """A few excluded documents of each kind (lowest value first)."""
     dec = (
         res.to_frame()
         .with_columns(
@@ -131,88 +159,92 @@ def report_markdown(df: pl.DataFrame, res: SelectionResult, summary: dict[str, A
         )
         .filter(~pl.col("kept"))
     )
+    out = [Section("Examples of excluded documents")]
     for kind in sorted(dec["kind"].unique().to_list()):
         sub = dec.filter(pl.col("kind") == kind).sort("value", nulls_last=False).head(N_EXAMPLES)
-        rows = [
-            {
-                "id": r["id"],
-                "source": r["source"],
-                "value": r["value"],
-                "reason": r["reason"],
-                "text": _snippet(r["text"]),
-            }
-            for r in sub.iter_rows(named=True)
-        ]
-        lines += [f"### {kind}", "", _table(rows, ["id", "source", "value", "reason", "text"])]
-    return "\n".join(lines) + "\n"
-
-
-def md_to_html(md: str) -> str:
-    """Minimal Markdown -> HTML for our reports (headings, bullets, tables, paragraphs)."""
-    import re
-
-    def inline(t: str) -> str:
-        t = html.escape(t)
-        t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
-
-    outl: list[str] = []
-    lines = md.splitlines()
-    i = 0
-    while i < len(lines):
-        ln = lines[i]
-        if ln.startswith("#"):
-            lvl = len(ln) - len(ln.lstrip("#"))
-            outl.append(f"<h{lvl}>{inline(ln[lvl:].strip())}</h{lvl}>")
-        elif ln.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{inline(lines[i][2:])}</li>")
-                i += 1
-            outl.append("<ul>" + "".join(items) + "</ul>")
-            continue
-        elif ln.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                if not re.fullmatch(r"\|(-+\|)+", lines[i].strip()):
-                    cells = [
-                        c.strip().replace("\\|", "|")
-                        for c in re.split(r"(?<!\\)\|", lines[i].strip())[1:-1]
-                    ]
-                    tag = "th" if not rows else "td"
-                    rows.append(
-                        "<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>"
-                    )
-                i += 1
-            outl.append(
-                "<table border='1' cellspacing='0' cellpadding='3'>" + "".join(rows) + "</table>"
+        rows = [dict(r, text=_snippet(r["text"])) for r in sub.iter_rows(named=True)]
+        out.append(
+            Section(
+                kind, table=_dict_table(rows, ["id", "source", "value", "reason", "text"]), level=3
             )
-            continue
-        elif ln.startswith("![") or not ln.strip():
-            pass
-        else:
-            outl.append(f"<p>{inline(ln)}</p>")
-        i += 1
-    return "\n".join(outl)
+        )
+    return out
+
+
+def prune_page(
+    df: pl.DataFrame, res: SelectionResult, summary: dict[str, Any], cluster_map: bytes
+) -> Page:
+    """The pruning report: what was kept first, then the rule's details, tables and the map."""
+    s = summary
+    dd = s.get("dedup") or {}
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items()))
+    answer = [
+        f"kept **{s['n_kept']}** of {s['n_input']} documents (requested {s['n_requested']}),"
+        f" excluded {s['n_excluded']}; target documents (kept, marked `target`): {s['n_target']}",
+        f"reasons: {reasons}",
+    ]
+    by_src = s["by_source"]
+    if by_src:
+        share = sorted(by_src, key=lambda r: (-r["kept_share"], r["source"]))
+        lo, hi = share[-1], share[0]
+        answer.append(
+            f"highest kept share: `{hi['source']}` ({hi['kept']} of {hi['n']}); "
+            f"lowest: `{lo['source']}` ({lo['kept']} of {lo['n']})"
+        )
+    details = [
+        f"estimator `{s.get('estimator')}`; clusters: {s['clusters']};"
+        f" floor share per cluster: {s['floor_frac']:.3f}",
+        f"global value threshold (lowest value kept by ranking): {s['global_threshold']}",
+        f"scores: `{s.get('scores')}`; target: `{s.get('target')}`",
+    ]
+    if dd:
+        details.append(
+            f"near-duplicates: {dd.get('n_removed', 0)} excluded "
+            f"({dd.get('removed_frac', 0.0):.1%} of the non-target documents; "
+            f"{dd.get('candidate_pairs', 0)} embedding candidate pairs, "
+            f"{dd.get('confirmed_pairs', 0)} confirmed); rule: {dd.get('rule')}"
+        )
+    details += [f"**warning**: {w}" for w in s.get("warnings", [])]
+    cl = [
+        dict(
+            r,
+            floor=s["cluster_floor"].get(str(r["cluster"])),
+            threshold=s["cluster_threshold"].get(str(r["cluster"])),
+        )
+        for r in s["by_cluster"]
+    ]
+    return Page(
+        title="Pruning report",
+        answer=answer,
+        alerts=[w for w in s.get("warnings", []) if w.startswith("LOUD")],
+        details=details,
+        sections=[
+            Section(
+                "Kept share per source",
+                table=_dict_table(by_src, ["source", "n", "kept", "kept_share"]),
+            ),
+            Section(
+                "Cluster map",
+                figure=Figure(
+                    "cluster map",
+                    cluster_map,
+                    MAP_FILE,
+                    "Each dot is a document, coloured by source: filled = kept, hollow = excluded,"
+                    " + = target. Axes: the two main directions of the cluster centroids.",
+                ),
+            ),
+            Section(
+                "Kept share per cluster",
+                table=_dict_table(cl, ["cluster", "n", "kept", "kept_share", "floor", "threshold"]),
+            ),
+            *_excluded_sections(df, res),
+        ],
+    )
 
 
 def write_prune_report(
     out: Path, df: pl.DataFrame, res: SelectionResult, emb: np.ndarray, summary: dict[str, Any]
 ) -> None:
     """Write prune_map.png, prune_report.md and prune_report.html (PNG embedded) atomically."""
-    from curation.atomic import atomic_write_bytes, atomic_write_text
-
-    png = cluster_map_png(emb, res)
-    atomic_write_bytes(out / "prune_map.png", png)
-    md = report_markdown(df, res, summary)
-    md += "\n## Cluster map\n\n![cluster map](prune_map.png)\n"
-    atomic_write_text(out / "prune_report.md", md)
-    b64 = base64.b64encode(png).decode("ascii")
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Pruning report</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-        "td,th{font-size:12px}</style></head>"
-        f"<body>{md_to_html(md)}<img alt='cluster map' "
-        f"src='data:image/png;base64,{b64}'></body></html>\n"
-    )
-    atomic_write_text(out / "prune_report.html", page)
+    png = cluster_map_png(emb, res, df["source"].cast(pl.Utf8).to_list())
+    write_page(out, "prune_report", prune_page(df, res, summary, png))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 from pathlib import Path
@@ -12,25 +10,15 @@ from typing import Any
 import polars as pl
 
 from .aggregate import BY_EXAMPLE_FILE, BY_SOURCE_FILE, EXAMPLES_FILE, aggregate_run
-from .atomic import atomic_write_bytes, atomic_write_text
 from .bootstrap import LEVEL, source_bootstrap
 from .ledger import read_ledger
+from .render import Figure, Page, Section, Table, fmt, write_page
 
 COMPLETE_MARKER = ".complete"  # written last by curation.scoring_run (no torch import here)
 
 N_TOP = 10
 PLOT_DIR = "report_plots"  # PNGs beside report.md; report.html embeds them
 SNIPPET_CHARS = 160
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
-margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-h1,h2,h3{font-weight:600}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}
-.note{color:#555;font-size:.9em}code{background:#f4f4f4;padding:0 .2em}
-"""
 
 
 def _primary_estimator(columns: list[str]) -> str:
@@ -39,12 +27,6 @@ def _primary_estimator(columns: list[str]) -> str:
         if pref in ests:
             return pref
     return ests[0]
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return "" if x is None else str(x)
 
 
 def _snippet(text: str | None) -> str:
@@ -84,24 +66,24 @@ def _texts(run_dir: Path, ids: list[str]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- plots
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
 
 
 def _plots(
     by_src: pl.DataFrame, by_ex: pl.DataFrame, ledger: pl.DataFrame, est: str
-) -> dict[str, str]:
+) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out: dict[str, str] = {}
+    out: dict[str, bytes] = {}
     srcs = by_src["source"].to_list()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -164,59 +146,60 @@ PLOT_TITLES = {
 }
 
 
-def _source_table(by_src: pl.DataFrame, est: str) -> tuple[list[str], list[list[Any]]]:
+def _source_table(by_src: pl.DataFrame, est: str) -> Table:
     cols = ["source", "n_examples", "n_tokens"]
     cols += [f"{k}_{est}" for k in ("total", "mean", "share", "frac_negative")]
-    return cols, [list(r) for r in by_src.select(cols).iter_rows()]
+    return Table(cols, [list(r) for r in by_src.select(cols).iter_rows()])
 
 
-def _ci_table(by_ex: pl.DataFrame, est: str) -> tuple[list[str], list[list[Any]]]:
+def _verdict(lo: float, hi: float) -> str:
+    return "helps" if lo > 0 else "hurts" if hi < 0 else "unclear (CI spans 0)"
+
+
+def _ci_table(ci: pl.DataFrame) -> Table:
     """Sources ranked by mean example value, each with a bootstrap CI of that mean."""
-    df = source_bootstrap(by_ex, f"value_{est}")
     cols = ["rank", "source", "n_examples", "mean", "ci_low", "ci_high", "frac_negative"]
-    rows = [list(r) for r in df.select(cols).iter_rows()]
-    for r, lo, hi in zip(rows, df["ci_low"], df["ci_high"]):
-        r.append("helps" if lo > 0 else "hurts" if hi < 0 else "unclear (CI spans 0)")
-    return cols + ["verdict"], rows
+    rows = [list(r) for r in ci.select(cols).iter_rows()]
+    for r, lo, hi in zip(rows, ci["ci_low"], ci["ci_high"]):
+        r.append(_verdict(lo, hi))
+    return Table(cols + ["verdict"], rows)
 
 
-def _estimator_table(by_src: pl.DataFrame) -> tuple[list[str], list[list[Any]]]:
+def _answer(ci: pl.DataFrame, est: str) -> list[str]:
+    """Which sources help most and least (from the bootstrap table), and how many clearly help."""
+
+    def line(what: str, r: dict[str, Any]) -> str:
+        return (
+            f"{what}: **{r['source']}** (mean value per example {fmt(r['mean'])}, "
+            f"{LEVEL:.0%} CI {fmt(r['ci_low'])} to {fmt(r['ci_high'])}: "
+            f"{_verdict(r['ci_low'], r['ci_high'])})"
+        )
+
+    rows = ci.to_dicts()
+    out = [line("Helps most", rows[0])]
+    if len(rows) > 1:
+        out.append(line("Helps least", rows[-1]))
+    helps = sum(r["ci_low"] > 0 for r in rows)
+    hurts = sum(r["ci_high"] < 0 for r in rows)
+    out.append(
+        f"Of {len(rows)} sources, {helps} clearly help, {hurts} clearly hurt and "
+        f"{len(rows) - helps - hurts} are unclear (estimator `{est}`)"
+    )
+    return out
+
+
+def _estimator_table(by_src: pl.DataFrame) -> Table:
     cols = ["source"] + [c for c in by_src.columns if c.startswith("mean_")]
-    return cols, [list(r) for r in by_src.select(cols).iter_rows()]
+    return Table(cols, [list(r) for r in by_src.select(cols).iter_rows()])
 
 
-def _example_table(
-    df: pl.DataFrame, est: str, texts: dict[str, str]
-) -> tuple[list[str], list[list[Any]]]:
+def _example_table(df: pl.DataFrame, est: str, texts: dict[str, str]) -> Table:
     head = ["id", "source", f"value_{est}", "n_steps", "text"]
     rows = [
         [r["id"], r["source"], r[f"value_{est}"], r["n_steps"], _snippet(texts.get(r["id"]))]
         for r in df.iter_rows(named=True)
     ]
-    return head, rows
-
-
-def _md_table(head: list[str], rows: list[list[Any]]) -> str:
-    esc = [[_fmt(x).replace("|", "\\|") for x in r] for r in rows]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in esc]
-    return "\n".join(lines)
-
-
-def _html_table(head: list[str], rows: list[list[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{_fmt(x)}</td>'
-            if isinstance(x, int | float)
-            else f"<td>{html.escape(_fmt(x))}</td>"
-            for x in r
-        )
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return Table(head, rows)
 
 
 def _model_line(run_dir: Path, a: dict[str, Any]) -> str:
@@ -329,48 +312,33 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     ranked = by_ex.sort([f"value_{est}", "id"], descending=[True, False])
     top, bottom = ranked.head(N_TOP), ranked.tail(N_TOP).reverse()
     texts = _texts(run_dir, top["id"].to_list() + bottom["id"].to_list())
-    summary = _summary(run_dir, ledger, by_ex)
     warn = unfinished_note(run_dir, by_ex.height)
-    if warn:
-        summary.insert(0, warn)
+    ci = source_bootstrap(by_ex, f"value_{est}")
     note = (
         f"Values are Adam-aware In-Run Data Shapley values summed over the run (positive = the example "
         f"lowered the target loss). Plots and rankings use `{est}`. `share` is the signed share of the "
         "summed value (shares add to 1); `mean` is the mean value per example."
     )
-    sections = [
-        (f"Per source ({est})", *_source_table(by_src, est)),
-        (
-            f"Per-source mean with {LEVEL:.0%} bootstrap CI over examples ({est})",
-            *_ci_table(by_ex, est),
-        ),
-        ("Mean value per example, every estimator", *_estimator_table(by_src)),
-        (f"Top {N_TOP} examples", *_example_table(top, est, texts)),
-        (f"Bottom {N_TOP} examples", *_example_table(bottom, est, texts)),
+    figures = [
+        Section(title, figure=Figure(title, plots[key], f"{PLOT_DIR}/{key}.png"))
+        for key, title in PLOT_TITLES.items()
     ]
-
-    md = ["# Data value report", "", note, ""] + [f"- {s}" for s in summary] + [""]
-    for key, title in PLOT_TITLES.items():
-        png = atomic_write_bytes(run_dir / PLOT_DIR / f"{key}.png", base64.b64decode(plots[key]))
-        md += [f"## {title}", "", f"![{title}]({PLOT_DIR}/{png.name})", ""]
-    for title, head, rows in sections:
-        md += [f"## {title}", "", _md_table(head, rows), ""]
-
-    body = ["<h1>Data value report</h1>", f'<p class="note">{html.escape(note)}</p>', "<ul>"]
-    body += [f"<li>{html.escape(s)}</li>" for s in summary] + ["</ul>"]
-    for key, title in PLOT_TITLES.items():
-        body += [
-            f"<h2>{html.escape(title)}</h2>",
-            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{plots[key]}">',
-        ]
-    for title, head, rows in sections:
-        body += [f"<h2>{html.escape(title)}</h2>", _html_table(head, rows)]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Data value report</title><style>{CSS}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
+    page = Page(
+        title="Data value report",
+        answer=_answer(ci, est),
+        alerts=[warn] if warn else [],
+        note=note,
+        details=_summary(run_dir, ledger, by_ex),
+        sections=[
+            Section(
+                f"Per-source mean with {LEVEL:.0%} bootstrap CI over examples ({est})",
+                table=_ci_table(ci),
+            ),
+            *figures,
+            Section(f"Per source ({est})", table=_source_table(by_src, est)),
+            Section("Mean value per example, every estimator", table=_estimator_table(by_src)),
+            Section(f"Top {N_TOP} examples", table=_example_table(top, est, texts)),
+            Section(f"Bottom {N_TOP} examples", table=_example_table(bottom, est, texts)),
+        ],
     )
-    md_path = atomic_write_text(run_dir / "report.md", "\n".join(md))
-    html_path = atomic_write_text(run_dir / "report.html", page)
-    return md_path, html_path
+    return write_page(run_dir, "report", page)

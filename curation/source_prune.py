@@ -8,15 +8,14 @@ reason `low_value_source`; target rows are kept. No embeddings or clusters are i
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from .atomic import atomic_write_text
 from .bootstrap import LEVEL, source_bootstrap
+from .render import Page, Section, Table, write_page
 
 
 def choose_sources(table: pl.DataFrame, keep: float) -> list[str]:
@@ -51,30 +50,32 @@ def prune_by_source(
     return kept, reason, table
 
 
-def write_source_report(out: Path, table: pl.DataFrame, summary: dict[str, Any]) -> None:
-    """prune_report.md / .html: the ranked sources, their CIs and which were kept."""
+def source_page(table: pl.DataFrame, summary: dict[str, Any]) -> Page:
+    """The by-source pruning report: the kept and dropped sources first, then the ranking."""
     head = ["rank", "source", "n_examples", "mean", "ci_low", "ci_high", "frac_negative", "kept"]
-    rows = table.select(head).rows()
+    kept = table.filter(pl.col("kept"))["source"].to_list()
+    dropped = table.filter(~pl.col("kept"))["source"].to_list()
     intro = (
         f"Whole sources ranked by mean example value ({summary['estimator']}, "
         f"{LEVEL:.0%} bootstrap CI over examples); kept from the top while within "
         f"keep = {summary['keep']} of the rows. Kept {summary['n_kept']} of {summary['n_docs']} "
         f"rows (target rows included)."
     )
-
-    def fmt(x: Any) -> str:
-        return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-    md = ["# Prune report (by source)", "", intro, "", "| " + " | ".join(head) + " |"]
-    md += ["|" + "---|" * len(head)] + ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
-    atomic_write_text(out / "prune_report.md", "\n".join(md) + "\n")
-    th = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(x))}</td>" for x in r) + "</tr>" for r in rows
+    return Page(
+        title="Prune report (by source)",
+        answer=[
+            f"kept {len(kept)} of {table.height} sources: " + ", ".join(f"`{s}`" for s in kept),
+            "dropped: " + (", ".join(f"`{s}`" for s in dropped) or "none"),
+        ],
+        note=intro,
+        sections=[
+            Section(
+                "Sources, ranked", table=Table(head, [list(r) for r in table.select(head).rows()])
+            )
+        ],
     )
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Prune report</title>'
-        "</head><body><h1>Prune report (by source)</h1>"
-        f"<p>{html.escape(intro)}</p><table border=1><tr>{th}</tr>{body}</table></body></html>\n"
-    )
-    atomic_write_text(out / "prune_report.html", page)
+
+
+def write_source_report(out: Path, table: pl.DataFrame, summary: dict[str, Any]) -> None:
+    """prune_report.md / .html: the ranked sources, their CIs and which were kept."""
+    write_page(out, "prune_report", source_page(table, summary))

@@ -20,6 +20,7 @@ import polars as pl
 import torch
 
 from curation.errors import UsageError
+from curation.render import Figure, Page, Section, Table, write_page
 
 ARMS = ("curated", "random", "full")
 BASELINE_ARMS = ("random", "perplexity", "dsir", "classifier", "full")
@@ -80,7 +81,9 @@ class VerifyArgs:
             )
 
 
-OUTPUT_FILES = ("verify_curve.png", "verify.md", "verify.json")  # verify.json: the marker
+CURVE_FILE = "verify_curve.png"
+# verify.json, the completion marker, last
+OUTPUT_FILES = (CURVE_FILE, "verify.md", "verify.html", "verify.json")
 
 
 @dataclass(frozen=True)
@@ -366,40 +369,56 @@ def _baseline_picks(
     return picks
 
 
-def _markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    """verify.md body: every arm, the unigram line and the paired difference to curated."""
+def verify_page(results: dict[str, dict[str, Any]], meta: dict[str, Any], curve: bytes) -> Page:
+    """verify.md / verify.html: the winning arm first, then every arm and the paired differences."""
     uni = meta["unigram_target_ce"]
     best = min(results, key=lambda k: results[k]["target_loss_mean"])
-    lines = [
-        "# Verify: retrained proxy on the curated set vs the baselines",
-        "",
-        f"Lowest evaluation loss: **{best}**. The evaluation set's cross-entropy under the full "
-        f"corpus's unigram model (same tokenizer) is **{uni:.3f}** nats; an arm that is not "
-        "clearly below it has learnt little beyond token frequencies "
-        f"(untrained: {meta['untrained_ce']:.2f}).",
-        "",
-        f"- {meta['steps']} steps per run, batch {meta['batch_size']}, preset `{meta['preset']}`,"
-        f" {meta['seeds']} paired seeds; curated {meta['n_curated']} docs, full {meta['n_full']}"
-        f" docs, evaluation set {meta['n_target']} docs ({meta['n_target_removed']} target docs"
-        " removed from training sets)",
-        "",
-        "| arm | eval loss (mean ± std) | below unigram | paired diff vs curated (mean ± std) "
-        "| perplexity (mean ± std) |",
-        "|---|---|---|---|---|",
+    head = [
+        "arm",
+        "eval loss (mean ± std)",
+        "below unigram",
+        "paired diff vs curated (mean ± std)",
+        "perplexity (mean ± std)",
     ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['target_loss_mean']:.4f} ± {r['target_loss_std']:.4f} |"
-            f" {uni - r['target_loss_mean']:.2f} |"
-            f" {r['paired_diff_mean']:+.4f} ± {r['paired_diff_std']:.4f} |"
-            f" {r['perplexity_mean']:.2f} ± {r['perplexity_std']:.2f} |"
-        )
-    lines += [
-        "",
-        "Paired diff: the arm's loss minus the curated arm's on the same seed (> 0: curated is "
-        "better).",
+    rows = [
+        [
+            name,
+            f"{r['target_loss_mean']:.4f} ± {r['target_loss_std']:.4f}",
+            f"{uni - r['target_loss_mean']:.2f}",
+            f"{r['paired_diff_mean']:+.4f} ± {r['paired_diff_std']:.4f}",
+            f"{r['perplexity_mean']:.2f} ± {r['perplexity_std']:.2f}",
+        ]
+        for name, r in results.items()
     ]
-    return "\n".join(lines + ["", "![target loss over steps](verify_curve.png)", ""])
+    return Page(
+        title="Verify: retrained proxy on the curated set vs the baselines",
+        answer=[
+            f"Lowest evaluation loss: **{best}**. The evaluation set's cross-entropy under the full "
+            f"corpus's unigram model (same tokenizer) is **{uni:.3f}** nats; an arm that is not "
+            "clearly below it has learnt little beyond token frequencies "
+            f"(untrained: {meta['untrained_ce']:.2f})."
+        ],
+        details=[
+            f"{meta['steps']} steps per run, batch {meta['batch_size']}, preset `{meta['preset']}`,"
+            f" {meta['seeds']} paired seeds; curated {meta['n_curated']} docs, full {meta['n_full']}"
+            f" docs, evaluation set {meta['n_target']} docs ({meta['n_target_removed']} target docs"
+            " removed from training sets)"
+        ],
+        sections=[
+            Section(
+                "Every arm",
+                paragraphs=[
+                    "Paired diff: the arm's loss minus the curated arm's on the same seed (> 0: "
+                    "curated is better)."
+                ],
+                table=Table(head, rows),
+            ),
+            Section(
+                "Target loss over steps",
+                figure=Figure("target loss over steps", curve, CURVE_FILE),
+            ),
+        ],
+    )
 
 
 def check_subset(cur_df: Any, full_df: Any, curated: str, full: str) -> None:
@@ -422,7 +441,7 @@ def check_subset(cur_df: Any, full_df: Any, curated: str, full: str) -> None:
 
 
 def run_verify(args: VerifyArgs) -> Path:
-    """Train every arm for the same steps; write verify.json, verify.md and verify_curve.png."""
+    """Train every arm for the same steps; write verify.json, verify.md/.html and verify_curve.png."""
     import polars as pl
     from tqdm.auto import tqdm
 
@@ -540,7 +559,8 @@ def run_verify(args: VerifyArgs) -> Path:
     # allow_nan=False: a NaN or inf can never reach verify.json
     text = json.dumps(payload, indent=2, allow_nan=False)
     with staged_outputs(out, last=("verify.json",)) as stage:
-        plot_curves(results, stage / "verify_curve.png", "target loss while training from scratch")
-        atomic_write_text(stage / "verify.md", _markdown(results, meta))
+        curve = stage / CURVE_FILE
+        plot_curves(results, curve, "target loss while training from scratch")
+        write_page(stage, "verify", verify_page(results, meta, curve.read_bytes()))
         atomic_write_text(stage / "verify.json", text)
     return out

@@ -7,20 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from curation.render import md_table
+
 MAX_CHARS = 20_000
 _IMAGE = re.compile(r"!\[[^\]]*\]\((?:data:[^)]*|[^)]*\.(?:png|svg|jpg))\)")
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return "" if x is None else str(x)
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _strip(md: str) -> str:
@@ -44,7 +34,7 @@ def values_markdown(by_source_path: str | Path, estimator: str, outputs: dict[st
         [
             f"# Value by source ({suffix.replace('_', '-')})",
             "Positive value = lowered the target loss during the proxy's training run.",
-            _table(rows, cols),
+            md_table(cols, [[r.get(c) for c in cols] for r in rows]),
             f"Full report: `{outputs.get('report_html', '')}`",
         ]
     )

@@ -460,7 +460,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except AdamshapError as exc:
         raise _strict_corpus_hint("verify")(exc) from None
     print(f"verify results: {out_dir}")
-    for name in ("verify.md", "verify.json", "verify_curve.png"):
+    for name in ("verify.html", "verify.md", "verify.json", "verify_curve.png"):
         if (Path(out_dir) / name).exists():
             print(f"  {Path(out_dir) / name}")
     return 0

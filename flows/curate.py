@@ -360,6 +360,7 @@ def curate_flow(
         "prune_report_md": str(prune_dir / "prune_report.md"),
         "verify_dir": str(verify_dir),
         "verify_md": str(verify_dir / "verify.md"),
+        "verify_html": str(verify_dir / "verify.html"),
         "verify_json": str(verify_dir / "verify.json"),
         "summary": str(out_dir / SUMMARY_FILE),
     }
@@ -373,7 +374,7 @@ def curate_flow(
     print(f"done in {outputs['seconds']:.1f}s; reports:")
     print(f"  values:  {outputs['report_html']}")
     print(f"  pruning: {outputs['prune_report_html']}")
-    print(f"  verify:  {outputs['verify_md']}")
+    print(f"  verify:  {outputs['verify_html']}")
     print(f"  kept set: {outputs['kept']}")
     return outputs
 

@@ -53,3 +53,5 @@ def test_run_verify_tiny(tmp_path: Path) -> None:
     starts = {a["runs"][0]["curve"][0][1] for a in rep["arms"].values()}
     assert len(starts) == 1
     assert (out / "verify.md").exists() and (out / "verify_curve.png").exists()
+    page = (out / "verify.html").read_text()  # the same page, the curve embedded
+    assert "Lowest evaluation loss" in page and page.count('src="data:image/png;base64,') == 1

@@ -35,3 +35,12 @@ def test_ci_script_is_strict_and_checks_the_test_count():
     text = ci.read_text()
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
     assert "make setup" in text and "make test" in text and "ran > 0" in text
+
+
+def test_makefile_installs_the_browser_for_the_report_test():
+    """`make setup` installs Chromium with the demo packages (the report pages are checked in it)."""
+    assert "chromium" in _make_var("TEST_APT_PACKAGES")
+    text = (REPO / "Makefile").read_text()
+    assert _make_var("APT_PACKAGES") == ["$(DEMO_APT_PACKAGES)", "$(TEST_APT_PACKAGES)"]
+    apt = text[text.index("apt-packages:  ##") :].split("\n\n")[0]
+    assert "dpkg -s $(APT_PACKAGES)" in apt and "install -y $(APT_PACKAGES)" in apt
