@@ -31,6 +31,8 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ESTIMATORS = ("adam2", "adam", "sgd")
+# what `adamshap prune` ranks by default: checkpoint values (curation/checkpoint_values.py)
+RANKINGS = ("ckpt", *ESTIMATORS)
 
 
 def sample_split(
@@ -53,11 +55,18 @@ def sample_split(
 
 def source_metrics(run_dir: Path, target: str, est: str) -> dict[str, Any]:
     """Ranking of sources by mean value, top-1 hit and normalised recall@k for one run and estimator."""
-    by_src = pl.read_parquet(run_dir / "values_by_source.parquet").sort(
-        f"mean_{est}", descending=True
-    )
-    ranking = by_src["source"].to_list()
     ex = pl.read_parquet(run_dir / "values_by_example.parquet")
+    if est == "ckpt":  # checkpoint values are per document: mean over each source's documents
+        by_src = (
+            ex.group_by("source")
+            .agg(pl.col("value_ckpt").mean().alias("mean_ckpt"))
+            .sort(["mean_ckpt", "source"], descending=[True, False])
+        )
+    else:
+        by_src = pl.read_parquet(run_dir / "values_by_source.parquet").sort(
+            f"mean_{est}", descending=True
+        )
+    ranking = by_src["source"].to_list()
     k = ex.filter(pl.col("source") == target).height
     top = ex.sort([f"value_{est}", "id"], descending=[True, False]).head(k)
     recall = top.filter(pl.col("source") == target).height / k
@@ -126,12 +135,13 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
                 epochs=cfg.epochs,
                 warm_start_steps=0,
                 estimators=ESTIMATORS,
+                snapshots=3,
                 **common,
             )
         )
-        per_target[src] = {e: source_metrics(out, src, e) for e in ESTIMATORS}
+        per_target[src] = {e: source_metrics(out, src, e) for e in RANKINGS}
         per_target[src]["seconds"] = round(time.time() - t1, 1)
-        print(src, {e: per_target[src][e]["ranking"][:3] for e in ESTIMATORS}, flush=True)
+        print(src, {e: per_target[src][e]["ranking"][:3] for e in RANKINGS}, flush=True)
     summary = {
         e: {
             "top1_accuracy": sum(per_target[s][e]["top1"] for s in per_target) / len(per_target),
@@ -143,7 +153,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             "mean_target_rank": sum(per_target[s][e]["target_rank"] for s in per_target)
             / len(per_target),
         }
-        for e in ESTIMATORS
+        for e in RANKINGS
     }
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
     return {
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--warm-start-steps", type=int, default=None)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=None, help="run folders (default: a temp dir)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg.corpus = build_corpus(cfg.per_source + cfg.target_docs, cfg.seed)
     if cfg.warm_start_steps is None:
-        cfg.warm_start_steps = 20 if cfg.quick else 100
+        cfg.warm_start_steps = 20 if cfg.quick else 250
     if cfg.quick:
         cfg.vocab_size = min(cfg.vocab_size, 512)
     res = run(cfg)

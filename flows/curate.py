@@ -29,6 +29,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from curation.errors import AdamshapError, ManifestError
+from curation.verify import OUTPUT_FILES as VERIFY_OUTPUTS
 
 DEFAULT_KEEP = 0.7
 CACHE_VERSION = "1"  # bump when a stage's outputs change meaning
@@ -341,7 +342,8 @@ def curate_flow(
     verify_key = digest([verify_fields, prune_key, score_key])
     verify_dir = out_dir / f"verify-keep{keep:.2f}-{verify_key}"
     verify_task = verify_stage.with_options(
-        **_stage_options(results, not (verify_dir / "verify.json").exists())
+        # every output must be there (a verify from before verify.html existed is redone)
+        **_stage_options(results, not all((verify_dir / f).exists() for f in VERIFY_OUTPUTS))
     )
     verify_args = {**verify_fields, "out": str(verify_dir)}
     progress.run(6, "verify", verify_task, verify_args, prune_key)
