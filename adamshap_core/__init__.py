@@ -13,6 +13,7 @@ from .models import PRESETS, build_model
 from .momentum import PropagatedStep
 from .scorer import ESTIMATORS, InRunScorer, StepOutput
 from .training import plain_step, warmup_cosine
+from .unrolled import UnrolledWindow, unrolled_window_values
 
 __all__ = [
     "ESTIMATORS",
@@ -21,6 +22,7 @@ __all__ = [
     "InRunScorer",
     "ShapleyTruth",
     "StepOutput",
+    "UnrolledWindow",
     "UnsupportedModuleError",
     "build_model",
     "leave_one_out",
@@ -30,5 +32,6 @@ __all__ = [
     "per_example_loss",
     "plain_step",
     "prepare_batch",
+    "unrolled_window_values",
     "warmup_cosine",
 ]

@@ -174,6 +174,7 @@ def _replay(
     max_grad_norm: float | None,
     lrs: Sequence[float] | None,
     drop: int | None,
+    weight: float = 1.0,
 ) -> float:
     """Target loss after real optimizer steps on `batches` from deep copies of the live state."""
     m = copy.deepcopy(model)
@@ -198,7 +199,7 @@ def _replay(
         n = losses.shape[0]
         if j == 0 and drop is not None:  # drop g_i with the normaliser 1/n unchanged
             keep = torch.ones(n, dtype=losses.dtype, device=losses.device)
-            keep[drop] = 0
+            keep[drop] = 1 - weight
             loss = (losses * keep).sum() / n
         else:
             loss = losses.mean()
@@ -217,6 +218,7 @@ def leave_one_out_window(
     val_batch: Mapping[str, torch.Tensor],
     max_grad_norm: float | None = None,
     lrs: Sequence[float] | None = None,
+    removal_weight: float = 1.0,
 ) -> np.ndarray:
     """K-step LOO of each example of `batches[0]`: l_val after K+1 real steps without it minus with it.
 
@@ -225,12 +227,15 @@ def leave_one_out_window(
     with real optimizer steps from deep copies of the live state, so the change includes
     momentum carry-over and the later gradients' reaction to the moved weights. `lrs` sets each
     step's lr (all groups) where a schedule moves it. K = 0 is `leave_one_out`.
+    `removal_weight` ε < 1 removes only ε·g_i (a scaled removal, to check first-order
+    estimators where dropping a whole example is beyond first order); the result is not rescaled.
     """
     n = prepare_batch(batches[0])["input_ids"].shape[0]
     full = _replay(model, optimizer, batches, val_batch, max_grad_norm, lrs, None)
     return np.array(
         [
-            _replay(model, optimizer, batches, val_batch, max_grad_norm, lrs, i) - full
+            _replay(model, optimizer, batches, val_batch, max_grad_norm, lrs, i, removal_weight)
+            - full
             for i in range(n)
         ]
     )

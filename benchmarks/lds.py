@@ -13,7 +13,8 @@ loss). Repeated for several seeds (model init and batch order).
 
 The same scored run also measures the K-step leave-one-out table: at a few steps t, each example
 of the batch is removed from step t and the next K batches are replayed with real AdamW from
-deep-copied state (`leave_one_out_window`), against the propagated and the one-step values.
+deep-copied state (`leave_one_out_window`), against the propagated and the one-step values
+and the unrolled values (`unrolled_window_values`, first order in the removal).
 
     python -m benchmarks.lds            # the table in the README
     python -m benchmarks.lds --quick    # smoke run
@@ -36,6 +37,7 @@ from adamshap_core import (
     leave_one_out_carry,
     leave_one_out_window,
     plain_step,
+    unrolled_window_values,
 )
 from adamshap_core.batch import per_example_loss, prepare_batch
 
@@ -152,12 +154,19 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
             window = [enc.batch(b) for b in order[t : t + K + 1]]
             replay = leave_one_out_window(model, opt, window, val, a.max_grad_norm)
             carry = leave_one_out_carry(model, opt, window, val, a.max_grad_norm)
+            seconds = time.time() - tl
+            tl = time.time()
+            unrolled = unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
             loo_rows.append(
                 {
                     "step": t,
                     "truth_replay": replay.tolist(),
                     "truth_carry": carry.tolist(),
-                    "seconds": time.time() - tl,
+                    "values_unrolled": unrolled.tolist(),
+                    "r_replay_unrolled": _pearson(unrolled, replay),
+                    "r_carry_unrolled": _pearson(unrolled, carry),
+                    "seconds": seconds,
+                    "seconds_unrolled": time.time() - tl,
                 }
             )
         out = sc.step(enc.batch(idx))
@@ -317,6 +326,19 @@ def markdown(res: dict, a: LdsArgs, env: dict) -> str:
                     cells.append(f"{np.median(v):.3f} [{v.min():.3f}, {v.max():.3f}]")
             lines.append(f"| `{e}` | " + " | ".join(cells) + " |")
         secs = sum(r["seconds"] for r in rows)
+        if "r_replay_unrolled" in rows[0]:
+            cells = {t: np.array([r[f"r_{t}_unrolled"] for r in rows]) for t in ("replay", "carry")}
+            cell = {
+                t: f"{np.median(v):.3f} [{v.min():.3f}, {v.max():.3f}]" for t, v in cells.items()
+            }
+            su = sum(r["seconds_unrolled"] for r in rows)
+            lines += [
+                "",
+                "Unrolled values (`unrolled_window_values`: the replay to first order in the "
+                "removal, reverse mode through the K replayed AdamW steps, docs/method.md §12), "
+                f"same steps: vs replay {cell['replay']}, vs in-run {cell['carry']}; "
+                f"{su / 60:.1f} min in all.",
+            ]
         lines += ["", f"Truth replays took {secs / 60:.1f} min in all."]
     lines += [
         "",
