@@ -197,6 +197,9 @@ def _auc(values: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
     return out
 
 
+CACHE_HITS: list[str] = []
+
+
 def _cached(folder: Path, key: tuple, compute: Any) -> dict:
     """A retraining result, computed once per (kept mask, config, steps, seed) and kept on disk,
     so a rerun (or a new arm) does not retrain the arms it already has."""
@@ -206,6 +209,7 @@ def _cached(folder: Path, key: tuple, compute: Any) -> dict:
     h = hashlib.sha1(np.packbits(m).tobytes() + repr((cfg, steps, seed)).encode()).hexdigest()
     f = folder / f"{h[:16]}.json"
     if f.exists():
+        CACHE_HITS.append(f.name)
         return json.loads(f.read_text())
     out = compute()
     folder.mkdir(parents=True, exist_ok=True)
@@ -227,6 +231,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     from curation.corpus import write_corpus
     from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.encode import encode_corpus
+    from curation.prune import PruneArgs
     from curation.scoring_run import ScoreArgs, run_scoring
     from curation.selection import select, token_shingles
     from curation.tokenizer import load_tokenizer
@@ -273,7 +278,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     emb = prepare_for_similarity(embed_run(run, pool.select("id", "source", "text")))
     labels, _ = spherical_kmeans(emb, default_k(len(ids)), seed=a.seed)
     shingles = [token_shingles(t) for t in run_token_ids(run, pool)]
-    default = select(ids, ckpt, labels, emb, a.keep, shingles=shingles)
+    default = select(ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles)
     masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
     masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
     masks["ckpt-topk"] = top_k_mask(ckpt, a.keep)  # the recipe's ranking without floors/dedup
@@ -357,7 +362,13 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"{len(JUNK_KINDS)} kinds), keep {meta['keep']}; proxies `tiny`, seq {meta['seq_len']}, "
         f"vocab {meta['vocab']}, lr {meta['lr']}; scoring run {meta['warm_start_steps']} warm-start "
         f"+ 1 scored epoch, 3 snapshots; every arm retrains {meta['steps']} steps (batch 16), "
-        f"seeds {meta['seeds']} (paired); {meta['total_s']:.0f} s on 2 shared CPU cores.",
+        f"seeds {meta['seeds']} (paired); {meta['total_s']:.0f} s on 2 shared CPU cores"
+        + (
+            f" ({meta['cached_retrains']} of the retrainings reused from an earlier invocation "
+            "with the same kept set, config and seed)."
+            if meta.get("cached_retrains")
+            else "."
+        ),
         "",
     ]
     for s in scen:
@@ -472,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": [a.seed + s for s in range(a.seeds)],
         "torch_threads": torch.get_num_threads(),
         "total_s": round(time.time() - t0, 1),
+        "cached_retrains": len(CACHE_HITS),
     }
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)

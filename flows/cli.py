@@ -669,7 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="value used for ranking: ckpt (checkpoint values, the default) or an in-run "
         "estimator's run sum",
     )
-    p.add_argument("--floor", type=non_negative_float, help="minimum kept share of each cluster")
+    p.add_argument(
+        "--floor",
+        type=non_negative_float,
+        help="minimum kept share of each FAISS cluster (default 0: off, see the pruning benchmark)",
+    )
     p.add_argument(
         "--by",
         choices=("row", "source"),
