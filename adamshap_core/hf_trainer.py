@@ -30,6 +30,7 @@ import torch
 from transformers import Trainer
 
 from .batch import n_target_tokens, prepare_batch
+from .estimators import DEFAULT_ORDER
 from .scorer import InRunScorer
 
 ID_KEY = "adamshap_ids"
@@ -134,7 +135,7 @@ class InRunTrainer(Trainer):
         *args: Any,
         target_dataset: Any = None,
         target_batch: Mapping[str, torch.Tensor] | None = None,
-        estimators: Iterable[str] = ("adam2", "adam-loo", "adam", "sgd"),
+        estimators: Iterable[str] = DEFAULT_ORDER,
         on_step_values: Callable[[StepValues], None] | None = None,
         id_column: str = "id",
         source_column: str = "source",

@@ -30,10 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .estimators import get_estimator
 from .ghost import _Record
-
-# estimators whose own column holds κ_s (Adam's preconditioner); sgd's does not
-ADAM_FAMILY = frozenset({"adam", "adam2", "adam-loo"})
 
 _RECORD_FIELDS = ("a", "b", "gw", "gb")
 
@@ -74,11 +72,16 @@ class MomentumWindow:
     beta1: dict[int, float]  # id(param) -> β1 of its group
     dtype: torch.dtype = torch.float32
     pending: deque = field(default_factory=deque)
+    # estimators whose own column holds κ_s (Adam's preconditioner; sgd's does not); None: as
+    # the estimator table says
+    adam_family: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if int(self.window) < 1:
             raise ValueError(f"momentum window must be a positive integer, got {self.window}")
         self.window = int(self.window)
+        if self.adam_family is None:
+            self.adam_family = frozenset(e for e in self.estimators if get_estimator(e).adam_family)
 
     def state_dict(self, modules: list[nn.Module], params: list[torch.Tensor]) -> list[dict]:
         """The open windows as plain tensors and lists (a checkpoint loadable with weights_only).
@@ -161,7 +164,7 @@ class MomentumWindow:
                     parts.append(torch.zeros_like(ref, dtype=self.dtype))
                     continue
                 u = u.to(self.dtype)
-                parts.append(u / kappa if e in ADAM_FAMILY else u)
+                parts.append(u / kappa if e in self.adam_family else u)
             out[k] = torch.stack(parts)
         return out
 
@@ -213,7 +216,7 @@ class MomentumWindow:
             C = contract(p.acc, p.n, p.records).detach().cpu().double()
             carry = {}
             for j, e in enumerate(self.estimators):
-                scale = p.kappa if e in ADAM_FAMILY else 1.0
+                scale = p.kappa if e in self.adam_family else 1.0
                 carry[e] = C[:, j] * scale
                 if p.ghat is not None and e in p.lin:
                     xg = sum((p.acc[k][j].double() * g.double()).sum() for k, g in p.ghat.items())

@@ -18,8 +18,18 @@ from .batch import (
     per_example_loss_from_logits,
     prepare_batch,
 )
+from .estimators import (
+    BUILTIN_ORDER,
+    ESTIMATORS,
+    Estimator,
+    Targets,
+    check_estimators,
+    column_order,
+    default_clip_linearised,
+    gram_estimators,
+)
 from .ghost import Conv1D, GhostCapture
-from .gram import GramSide, rank1_factors
+from .gram import GramSide
 from .lowrank import CONTRACTIONS, LowRank, randomized_lowrank, use_lowrank
 from .momentum import MomentumWindow, PropagatedStep
 from .preconditioner import (
@@ -30,9 +40,11 @@ from .preconditioner import (
     shared_step_params,
 )
 
-ESTIMATORS: tuple[str, ...] = ("sgd", "adam", "adam2", "adam-loo")
+__all__ = ["ESTIMATORS", "InRunScorer", "LOSS_REDUCTIONS", "StepOutput"]
+
 LOSS_REDUCTIONS: tuple[str, ...] = ("example", "token")
-DEFAULT_CLIP_LINEARISED: frozenset[str] = frozenset({"adam-loo"})
+# contraction column of the clipped batch gradient ĝ (not a valid estimator name)
+_GHAT = "(ghat)"
 
 
 @dataclass
@@ -59,15 +71,15 @@ class _ValGrad:
     val_version: int
 
 
-GRAM_ESTIMATORS = frozenset({"sgd", "adam"})
-
-
 class InRunScorer:
     """Adam-aware In-Run Data Shapley: values every training example while training for real.
 
-    `estimators` is any subset of ("sgd", "adam", "adam2", "adam-loo") (docs/method.md §3).
-    `clip_linearised` names the estimators that include the linearised effect of each example on
-    the clipping coefficient (default: adam-loo only). With `reuse_val_grad_across_batches`, the
+    `estimators` is any subset of the registered ones, by default the built-in
+    ("sgd", "adam", "adam2", "adam-loo") (docs/method.md §3); everything estimator-specific is
+    read from their entries in the table (estimators.py). `clip_linearised` names the
+    estimators that include the linearised effect of each example on the clipping coefficient
+    (default: those whose entry says so, adam-loo only). Used as a context manager, it removes
+    its hooks from the model on exit (`close()`). With `reuse_val_grad_across_batches`, the
     target gradient after step t serves as the start gradient of step t+1 even when the target
     batch was redrawn in between (unbiased; halves target passes). With `loo_second_moment`,
     `adam-loo` also linearises each example's effect on Adam's second moment instead of holding
@@ -130,7 +142,7 @@ class InRunScorer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         val_batch: Mapping[str, torch.Tensor],
-        estimators: Iterable[str] = ("sgd", "adam", "adam2", "adam-loo"),
+        estimators: Iterable[str] = BUILTIN_ORDER,
         max_grad_norm: float | None = None,
         clip_linearised: Iterable[str] | None = None,
         reuse_val_grad_across_batches: bool = False,
@@ -146,47 +158,26 @@ class InRunScorer:
         momentum_window: int = 0,
         loss_reduction: str = "example",
     ):
-        self.estimators = tuple(dict.fromkeys(estimators))
-        unknown = [e for e in self.estimators if e not in ESTIMATORS]
-        if unknown or not self.estimators:
-            raise ValueError(f"unknown estimators {unknown}; choose from {list(ESTIMATORS)}")
+        self.estimators = check_estimators(estimators)
+        # the entries as registered now: a later re-registration does not change a live scorer
+        self._table: dict[str, Estimator] = {e: ESTIMATORS[e] for e in self.estimators}
+        self._needs = frozenset().union(*(est.targets for est in self._table.values()))
+        self._column_order = column_order(self.estimators)
         check_optimizer(optimizer)
         self.model = model
         self.optimizer = optimizer
         self.max_grad_norm = max_grad_norm
         self.clip_linearised = frozenset(
-            DEFAULT_CLIP_LINEARISED if clip_linearised is None else clip_linearised
+            default_clip_linearised() if clip_linearised is None else clip_linearised
         )
         self.reuse_val_grad_across_batches = reuse_val_grad_across_batches
         self.amp_dtype = amp_dtype
         self.loo_second_moment = loo_second_moment
         self.group = process_group
         self.distributed = dist.is_available() and dist.is_initialized()
-        if contraction not in CONTRACTIONS:
-            raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
-        if int(val_grad_every) < 1 or int(rank) < 1:
-            raise ValueError("val_grad_every and rank must be positive integers")
-        self.val_grad_every = int(val_grad_every)
-        if contraction == "gram" and (why := self._gram_blocker()):
-            raise ValueError(f"contraction='gram': {why}")
-        if target_chunk is not None and int(target_chunk) < 1:
-            raise ValueError(f"target_chunk must be a positive integer or None, got {target_chunk}")
-        self.target_chunk = None if target_chunk is None else int(target_chunk)
-        if loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(
-                f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}"
-            )
-        self.loss_reduction = loss_reduction
-        self.contraction = contraction
-        self.rank = int(rank)
+        self._check_options(contraction, val_grad_every, rank, target_chunk, loss_reduction)
         self.lowrank_niter = int(lowrank_niter)
-        self.params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-        opt_ids = {id(p) for p in self.params}
-        missing = [
-            n for n, p in model.named_parameters() if p.requires_grad and id(p) not in opt_ids
-        ]
-        if missing:
-            raise ValueError(f"trainable parameters not in the optimizer: {missing[:5]}")
+        self.params = self._trainable_params(model, optimizer)
         self.device = self.params[0].device
         self.contract_dtype = (
             torch.float64 if any(p.dtype == torch.float64 for p in self.params) else torch.float32
@@ -204,19 +195,62 @@ class InRunScorer:
         self._stale: _ValGrad | None = None  # last computed start gradient (val_grad_every > 1)
         self._stale_age = 0  # steps since self._stale was computed
         self._steps_done = 0
-        self.momentum: MomentumWindow | None = None
+        self.momentum = self._momentum_window(momentum_window)
+        self.set_val_batch(val_batch)
+
+    def _check_options(self, contraction, val_grad_every, rank, target_chunk, loss_reduction):
+        """Validate and store the speed, memory and loss options (ValueError naming the bad one)."""
+        if contraction not in CONTRACTIONS:
+            raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
+        if int(val_grad_every) < 1 or int(rank) < 1:
+            raise ValueError("val_grad_every and rank must be positive integers")
+        self.val_grad_every = int(val_grad_every)
+        if contraction == "gram" and (why := self._gram_blocker()):
+            raise ValueError(f"contraction='gram': {why}")
+        if target_chunk is not None and int(target_chunk) < 1:
+            raise ValueError(f"target_chunk must be a positive integer or None, got {target_chunk}")
+        self.target_chunk = None if target_chunk is None else int(target_chunk)
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}"
+            )
+        self.loss_reduction = loss_reduction
+        self.contraction = contraction
+        self.rank = int(rank)
+
+    @staticmethod
+    def _trainable_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> list:
+        """The optimizer's trainable parameters; ValueError if the model has others."""
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        opt_ids = {id(p) for p in params}
+        missing = [
+            n for n, p in model.named_parameters() if p.requires_grad and id(p) not in opt_ids
+        ]
+        if missing:
+            raise ValueError(f"trainable parameters not in the optimizer: {missing[:5]}")
+        return params
+
+    def _momentum_window(self, momentum_window: int) -> MomentumWindow | None:
         if int(momentum_window) < 0:
             raise ValueError(f"momentum_window must be >= 0, got {momentum_window}")
-        if momentum_window:
-            beta1 = {}
-            for group in optimizer.param_groups:
-                b1 = group["betas"][0]
-                for p in group["params"]:
-                    beta1[id(p)] = float(b1.item()) if torch.is_tensor(b1) else float(b1)
-            self.momentum = MomentumWindow(
-                int(momentum_window), self.estimators, beta1, self.contract_dtype
-            )
-        self.set_val_batch(val_batch)
+        if not momentum_window:
+            return None
+        beta1 = {}
+        for group in self.optimizer.param_groups:
+            b1 = group["betas"][0]
+            for p in group["params"]:
+                beta1[id(p)] = float(b1.item()) if torch.is_tensor(b1) else float(b1)
+        family = frozenset(e for e, est in self._table.items() if est.adam_family)
+        return MomentumWindow(
+            int(momentum_window), self.estimators, beta1, self.contract_dtype, adam_family=family
+        )
+
+    # context manager: `with InRunScorer(...) as scorer:` removes the hooks on exit
+    def __enter__(self) -> InRunScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ----------------------------------------------------------------------------- target side
     def set_val_batch(self, val_batch: Mapping[str, torch.Tensor]) -> None:
@@ -327,26 +361,61 @@ class InRunScorer:
         """
         if token_denominator is not None and self.loss_reduction != "token":
             raise ValueError("token_denominator needs loss_reduction='token'")
-        est = set(self.estimators)
-        need_start = bool(est & {"sgd", "adam"})
-        need_end = bool(est & {"adam-loo", "adam2"})
-        need_mid = "adam2" in est
         b = prepare_batch(batch, self.device)
         n = b["input_ids"].shape[0]
-
         gram_mods = self._gram_now() if self._gram_candidates else {}
+        start = self._start_grad(gram_mods)
+        val_loss = start.loss if start is not None else self._val_loss()
+        loss, ex_loss = self._train_backward(b, n, token_denominator)
+        grad_norm, kappa = self._clip()
+        clipped = kappa < 1.0
+        lin = clipped and bool(set(self.estimators) & self.clip_linearised)
+        t = self._targets(kappa, start)
+        ghat = {id(p): p.grad.detach() for p in self.params if p.grad is not None} if lin else {}
+        mid, end = self._optimizer_step()
+        t.mid = mid.grads if mid is not None else None
+        t.end = end.grads if end is not None else None
+        cols = self._columns(t, gram_mods)
+        if lin:
+            cols[_GHAT] = ghat
+        col, records = self._contract(cols, n, gram_mods, t)
+        values = self._values(col, cols, ghat, lin)
+        propagated: list[PropagatedStep] = []
+        if self.momentum is not None:
+            with record_function("adamshap.momentum"):
+                propagated = self._momentum_step(t, cols, col, kappa, n, records, values, lin, ghat)
+        self._steps_done += 1
+        return StepOutput(
+            values=values,
+            loss=float(loss.detach()),
+            val_loss=val_loss,
+            val_loss_after=end.loss if end is not None else None,
+            lr=t.lr[id(self.params[0])],
+            example_losses=ex_loss.detach().cpu(),
+            grad_norm=grad_norm,
+            clipped=clipped,
+            propagated=propagated,
+        )
+
+    def _start_grad(self, gram_mods: dict[int, nn.Module]) -> _ValGrad | None:
+        """∇l_val(w_t): cached from the last step's end, the stale one, or taken now."""
         # The Gram form needs this step's target tokens, so it never takes a cached gradient.
         start = None if gram_mods else self._cached_start()
-        if start is None and need_start:
+        if start is None and "start" in self._needs:
             start = self._stale_start() if self.val_grad_every > 1 else None
             if start is None:
                 with record_function("adamshap.target_grad"):
                     start = self._val_grad_keeping(gram_mods) if gram_mods else self._val_grad()
         if self.val_grad_every > 1 and start is not None and start is not self._stale:
             self._stale, self._stale_age = start, 0
-        val_loss = start.loss if start is not None else self._val_loss()
+        return start
 
-        # Training forward/backward, keeping each layer's inputs and output grads.
+    def _train_backward(self, b: dict, n: int, token_denominator: float | None):
+        """Training forward/backward, keeping each layer's inputs and output grads.
+
+        Returns (training loss, per-example losses); `.grad` then holds the (all-reduced)
+        batch gradient.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         self.capture.clear()
         self.capture.active = True
@@ -379,129 +448,102 @@ class InRunScorer:
             lt = loss.detach().reshape(1).clone()
             self._sum_over_ranks([p.grad for p in self.params] + [lt])
             loss = lt
+        return loss, ex_loss
 
-        grad_norm = None
-        kappa = 1.0
-        if self.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
-            kappa = min(1.0, self.max_grad_norm / (grad_norm + 1e-6))
-        clipped = kappa < 1.0
-        lin = clipped and bool(est & self.clip_linearised)
+    def _clip(self) -> tuple[float | None, float]:
+        """Clip the batch gradient when `max_grad_norm` is set: (unclipped norm, κ)."""
+        if self.max_grad_norm is None:
+            return None, 1.0
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        return grad_norm, min(1.0, self.max_grad_norm / (grad_norm + 1e-6))
 
+    def _targets(self, kappa: float, start: _ValGrad | None) -> Targets:
+        """lr, ∇l_val(w_t) and the preconditioners the chosen estimators read (before the step)."""
+        table = self._table.values()
         with record_function("adamshap.preconditioner"):
-            P = preconditioner(self.optimizer, kappa) if est - {"sgd"} else {}
-            P_loo = (
-                loo_preconditioner(self.optimizer, kappa)
-                if "adam-loo" in est and self.loo_second_moment
+            P = (
+                preconditioner(self.optimizer, kappa)
+                if any(e.preconditioned for e in table)
                 else {}
             )
-        lrs = lr_scale(self.optimizer)
-        lr0 = lrs[id(self.params[0])]
-        ghat = {id(p): p.grad.detach() for p in self.params if p.grad is not None} if lin else {}
+            loo = self.loo_second_moment and any(e.reads_loo_P for e in table)
+            P_loo = loo_preconditioner(self.optimizer, kappa) if loo else {}
+        return Targets(
+            lr=lr_scale(self.optimizer),
+            start=start.grads if start is not None else None,
+            P=P,
+            P_loo=P_loo,
+            loo_second_moment=self.loo_second_moment,
+        )
 
+    def _optimizer_step(self) -> tuple[_ValGrad | None, _ValGrad | None]:
+        """The real step, with the target gradients at the midpoint (before) and w_{t+1} (after)."""
         mid = None
-        if need_mid:
+        if "mid" in self._needs:
             with record_function("adamshap.target_grad"):
                 mid = self._val_grad_at(shared_step_params(self.optimizer))
-
         with record_function("adamshap.optimizer_step"):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-
         end = None
-        if need_end:
+        if "end" in self._needs:
             with record_function("adamshap.target_grad"):
                 end = self._val_grad()
             self._cache = end
         if self._stale is not None:
             self._stale_age += 1
+        return mid, end
 
-        # Val-side tensors, one column per distinct contraction.
-        cols: dict[str, dict[int, torch.Tensor]] = {}
+    def _columns(self, t: Targets, gram_mods: dict) -> dict[str, dict[int, torch.Tensor]]:
+        """Each chosen estimator's target-side column (in `column_order`), from its table entry."""
+        pre = [e for e, est in self._table.items() if est.preconditioned]
+        # When nothing after the one preconditioned column reads P (no other such column, no
+        # Gram factors, no momentum carry of its own), it is formed in P's memory.
+        t.consume_P = (
+            len(pre) == 1
+            and not gram_mods
+            and (self.momentum is None or self._table[pre[0]].carry is None)
+        )
         with record_function("adamshap.val_columns"):
-            if "sgd" in est:
-                cols["sgd"] = {k: lrs[k] * g for k, g in start.grads.items()}
-            if "adam" in est:
-                # When nothing after this reads P (no adam2/adam-loo column, no Gram factors),
-                # P ⊙ ∇l_val is formed in P's own memory: same product, one allocation fewer.
-                alone = not (est & {"adam2", "adam-loo"}) and not gram_mods
-                cols["adam"] = _times_into(P, start.grads) if alone else _times(P, start.grads)
-                if alone:
-                    P = {}  # consumed
-            if "adam-loo" in est and not self.loo_second_moment:
-                cols["end"] = _times(P, end.grads)
-            if "adam-loo" in est and self.loo_second_moment:
-                cols["loo"] = _times(P_loo, end.grads)
-            if need_mid:
-                # adam2 is linear in the val side: contract P ⊙ ½(mid + end) once, not two
-                # columns (each column costs one forward-sized matmul per layer).
-                cols["adam2"] = {k: P[k] * (0.5 * (mid.grads[k] + end.grads[k])) for k in P}
-        if lin:
-            cols["gg"] = ghat
+            return {e: self._table[e].column(t) for e in self._column_order}
+
+    def _contract(self, cols: dict, n: int, gram_mods: dict, t: Targets):
+        """Contract every column against the kept records: ({column: [n]}, records or None)."""
         names = list(cols)
         with record_function("adamshap.val_side"):
             val_side = {
                 id(p): self._stack([cols[c].get(id(p)) for c in names], p) for p in self.params
             }
             low = self._low_rank(val_side, skip=gram_mods)
-            gram = self._gram_sides(gram_mods, names, P, lrs) if gram_mods else None
+            gram = self._gram_sides(gram_mods, names, t) if gram_mods else None
         with record_function("adamshap.contract"):
             C = self.capture.contract(val_side, n, dtype=self.contract_dtype, low=low, gram=gram)
         records = self.capture.take_records() if self.momentum is not None else None
         self.capture.clear()
         self.capture.clear_target()
-        col = {c: C[:, i] for i, c in enumerate(names)}
+        return {c: C[:, i] for i, c in enumerate(names)}, records
 
+    def _values(self, col: dict, cols: dict, ghat: dict, lin: bool) -> dict[str, torch.Tensor]:
+        """Each estimator's values, minus the clip term where clipping is linearised."""
         values: dict[str, torch.Tensor] = {}
         for e in self.estimators:
-            if e == "sgd":
-                v, u = col["sgd"], cols["sgd"]
-            elif e == "adam":
-                v, u = col["adam"], cols["adam"]
-            elif e == "adam-loo":
-                key = "loo" if self.loo_second_moment else "end"
-                v, u = col[key], cols[key]
-            else:  # adam2: midpoint of the val gradients without and with this batch's step
-                v, u = col["adam2"], cols["adam2"]
+            v, u = col[e], cols[e]
             if lin and e in self.clip_linearised:
-                v = v - (_dot(u, ghat) / _dot(ghat, ghat)) * col["gg"]
+                v = v - (_dot(u, ghat) / _dot(ghat, ghat)) * col[_GHAT]
             values[e] = v.detach().cpu().double()
-
-        propagated: list[PropagatedStep] = []
-        if self.momentum is not None:
-            with record_function("adamshap.momentum"):
-                lin_e = (
-                    frozenset(self.clip_linearised & set(self.estimators)) if lin else frozenset()
-                )
-                gg_col = col["gg"].detach().cpu().double() if lin else None
-                propagated = self._momentum_step(
-                    cols, P, end, kappa, n, records, values, lin_e, ghat, gg_col
-                )
-        self._steps_done += 1
-
-        return StepOutput(
-            values=values,
-            loss=float(loss.detach()),
-            val_loss=val_loss,
-            val_loss_after=end.loss if end is not None else None,
-            lr=lr0,
-            example_losses=ex_loss.detach().cpu(),
-            grad_norm=grad_norm,
-            clipped=clipped,
-            propagated=propagated,
-        )
+        return values
 
     def _momentum_step(
-        self, cols, P, end, kappa, n, records, values, lin_e, ghat, gg_col
+        self, t, cols, col, kappa, n, records, values, lin, ghat
     ) -> list[PropagatedStep]:
         """Credit this step's val side to the open windows, close the due ones, open this one."""
         mw = self.momentum
-        carry_cols = {}
-        for e in self.estimators:
-            if e == "adam-loo":  # the carry moves m only: P held, κ_s not moved by example i
-                carry_cols[e] = cols["end"] if "end" in cols else _times(P, end.grads)
-            else:
-                carry_cols[e] = cols[e]
+        lin_e = frozenset(self.clip_linearised & set(self.estimators)) if lin else frozenset()
+        gg_col = col[_GHAT].detach().cpu().double() if lin else None
+        carry_cols = {
+            e: cols[e] if est.carry is None else est.carry(t, cols[e])
+            for e, est in self._table.items()
+        }
         mw.add_step(mw.carry_column(carry_cols, kappa))
         closed = mw.close_due(self._contract_records)
         mw.open(self._steps_done, n, kappa, records, values, lin_e, ghat, gg_col)
@@ -534,13 +576,14 @@ class InRunScorer:
 
     def _gram_blocker(self) -> str | None:
         """Why the Gram form cannot serve this scorer's settings (None when it can)."""
-        if set(self.estimators) - GRAM_ESTIMATORS:
+        gram = gram_estimators()
+        if [e for e in self.estimators if self._table[e].gram_factors is None]:
             return (
-                "it values sgd and adam only (their target gradient is taken before the step, "
+                f"it values {_and(gram)} only (their target gradient is taken before the step, "
                 f"where its tokens can be kept); got {list(self.estimators)}"
             )
-        if self.val_grad_every != 1 or self.clip_linearised & GRAM_ESTIMATORS:
-            return "it needs val_grad_every=1 and no clip linearising of sgd/adam"
+        if self.val_grad_every != 1 or self.clip_linearised & set(gram):
+            return f"it needs val_grad_every=1 and no clip linearising of {'/'.join(gram)}"
         if self.distributed:
             return "it is single-process (the target tokens are per rank)"
         return None
@@ -574,7 +617,7 @@ class InRunScorer:
         return out
 
     def _gram_sides(
-        self, mods: dict[int, nn.Module], names: list[str], P: dict, lrs: dict
+        self, mods: dict[int, nn.Module], names: list[str], t: Targets
     ) -> dict[int, GramSide]:
         """Each Gram layer's kept target tokens and per-column rank-1 preconditioner factors."""
         sides = {}
@@ -587,15 +630,10 @@ class InRunScorer:
             conv = Conv1D is not None and isinstance(mod, Conv1D)
             rs, cs = [], []
             for c in names:
-                if c == "sgd":  # constant P = lr: the factorisation is exact
-                    rs.append(
-                        torch.full((a_val.shape[1],), float(lrs[k]), dtype=dt, device=self.device)
-                    )
-                    cs.append(torch.ones(b_val.shape[1], dtype=dt, device=self.device))
-                else:  # "adam": P in [d_in, d_out] layout
-                    r, cc = rank1_factors(P[k] if conv else P[k].T)
-                    rs.append(r)
-                    cs.append(cc)
+                factors = self._table[c].gram_factors
+                r, cc = factors(t, k, a_val.shape[1], b_val.shape[1], conv, dt, self.device)
+                rs.append(r)
+                cs.append(cc)
             sides[k] = GramSide(
                 a_val.to(dt), b_val.to(dt), torch.stack(rs).to(dt), torch.stack(cs).to(dt)
             )
@@ -678,13 +716,9 @@ class InRunScorer:
         self.capture.remove()
 
 
-def _times(P: dict[int, torch.Tensor], g: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    return {k: P[k] * v for k, v in g.items() if k in P}
-
-
-def _times_into(P: dict[int, torch.Tensor], g: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """`_times`, written into P's tensors (P is consumed)."""
-    return {k: P[k].mul_(v) for k, v in g.items() if k in P}
+def _and(names) -> str:
+    names = list(names)
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
 
 
 def _dot(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from adamshap_core.estimators import preferred_order
 from curation.errors import UsageError
 from curation.selection import SelectionResult, select, validate_keep
 
@@ -287,7 +288,6 @@ def _score(
 
 
 DEFAULT_ESTIMATOR = "ckpt"  # checkpoint values: benchmarks/results/pruning_*.md
-FALLBACK_ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
 
 
 def resolve_estimator(run_dir: Path, estimator: str | None) -> tuple[str, str | None]:
@@ -301,7 +301,7 @@ def resolve_estimator(run_dir: Path, estimator: str | None) -> tuple[str, str | 
         return DEFAULT_ESTIMATOR, None
     if value_column(DEFAULT_ESTIMATOR) in have:
         return DEFAULT_ESTIMATOR, None
-    for e in FALLBACK_ESTIMATORS:
+    for e in preferred_order():  # the in-run estimators, most preferred first
         if value_column(e) in have:
             return e, (
                 f"{run_dir} has no checkpoint values (scored with --snapshots 0, or by an older "

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from adamshap_core.estimators import DEFAULT_ORDER, ESTIMATORS, gram_estimators, preferred_order
 from adamshap_core.lowrank import CONTRACTIONS
 
 from .aggregate import CKPT_FILE, EXAMPLES_FILE, aggregate_run
@@ -49,7 +50,6 @@ from .ledger import (
 )
 from .ranks import Ranks, ranks_from_env
 
-ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
 COMPLETE_MARKER = ".complete"
 # Arguments that do not change the outputs; a resume may differ in them. The inputs are
 # identified by their contents (sha256), not by how their paths were typed.
@@ -83,7 +83,7 @@ class ScoreArgs:
     weight_decay: float = 0.1
     max_grad_norm: float | None = 1.0
     warmup_frac: float = 0.05
-    estimators: tuple[str, ...] = ESTIMATORS
+    estimators: tuple[str, ...] = DEFAULT_ORDER
     contraction: str = "exact"  # exact | lowrank | gram | auto (benchmarks/results/speed.md)
     rank: int = 8
     target_chunk: int = 8  # target examples per gradient piece; 0 = the whole target batch
@@ -112,14 +112,17 @@ class ScoreArgs:
         """Raise UsageError for settings that cannot work."""
         bad = [e for e in self.estimators if e not in ESTIMATORS]
         if bad or not self.estimators:
-            raise UsageError(f"unknown estimators {bad}; choose from {', '.join(ESTIMATORS)}")
+            raise UsageError(
+                f"unknown estimators {bad}; choose from {', '.join(preferred_order())}"
+            )
         if self.contraction not in CONTRACTIONS:
             raise UsageError(
                 f"contraction must be one of {', '.join(CONTRACTIONS)}, got {self.contraction!r}"
             )
-        if self.contraction == "gram" and set(self.estimators) - {"sgd", "adam"}:
+        if self.contraction == "gram" and set(self.estimators) - set(gram_estimators()):
             raise UsageError(
-                "contraction gram values sgd and adam only; pass --estimators adam (or adam,sgd)"
+                f"contraction gram values {' and '.join(gram_estimators())} only; "
+                "pass --estimators adam (or adam,sgd)"
             )
         for name in (
             "seq_len",

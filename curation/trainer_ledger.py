@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from adamshap_core.estimators import DEFAULT_ORDER
+
 from .aggregate import EXAMPLES_FILE, aggregate_run
 from .atomic import atomic_write_parquet, atomic_write_text
 from .ledger import LedgerWriter
@@ -29,7 +31,7 @@ class TrainerLedger:
     def __init__(
         self,
         run_dir: str | Path,
-        estimators: Iterable[str] = ("adam2", "adam-loo", "adam", "sgd"),
+        estimators: Iterable[str] = DEFAULT_ORDER,
         flush_every: int = 50,
     ) -> None:
         self.run_dir = Path(run_dir)

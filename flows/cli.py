@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ESTIMATORS = ("adam2", "adam-loo", "adam", "sgd")
+# torch-free (adamshap_core imports lazily): `--help` stays fast
+from adamshap_core.estimators import DEFAULT_ORDER, preferred_order
+
 CORPUS_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".pq")
 EXIT_INTERRUPTED = 130
 
@@ -90,10 +92,11 @@ def positive_float(text: str) -> float:
 def estimator_list(text: str) -> tuple[str, ...]:
     """argparse type: comma-separated estimator names, e.g. `adam2,adam-loo`."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in ESTIMATORS]
+    offered = preferred_order()
+    unknown = [n for n in names if n not in offered]
     if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown estimator(s) {', '.join(unknown) or '(none)'}; choose from {','.join(ESTIMATORS)}"
+            f"unknown estimator(s) {', '.join(unknown) or '(none)'}; choose from {','.join(offered)}"
         )
     return tuple(dict.fromkeys(names))
 
@@ -233,7 +236,8 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--estimators",
         type=estimator_list,
-        help=f"comma-separated subset of {','.join(ESTIMATORS)} (default: all four)",
+        help=f"comma-separated subset of {','.join(preferred_order())} "
+        f"(default: {','.join(DEFAULT_ORDER)})",
     )
     g.add_argument(
         "--contraction",
@@ -665,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--estimator",
-        choices=("ckpt", *ESTIMATORS),
+        choices=("ckpt", *preferred_order()),
         help="value used for ranking: ckpt (checkpoint values, the default) or an in-run "
         "estimator's run sum",
     )
