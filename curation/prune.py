@@ -50,10 +50,9 @@ class PruneArgs:
     # None: checkpoint values (`ckpt`) when the run has them, else the first in-run estimator
     # it has (a run scored with --snapshots 0, or by an older version); the choice is recorded
     estimator: str | None = None
-    # cluster floors (a kept share of every FAISS cluster) are off by default: in the pruning
-    # benchmark they cost 0.015-0.07 nats of evaluation loss on every target (README); --floor F
-    # turns them on (None: half the keep rate); near-duplicate removal stays on either way
-    floor: float | None = 0.0
+    # cluster floors: None = half the keep rate (a kept share of every FAISS cluster, positive
+    # values only); 0 turns them off. In the pruning benchmark they did not bind (same kept set)
+    floor: float | None = None
     seed: int = 0
     target_frac: float = 0.05
     fields: dict[str, str] | None = None

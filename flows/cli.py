@@ -676,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--floor",
         type=non_negative_float,
-        help="minimum kept share of each FAISS cluster (default 0: off, see the pruning benchmark)",
+        help="minimum kept share of each FAISS cluster (default: half of --keep; 0: off)",
     )
     p.add_argument(
         "--by",
