@@ -29,7 +29,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from curation.errors import AdamshapError, ManifestError
-from curation.verify import OUTPUT_FILES as VERIFY_OUTPUTS
 
 DEFAULT_KEEP = 0.7
 CACHE_VERSION = "1"  # bump when a stage's outputs change meaning
@@ -261,6 +260,7 @@ def curate_flow(
     from curation.errors import UsageError
     from curation.prune import PruneArgs
     from curation.scoring_run import ScoreArgs
+    from curation.verify import OUTPUT_FILES as VERIFY_OUTPUTS
     from curation.verify import VerifyArgs
 
     t_start = time.perf_counter()
