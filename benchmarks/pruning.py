@@ -19,9 +19,14 @@ sizes below) yields the in-run values and the checkpoint values. Every arm keeps
 budget per step), with paired seeds: seed s gives every arm the same initial weights. Arms:
 `random`, `perplexity` (drop the highest loss under the scoring proxy), `dsir` (hashed 1+2-gram
 importance against the target), `classifier` (target-vs-pool logistic regression on hashed
-n-grams), `adam2-inrun` (sum of the in-run `adam2` values, top 70%), `adamshap` (the default
-recipe of `adamshap prune`: checkpoint values, cluster floors that never protect a non-positive
-value, near-duplicate removal), and `full`. Beside the arms: the evaluation split's
+n-grams), `rules+random` / `rules+perplexity` (the quality rules of `curation.quality`, then a
+random / lowest-loss fill: what a user would build from heuristic filters alone), `adam2-inrun`
+(sum of the in-run `adam2` values, top 70%), `ckpt-topk` (checkpoint values, top 70%),
+`ckpt+select` (checkpoint values, cluster floors that never protect a non-positive value,
+near-duplicate removal), `adamshap` (the default recipe of `adamshap prune`: the quality rules,
+then `ckpt+select` on the rest), and `full`. The scoring target of `none` keeps its junk here;
+`adamshap prune` draws its held-out target from the rows that pass the text rules, so the
+product's target is cleaner than the benchmark's. Beside the arms: the evaluation split's
 cross-entropy under the pool's unigram model (same tokenizer): every arm should be well below
 it, or the proxies are only counting tokens. Writes benchmarks/results/pruning.{json,md}
 (pruning_quick.* with --quick).
@@ -62,8 +67,11 @@ ARMS = (
     "perplexity",
     "dsir",
     "classifier",
+    "rules+random",
+    "rules+perplexity",
     "adam2-inrun",
     "ckpt-topk",
+    "ckpt+select",
     "adamshap",
     "full",
 )
@@ -231,7 +239,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     from curation.corpus import write_corpus
     from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.encode import encode_corpus
+    from curation.proxy_loss import run_order_gains
     from curation.prune import PruneArgs
+    from curation.quality import QualityRules, check_quality
     from curation.scoring_run import ScoreArgs, run_scoring
     from curation.selection import select, token_shingles
     from curation.tokenizer import load_tokenizer
@@ -278,10 +288,18 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     emb = prepare_for_similarity(embed_run(run, pool.select("id", "source", "text")))
     labels, _ = spherical_kmeans(emb, default_k(len(ids)), seed=a.seed)
     shingles = [token_shingles(t) for t in run_token_ids(run, pool)]
-    default = select(ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles)
+    gains = run_order_gains(run, texts, seed=a.seed)
+    quality = check_quality(texts, QualityRules(), gains)
+    flagged = quality.flagged
+    no_rules = select(ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles)
+    default = select(
+        ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles, quality=quality.reasons
+    )
     masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
+    masks["rules+perplexity"] = top_k_mask(np.where(flagged, np.nan, scores["perplexity"]), a.keep)
     masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
     masks["ckpt-topk"] = top_k_mask(ckpt, a.keep)  # the recipe's ranking without floors/dedup
+    masks["ckpt+select"] = no_rules.kept
     masks["adamshap"] = default.kept
     masks["full"] = np.ones(len(ids), bool)
 
@@ -301,9 +319,11 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         runs, stats = [], []
         for s in seeds:
             m = masks.get(arm)
-            if m is None:  # random: a fresh subset per seed
+            if m is None:  # random (after the rules, for rules+random): a fresh subset per seed
+                pool_ix = np.flatnonzero(~flagged) if arm == "rules+random" else np.arange(len(ids))
                 m = np.zeros(len(ids), bool)
-                m[np.random.default_rng(1000 + s).choice(len(ids), n_keep, replace=False)] = True
+                pick = np.random.default_rng(1000 + s).choice(len(pool_ix), n_keep, replace=False)
+                m[pool_ix[pick]] = True
             stats.append(_junk_stats(m, kinds))
             runs.append(
                 _cached(
@@ -352,6 +372,18 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         "auc": aucs,
         "dedup": default.dedup,
         "floor_kept_junk": int((default.by_floor & (kinds != "clean")).sum()),
+        "quality": {
+            "flagged": quality.counts(),
+            "n_flagged": int(flagged.sum()),
+            "order_gain_threshold": quality.order_gain_threshold,
+            "clean_flagged": float(flagged[kinds == "clean"].mean()),
+            "clean_flagged_by_source": {
+                src: float(flagged[(kinds == "clean") & (pool["source"].to_numpy() == src)].mean())
+                for src in sorted(set(pool["source"].to_list()))
+            },
+            "junk_flagged": float(flagged[kinds != "clean"].mean()),
+            "by_kind": {k: float(flagged[kinds == k].mean()) for k in JUNK_KINDS},
+        },
     }
 
 
@@ -417,6 +449,20 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
                 + " | ".join(f"{au[k]:.2f}" for k in JUNK_KINDS)
                 + " |"
             )
+        q = s.get("quality")
+        if q:
+            lines += [
+                "",
+                f"Quality rules alone (`curation.quality`): flagged {q['n_flagged']} documents, "
+                f"{q['junk_flagged']:.0%} of the junk and {q['clean_flagged']:.1%} of the clean "
+                "documents (by source: "
+                + ", ".join(f"{k} {v:.1%}" for k, v in q["clean_flagged_by_source"].items())
+                + "); by kind: "
+                + ", ".join(f"{k} {v:.0%}" for k, v in q["by_kind"].items())
+                + "; by rule: "
+                + ", ".join(f"{k} {v}" for k, v in q["flagged"].items())
+                + ".",
+            ]
         lines += [
             "",
             f"Paired diff = arm's eval loss minus adamshap's on the same seed (> 0: adamshap "
@@ -471,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python -m benchmarks.pruning" + (" --quick" if a.quick else "")
     if a.scenarios != "pydocs,wordnet,none":
         cmd += f" --scenarios {a.scenarios}"
+    if a.tag:
+        cmd += f" --tag {a.tag}"
     meta = {
         "command": cmd,
         "n_pool": a.n_pool,

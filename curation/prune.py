@@ -67,6 +67,10 @@ class PruneArgs:
                 setattr(self, name, os.path.abspath(os.fspath(v)))
 
     by: str = "row"  # "source": keep or drop whole sources (curation/source_prune.py)
+    # quality rules before value ranking (curation/quality.py): failing rows are excluded with
+    # reason quality:<rule>; off ranks every row by value alone
+    quality: bool = True
+    min_chars: int = 50
 
 
 def value_column(estimator: str) -> str:
@@ -213,13 +217,68 @@ def write_records(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def holdout_target(n: int, frac: float, seed: int) -> np.ndarray:
-    """Seeded random held-out mask: max(16, round(frac*n)) docs, at most half the corpus."""
+def holdout_target(
+    n: int, frac: float, seed: int, eligible: np.ndarray | None = None
+) -> np.ndarray:
+    """Seeded random held-out mask: max(16, round(frac*n)) docs, at most half the corpus.
+
+    With `eligible` (e.g. the rows that pass the quality rules) the sample is drawn from those
+    rows only, so junk in the corpus is not held out as the target it is valued against.
+    """
     m = min(max(TARGET_MIN, round(frac * n)), n // 2)
     mask = np.zeros(n, bool)
+    pool = np.arange(n) if eligible is None else np.flatnonzero(eligible)
+    m = min(m, len(pool) // 2) if eligible is not None and len(pool) < n else m
     if m > 0:
-        mask[np.random.default_rng(seed).choice(n, size=m, replace=False)] = True
+        mask[pool[np.random.default_rng(seed).choice(len(pool), size=m, replace=False)]] = True
     return mask
+
+
+def _quality_rules(args: PruneArgs) -> Any:
+    """The quality thresholds of this run (curation.quality.QualityRules)."""
+    from curation.quality import QualityRules
+
+    if not isinstance(args.min_chars, int) or args.min_chars < 0:
+        raise UsageError(f"--min-chars must be an integer >= 0, got {args.min_chars!r}")
+    return QualityRules(min_chars=args.min_chars)
+
+
+def _plain_texts(df: pl.DataFrame) -> list[str] | None:
+    """The documents' texts when the quality rules apply (plain text rows), else None."""
+    if "prompt" in df.columns and "response" in df.columns:
+        return None  # instruction / RAG rows: judged by value alone
+    return ["" if t is None else str(t) for t in df["text"].to_list()]
+
+
+def _finite(x: float) -> float | None:
+    """x, or None where it is NaN/inf (prune.json stays comparable and strict JSON)."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _quality(args: PruneArgs, df: pl.DataFrame, run_dir: Path) -> tuple[list[str] | None, dict]:
+    """Per-row quality reasons ('' = passes) with the proxy's word-order test, and a summary."""
+    from dataclasses import asdict as _asdict
+
+    from curation.proxy_loss import run_order_gains
+    from curation.quality import check_quality
+
+    texts = _plain_texts(df)
+    if not args.quality or texts is None:
+        why = "off (--quality off)" if not args.quality else "off (instruction/RAG rows)"
+        return None, {"enabled": False, "note": why}
+    rules = _quality_rules(args)
+    gains = run_order_gains(run_dir, texts, device=args.device, seed=args.seed)
+    res = check_quality(texts, rules, gains)
+    return res.reasons, {
+        "enabled": True,
+        "rules": _asdict(rules),
+        "flagged": res.counts(),
+        "n_flagged": int(res.flagged.sum()),
+        "order_gain_threshold": _finite(res.order_gain_threshold),
+        "order_gain_median": _finite(float(np.nanmedian(gains))) if len(gains) else None,
+        "dominant_script": res.dominant_script,
+        "function_words": res.function_words[:10],
+    }
 
 
 def _run_target(run_dir: Path) -> str | None:
@@ -463,7 +522,13 @@ def run_prune(args: PruneArgs) -> Path:
     target_df = None
     held_out = target is None
     if target is None:
-        is_target = holdout_target(n, args.target_frac, args.seed)
+        eligible = None
+        texts = _plain_texts(df) if args.quality else None
+        if texts is not None:
+            from curation.quality import check_quality
+
+            eligible = ~check_quality(texts, _quality_rules(args)).flagged
+        is_target = holdout_target(n, args.target_frac, args.seed, eligible)
         if not is_target.any():
             raise UsageError(
                 f"{corpus_path.name} has {n} documents, too few to hold out a target; pass --target"
@@ -513,6 +578,7 @@ def run_prune(args: PruneArgs) -> Path:
     shingles = None
     if args.dedup_eps > 0:
         shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]
+    quality, quality_summary = _quality(args, df, run_dir)
     res = select(
         ids,
         values,
@@ -525,6 +591,7 @@ def run_prune(args: PruneArgs) -> Path:
         shingles=shingles,
         dedup_jaccard=args.dedup_jaccard,
         max_dedup_frac=args.max_dedup_frac,
+        quality=quality,
     )
     for w in res.alerts:
         print(f"\n*** {w} ***\n")
@@ -542,6 +609,7 @@ def run_prune(args: PruneArgs) -> Path:
         estimator=args.estimator,
         estimator_note=fallback,
         n_unscored=n_unscored,
+        quality=quality_summary,
     )
     with staged_outputs(out, last=(DONE_FILE,)) as stage:
         write_outputs(stage, rows, np.asarray(res.kept, bool), list(res.reason), values, ext)

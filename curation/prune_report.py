@@ -204,6 +204,23 @@ def prune_page(
             f"{dd.get('candidate_pairs', 0)} embedding candidate pairs, "
             f"{dd.get('confirmed_pairs', 0)} confirmed); rule: {dd.get('rule')}"
         )
+    q = s.get("quality") or {}
+    if q.get("enabled"):
+        flagged = ", ".join(f"{k}: {v}" for k, v in q.get("flagged", {}).items())
+        answer.append(
+            f"quality rules excluded **{q.get('n_flagged', 0)}** documents before value ranking"
+            f" ({flagged})"
+        )
+        thr = q.get("order_gain_threshold")
+        details.append(
+            f"quality rules (curation/quality.py): {q.get('rules')}; word-order threshold "
+            f"{thr if thr is None else round(thr, 4)} nats/token (median gain "
+            f"{q.get('order_gain_median') and round(q['order_gain_median'], 4)}); dominant "
+            f"script {q.get('dominant_script')}; corpus function words "
+            f"{', '.join(q.get('function_words', []))}"
+        )
+    elif q:
+        details.append(f"quality rules: {q.get('note')}")
     details += [f"**warning**: {w}" for w in s.get("warnings", [])]
     cl = [
         dict(

@@ -28,6 +28,7 @@ import polars as pl
 from curation.errors import UsageError
 
 KEPT, LOW_VALUE, TARGET, NEAR_DUP = "kept", "low_value", "target", "near_duplicate_of:"
+QUALITY = "quality:"
 
 
 @dataclass
@@ -200,11 +201,14 @@ def select(
     shingles: Sequence[np.ndarray] | None = None,
     dedup_jaccard: float = DEDUP_JACCARD,
     max_dedup_frac: float = MAX_DEDUP_FRAC,
+    quality: Sequence[str] | None = None,
 ) -> SelectionResult:
     """Keep exactly round(keep*N) docs: targets, then per-cluster floors by value, then top values.
 
     `emb` should already be centred and re-normalised (`curation.embed.prepare_for_similarity`);
-    `shingles` (one `token_shingles` array per document) confirm near-duplicate candidates.
+    `shingles` (one `token_shingles` array per document) confirm near-duplicate candidates;
+    `quality` (one reason per document, `""` = passes; `curation.quality`) excludes the documents
+    that fail a quality rule before anything else, with reason `quality:<rule>`.
     """
     keep = validate_keep(keep)
     ids = [str(i) for i in ids]
@@ -227,6 +231,8 @@ def select(
         raise UsageError(f"got {len(shingles)} token shingle sets for {n} documents")
     if not 0.0 <= dedup_jaccard <= 1.0:
         raise UsageError(f"--dedup-jaccard must be in [0, 1], got {dedup_jaccard!r}")
+    if quality is not None and len(quality) != n:
+        raise UsageError(f"got {len(quality)} quality reasons for {n} documents")
     target = np.zeros(n, bool) if is_target is None else np.asarray(is_target, bool)
     warnings: list[str] = []
     reason = [LOW_VALUE] * n
@@ -242,8 +248,12 @@ def select(
             f"({n_requested}); raise --keep or use a separate --target file"
         )
     pool = ~target
-    eligible = pool.copy()
-    members = _members(labels, pool)
+    failed = np.zeros(n, bool) if quality is None else np.array([bool(q) for q in quality])
+    failed &= pool
+    for i in np.flatnonzero(failed):
+        reason[i] = f"{QUALITY}{quality[i]}"
+    eligible = pool & ~failed
+    members = _members(labels, pool & ~failed)
     stats: dict[str, int] = {"candidates": 0, "confirmed": 0}
     for _c, idx in members.items():
         for dup, rep in near_duplicates(
@@ -251,7 +261,7 @@ def select(
         ).items():
             reason[dup] = f"{NEAR_DUP}{ids[rep]}"
             eligible[dup] = False
-    n_pool = int(pool.sum())
+    n_pool = int((pool & ~failed).sum())
     n_dup = n_pool - int(eligible.sum())
     dup_frac = n_dup / n_pool if n_pool else 0.0
     dedup = {
@@ -285,10 +295,17 @@ def select(
         )
     n_elig = int(eligible.sum())
     if n_elig < budget:
+        what = (
+            "quality rules and near-duplicate removal"
+            if failed.any()
+            else ("near-duplicate removal")
+        )
         warnings.append(
-            f"only {n_elig} documents remain after near-duplicate removal, fewer than the "
+            f"only {n_elig} documents remain after {what}, fewer than the "
             f"{budget} asked for; keeping all of them ({n_elig + int(target.sum())} of {n}, "
-            f"not {n_requested}). Lower --dedup-eps (0 turns it off) to keep exactly --keep."
+            f"not {n_requested}). Lower --dedup-eps (0 turns it off)"
+            + (" or pass --quality off" if failed.any() else "")
+            + " to keep exactly --keep."
         )
         budget = n_elig
     # Floors: each cluster keeps floor(floor_frac * its pool size), by value, from its documents

@@ -413,6 +413,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "fields": _field_map(args),
         **_device_values(args),
         "by": getattr(args, "by", None),
+        "quality": None if args.quality is None else args.quality == "on",
+        "min_chars": args.min_chars,
     }
     prune_args = build_args(PruneArgs, values, OUT_ALIASES)
     try:
@@ -677,6 +679,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--floor",
         type=non_negative_float,
         help="minimum kept share of each FAISS cluster (default: half of --keep; 0: off)",
+    )
+    p.add_argument(
+        "--quality",
+        choices=("on", "off"),
+        help="quality rules before value ranking (on): rows that fail one (too short, minority "
+        "script, no function words, long words, repeated text, no word order) are excluded with "
+        "reason quality:<rule>",
+    )
+    p.add_argument(
+        "--min-chars",
+        type=non_negative_int,
+        metavar="N",
+        help="quality rule too_short: fewer than N non-blank characters (50)",
     )
     p.add_argument(
         "--by",

@@ -1,0 +1,192 @@
+"""Quality rules (curation/quality.py): each rule fires on the text it names and passes real text."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curation.quality import RULES, QualityRules, check_quality, order_gains, shuffle_words
+from tests.fixtures import fixture_rows
+
+CLEAN = (
+    "The cat sat on the mat and looked at the door of the house for a long time, "
+    "waiting for the rain to stop so that it could go out into the garden again."
+)
+
+
+def _corpus(extra: list[str]) -> list[str]:
+    """Forty clean English sentences (varied) plus `extra`."""
+    rng = random.Random(0)
+    base = CLEAN.split()
+    out = []
+    for i in range(40):
+        words = list(base)
+        words[rng.randrange(len(words))] = f"word{i}"
+        out.append(" ".join(words))
+    return out + extra
+
+
+def test_clean_text_passes_every_text_rule() -> None:
+    res = check_quality(_corpus([]))
+    assert not res.flagged.any()
+    assert res.dominant_script == "LATIN"
+    assert {"the", "for", "and"} <= set(res.function_words)
+
+
+@pytest.mark.parametrize(
+    ("junk", "rule"),
+    [
+        ("too short to learn from", "too_short"),
+        (
+            "Τηε ςατ σατ ον τηε ματ ανδ λοοκεδ ατ τηε δοορ οφ τηε ηουσε φορ α λονγ τιμε ωαιτινγ",
+            "minority_script",
+        ),
+        (
+            "qwx zzv plok trem vask brin olu fet gram spon dil wu kest prab lom nud eft",
+            "no_function_words",
+        ),
+        (
+            "the " + " ".join("x" * 20 + str(i) for i in range(10)) + " of and a to",
+            "long_words",
+        ),
+        (" ".join(f"{i * 3.25:.2f} {i} -{i}.5" for i in range(12)) + " the of", "few_letter_words"),
+        ("\n".join(["the cat sat on the mat and looked at the door"] * 4), "repeated_lines"),
+    ],
+)
+def test_each_text_rule_fires_on_its_junk(junk: str, rule: str) -> None:
+    # the toy corpus has ~30 distinct words: its 10 most frequent stand for the function words
+    res = check_quality(_corpus([junk]), QualityRules(function_words=10))
+    assert res.reasons[-1] == rule
+    assert not res.flagged[:-1].any()
+    assert res.counts()[rule] == 1 and list(res.counts()) == list(RULES)
+
+
+def test_repeated_template_drops_every_copy_but_not_fewer_copies() -> None:
+    t = "Click here to subscribe to our newsletter! Page {n} of 20. All rights reserved by us."
+    five = [t.format(n=i) for i in range(5)]  # digits differ: still one template
+    res = check_quality(_corpus(five))
+    assert [r for r in res.reasons[-5:]] == ["repeated_text"] * 5
+    res4 = check_quality(_corpus(five[:4]))
+    assert not res4.flagged.any()
+    assert check_quality(_corpus(five), QualityRules(repeat_min_copies=6)).flagged.sum() == 0
+
+
+def test_majority_script_of_a_mixed_corpus_is_not_minority() -> None:
+    greek = "Τηε ςατ σατ ον τηε ματ ανδ λοοκεδ ατ τηε δοορ οφ τηε ηουσε φορ α λονγ τιμε ωαιτινγ"
+    res = check_quality(_corpus([greek] * 1) + [greek + f" {i}" for i in range(3)] * 4)
+    # 13 Greek documents out of 53: a real share of the corpus, kept by this rule
+    assert "minority_script" not in res.reasons
+
+
+def test_word_order_rule_uses_the_corpus_median_and_skips_short_documents() -> None:
+    texts = _corpus(["the a of"])
+    gains = np.full(len(texts), 0.5)
+    gains[3] = 0.05  # < 0.2 x median 0.5
+    gains[-1] = 0.0  # too few words for the rate rules: not judged on order
+    res = check_quality(texts, order_gain=gains)
+    assert res.order_gain_threshold == pytest.approx(0.1)
+    assert res.reasons[3] == "no_word_order"
+    assert res.reasons[-1] == "too_short"
+    assert sum(r == "no_word_order" for r in res.reasons) == 1
+    with pytest.raises(ValueError, match="order gains"):
+        check_quality(texts, order_gain=gains[:-1])
+
+
+def test_order_gains_is_shuffled_minus_original_loss() -> None:
+    """A 'model' that knows one word order: loss = share of adjacent pairs out of order."""
+    vocab = {w: i for i, w in enumerate("a b c d e f g h i j k l".split())}
+
+    def losses_of(texts: list[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            ids = [vocab[w] for w in t.split()]
+            out.append(np.mean([b != a + 1 for a, b in zip(ids, ids[1:])]))
+        return np.array(out, float)
+
+    ordered = "a b c d e f g h i j k l"
+    rng = random.Random(1)
+    salad = shuffle_words(ordered, rng)
+    g = order_gains(losses_of, [ordered, salad], shuffles=4, seed=0)
+    assert g[0] > 0.7  # shuffling destroys almost all of the order it had
+    assert abs(g[1]) < 0.35  # a shuffled text has little order left to lose
+    assert sorted(shuffle_words(ordered, rng).split()) == sorted(ordered.split())
+
+
+def test_real_text_is_rarely_flagged_and_synthetic_junk_is() -> None:
+    """On the Debian fixture corpus the text rules flag few documents; junk of each kind is."""
+    rows = fixture_rows(30)
+    texts = [r["text"] for r in rows]
+    rng = random.Random(0)
+    junk = {
+        "minority_script": [
+            "".join(
+                dict(zip(string.ascii_lowercase, "αβψδεφγηιξκλμνοπ;ρστθωςχυζ")).get(c, c) for c in t
+            )
+            for t in texts[:3]
+        ],
+        "no_function_words": [
+            " ".join(
+                "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+                for _ in range(60)
+            )
+            for _ in range(3)
+        ],
+    }
+    all_junk = [t for v in junk.values() for t in v]
+    res = check_quality(texts + all_junk)
+    clean_flagged = res.flagged[: len(texts)].mean()
+    assert clean_flagged < 0.1, [(r, t[:60]) for r, t in zip(res.reasons, texts) if r]
+    got = res.reasons[len(texts) :]
+    assert got == [k for k, v in junk.items() for _ in v]
+
+
+@pytest.mark.integration
+def test_prune_excludes_quality_failures_with_their_reason(tmp_path: Path) -> None:
+    """End to end on real text: junk rows are written to excluded with reason quality:<rule>,
+    nothing is lost, the held-out target holds no junk, and --quality off turns it off."""
+    from curation.prune import PruneArgs, run_prune
+
+    rows = fixture_rows(12)
+    rng = random.Random(0)
+    junk = [
+        {
+            "id": f"junk-{i}",
+            "source": "junk",
+            "text": " ".join(
+                "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+                for _ in range(60)
+            ),
+        }
+        for i in range(8)
+    ]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows + junk))
+    n = len(rows) + len(junk)
+
+    def run(out: str, **kw: object) -> tuple[dict, list[dict], list[dict]]:
+        o = run_prune(PruneArgs(corpus=str(corpus), keep=0.7, out=str(tmp_path / out), **kw))
+        summary = json.loads((o / "prune.json").read_text())["summary"]
+        kept = [json.loads(x) for x in (o / "kept.jsonl").read_text().splitlines()]
+        exc = [json.loads(x) for x in (o / "excluded.jsonl").read_text().splitlines()]
+        target_file = Path(summary["target"])  # held out here, or the scoring run's
+        target = [json.loads(x) for x in target_file.read_text().splitlines()]
+        assert len(kept) + len(exc) == n
+        assert not any(r["id"].startswith("junk") for r in target)
+        return summary, kept, exc
+
+    summary, kept, exc = run("on", progress=False)
+    reasons = {r["id"]: r["reason"] for r in exc}
+    assert all(reasons.get(j["id"]) == "quality:no_function_words" for j in junk)
+    q = summary["quality"]
+    assert q["enabled"] and q["flagged"]["no_function_words"] == 8 and q["n_flagged"] >= 8
+    assert summary["reasons"]["quality:no_function_words"] == 8
+    html = (tmp_path / "on" / "prune_report.html").read_text()
+    assert "quality rules excluded" in html
+    summary_off, _, exc_off = run("off", progress=False, quality=False, scores=summary["scores"])
+    assert not any(r["reason"].startswith("quality:") for r in exc_off)
+    assert summary_off["quality"] == {"enabled": False, "note": "off (--quality off)"}
