@@ -20,7 +20,9 @@ budget per step), with paired seeds: seed s gives every arm the same initial wei
 `random`, `perplexity` (drop the highest loss under the scoring proxy), `dsir` (hashed 1+2-gram
 importance against the target), `classifier` (target-vs-pool logistic regression on hashed
 n-grams), `rules+random` / `rules+perplexity` (the quality rules of `curation.quality`, then a
-random / lowest-loss fill: what a user would build from heuristic filters alone), `adam2-inrun`
+random / lowest-loss fill: what a user would build from heuristic filters alone),
+`rules+ckpt-topk` / `rules+ckpt+perplexity` (the rules, then checkpoint values / the mean of the
+checkpoint-value and perplexity ranks), `adam2-inrun`
 (sum of the in-run `adam2` values, top 70%), `ckpt-topk` (checkpoint values, top 70%),
 `ckpt+select` (checkpoint values, cluster floors that never protect a non-positive value,
 near-duplicate removal), `adamshap` (the default recipe of `adamshap prune`: the quality rules,
@@ -69,6 +71,8 @@ ARMS = (
     "classifier",
     "rules+random",
     "rules+perplexity",
+    "rules+ckpt-topk",
+    "rules+ckpt+perplexity",
     "adam2-inrun",
     "ckpt-topk",
     "ckpt+select",
@@ -208,6 +212,13 @@ def _auc(values: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
 CACHE_HITS: list[str] = []
 
 
+def _mean_rank(a: np.ndarray, b: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Mean of the two scores' ranks (0 = lowest) over the documents `among` (NaN elsewhere)."""
+    out = np.full(len(a), np.nan)
+    out[among] = (np.argsort(np.argsort(a[among])) + np.argsort(np.argsort(b[among]))) / 2
+    return out
+
+
 def _cached(folder: Path, key: tuple, compute: Any) -> dict:
     """A retraining result, computed once per (kept mask, config, steps, seed) and kept on disk,
     so a rerun (or a new arm) does not retrain the arms it already has."""
@@ -297,6 +308,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     )
     masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
     masks["rules+perplexity"] = top_k_mask(np.where(flagged, np.nan, scores["perplexity"]), a.keep)
+    masks["rules+ckpt-topk"] = top_k_mask(np.where(flagged, np.nan, ckpt), a.keep)
+    both = _mean_rank(ckpt, scores["perplexity"], ~flagged)
+    masks["rules+ckpt+perplexity"] = top_k_mask(np.where(flagged, np.nan, both), a.keep)
     masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
     masks["ckpt-topk"] = top_k_mask(ckpt, a.keep)  # the recipe's ranking without floors/dedup
     masks["ckpt+select"] = no_rules.kept

@@ -190,3 +190,25 @@ def test_prune_excludes_quality_failures_with_their_reason(tmp_path: Path) -> No
     summary_off, _, exc_off = run("off", progress=False, quality=False, scores=summary["scores"])
     assert not any(r["reason"].startswith("quality:") for r in exc_off)
     assert summary_off["quality"] == {"enabled": False, "note": "off (--quality off)"}
+
+
+def test_held_out_target_is_drawn_from_rows_that_pass() -> None:
+    from curation.prune import holdout_target
+
+    n = 200
+    eligible = np.ones(n, bool)
+    eligible[::3] = False
+    mask = holdout_target(n, 0.1, seed=0, eligible=eligible)
+    assert mask.sum() == 20 and not (mask & ~eligible).any()
+    # nothing flagged: the same draw as without the rules
+    assert (holdout_target(n, 0.1, 0, np.ones(n, bool)) == holdout_target(n, 0.1, 0)).all()
+
+
+def test_prune_args_quality_defaults_and_bad_min_chars() -> None:
+    from curation.errors import UsageError
+    from curation.prune import PruneArgs, _quality_rules
+
+    args = PruneArgs(corpus="c.jsonl")
+    assert args.quality is True and _quality_rules(args).min_chars == 50
+    with pytest.raises(UsageError, match="--min-chars"):
+        _quality_rules(PruneArgs(corpus="c.jsonl", min_chars=-1))

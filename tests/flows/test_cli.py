@@ -47,6 +47,8 @@ def test_no_command_is_a_usage_error(capsys):
         (["prune", "c.jsonl", "--clusters", "two"], "not an integer"),
         (["prune", "c.jsonl", "--dedup-eps", "-0.1"], "must be >= 0"),
         (["prune", "c.jsonl", "--estimator", "adam3"], "invalid choice"),
+        (["prune", "c.jsonl", "--quality", "maybe"], "invalid choice"),
+        (["prune", "c.jsonl", "--min-chars", "-5"], "must be >= 0"),
         (["verify", "--curated", "k", "--full", "f", "--target", "t"], "--out"),
         (["serve", "m.yaml"], "one of the arguments --cron --interval is required"),
         (["serve", "m.yaml", "--cron", "* * * * *", "--interval", "5"], "not allowed with"),
