@@ -26,7 +26,9 @@ checkpoint-value and perplexity ranks), `adam2-inrun`
 (sum of the in-run `adam2` values, top 70%), `ckpt-topk` (checkpoint values, top 70%),
 `ckpt+select` (checkpoint values, cluster floors that never protect a non-positive value,
 near-duplicate removal), `adamshap` (the default recipe of `adamshap prune`: the quality rules,
-then `ckpt+select` on the rest), and `full`. The scoring target of `none` keeps its junk here;
+then cluster floors and near-duplicate removal over a ranking by checkpoint values when there is
+a target, by the proxy's loss when the target is the pool's own held-out slice: `--rank-by
+auto`), and `full`. The scoring target of `none` keeps its junk here;
 `adamshap prune` draws its held-out target from the rows that pass the text rules, so the
 product's target is cleaner than the benchmark's. Beside the arms: the evaluation split's
 cross-entropy under the pool's unigram model (same tokenizer): every arm should be well below
@@ -303,8 +305,18 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     quality = check_quality(texts, QualityRules(), gains)
     flagged = quality.flagged
     no_rules = select(ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles)
+    # what `prune` fills the budget with after the rules (`--rank-by auto`): checkpoint values
+    # against a target, the proxy's loss when the target is a held-out slice of the corpus
+    ranking = scores["perplexity"] if scenario == "none" else ckpt
     default = select(
-        ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles, quality=quality.reasons
+        ids,
+        ranking,
+        labels,
+        emb,
+        a.keep,
+        PruneArgs.floor,
+        shingles=shingles,
+        quality=quality.reasons,
     )
     masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
     masks["rules+perplexity"] = top_k_mask(np.where(flagged, np.nan, scores["perplexity"]), a.keep)

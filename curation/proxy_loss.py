@@ -54,9 +54,18 @@ class RunProxy:
         return out
 
 
+def run_losses_and_order_gains(
+    run_dir: str | Path, texts: list[str], device: str = "cpu", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's mean token loss under RUN_DIR's proxy, and what shuffling its words costs."""
+    proxy = RunProxy(run_dir, device)
+    fits = proxy.fitting_prefixes(texts)
+    base = proxy.losses(fits)
+    return base, order_gains(proxy.losses, texts, fits, seed=seed, base=base)
+
+
 def run_order_gains(
     run_dir: str | Path, texts: list[str], device: str = "cpu", seed: int = 0
 ) -> np.ndarray:
     """Nats per token RUN_DIR's proxy loses when each text's words are shuffled."""
-    proxy = RunProxy(run_dir, device)
-    return order_gains(proxy.losses, texts, proxy.fitting_prefixes(texts), seed=seed)
+    return run_losses_and_order_gains(run_dir, texts, device, seed)[1]

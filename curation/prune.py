@@ -71,6 +71,10 @@ class PruneArgs:
     # reason quality:<rule>; off ranks every row by value alone
     quality: bool = True
     min_chars: int = 50
+    # what fills the budget after the rules: "value" (the estimator's values), "perplexity" (the
+    # proxy's lowest mean token loss first), or "auto": perplexity when the target was held out
+    # of this corpus (no --target, plain text), else value (benchmarks/results/pruning_*.md)
+    rank_by: str = "auto"
 
 
 def value_column(estimator: str) -> str:
@@ -255,30 +259,54 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _quality(args: PruneArgs, df: pl.DataFrame, run_dir: Path) -> tuple[list[str] | None, dict]:
-    """Per-row quality reasons ('' = passes) with the proxy's word-order test, and a summary."""
+RANK_BY = ("auto", "value", "perplexity")
+
+
+def resolve_rank_by(rank_by: str, held_out: bool, plain: bool) -> str:
+    """'value' or 'perplexity': what fills the kept budget after the quality rules."""
+    if rank_by not in RANK_BY:
+        raise UsageError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    if rank_by == "perplexity" and not plain:
+        raise UsageError("--rank-by perplexity needs plain-text rows (no prompt/response columns)")
+    if rank_by == "auto":
+        return "perplexity" if held_out and plain else "value"
+    return rank_by
+
+
+def _quality(
+    args: PruneArgs, df: pl.DataFrame, run_dir: Path, need_losses: bool
+) -> tuple[list[str] | None, np.ndarray | None, dict]:
+    """Per-row quality reasons ('' = passes), the proxy's per-row losses, and a summary."""
     from dataclasses import asdict as _asdict
 
-    from curation.proxy_loss import run_order_gains
+    from curation.proxy_loss import run_losses_and_order_gains
     from curation.quality import check_quality
 
     texts = _plain_texts(df)
+    losses = gains = None
+    if texts is not None and (args.quality or need_losses):
+        losses, gains = run_losses_and_order_gains(
+            run_dir, texts, device=args.device, seed=args.seed
+        )
     if not args.quality or texts is None:
         why = "off (--quality off)" if not args.quality else "off (instruction/RAG rows)"
-        return None, {"enabled": False, "note": why}
+        return None, losses, {"enabled": False, "note": why}
     rules = _quality_rules(args)
-    gains = run_order_gains(run_dir, texts, device=args.device, seed=args.seed)
     res = check_quality(texts, rules, gains)
-    return res.reasons, {
-        "enabled": True,
-        "rules": _asdict(rules),
-        "flagged": res.counts(),
-        "n_flagged": int(res.flagged.sum()),
-        "order_gain_threshold": _finite(res.order_gain_threshold),
-        "order_gain_median": _finite(float(np.nanmedian(gains))) if len(gains) else None,
-        "dominant_script": res.dominant_script,
-        "function_words": res.function_words[:10],
-    }
+    return (
+        res.reasons,
+        losses,
+        {
+            "enabled": True,
+            "rules": _asdict(rules),
+            "flagged": res.counts(),
+            "n_flagged": int(res.flagged.sum()),
+            "order_gain_threshold": _finite(res.order_gain_threshold),
+            "order_gain_median": _finite(float(np.nanmedian(gains))) if len(gains) else None,
+            "dominant_script": res.dominant_script,
+            "function_words": res.function_words[:10],
+        },
+    )
 
 
 def _run_target(run_dir: Path) -> str | None:
@@ -578,10 +606,14 @@ def run_prune(args: PruneArgs) -> Path:
     shingles = None
     if args.dedup_eps > 0:
         shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]
-    quality, quality_summary = _quality(args, df, run_dir)
+    rank_by = resolve_rank_by(args.rank_by, held_out, _plain_texts(df) is not None)
+    quality, losses, quality_summary = _quality(args, df, run_dir, rank_by == "perplexity")
+    ranking = values
+    if rank_by == "perplexity":
+        ranking = np.where(is_target, np.nan, -np.asarray(losses, np.float64))
     res = select(
         ids,
-        values,
+        ranking,
         labels,
         emb,
         keep,
@@ -610,6 +642,11 @@ def run_prune(args: PruneArgs) -> Path:
         estimator_note=fallback,
         n_unscored=n_unscored,
         quality=quality_summary,
+        ranked_by=(
+            "perplexity (the proxy's mean token loss, lowest first)"
+            if rank_by == "perplexity"
+            else f"value ({args.estimator})"
+        ),
     )
     with staged_outputs(out, last=(DONE_FILE,)) as stage:
         write_outputs(stage, rows, np.asarray(res.kept, bool), list(res.reason), values, ext)

@@ -192,6 +192,7 @@ def prune_page(
             f"lowest: `{lo['source']}` ({lo['kept']} of {lo['n']})"
         )
     details = [
+        f"ranked by: {s.get('ranked_by', 'value')}",
         f"estimator `{s.get('estimator')}`; clusters: {s['clusters']};"
         f" floor share per cluster: {s['floor_frac']:.3f}",
         f"global value threshold (lowest value kept by ranking): {s['global_threshold']}",

@@ -201,16 +201,18 @@ def order_gains(
     fits: Sequence[str] | None = None,
     shuffles: int = 2,
     seed: int = 0,
+    base: np.ndarray | None = None,
 ) -> np.ndarray:
     """Nats per token the proxy loses when each document's words are shuffled.
 
     `losses_of(list_of_texts) -> np.ndarray` gives the proxy's mean token loss per text; `fits`
     are the parts of `texts` that fit in the proxy's context (so the shuffled and the original
-    text cover the same words); the gain is mean(shuffled losses) - original loss.
+    text cover the same words); the gain is mean(shuffled losses) - original loss (`base`, when
+    the caller has it already).
     """
     fits = list(texts if fits is None else fits)
     rng = random.Random(seed)
-    base = np.asarray(losses_of(fits), float)
+    base = np.asarray(losses_of(fits) if base is None else base, float)
     shuffled = [
         np.asarray(losses_of([shuffle_words(t, rng) for t in fits]), float) for _ in range(shuffles)
     ]

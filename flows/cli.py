@@ -415,6 +415,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "by": getattr(args, "by", None),
         "quality": None if args.quality is None else args.quality == "on",
         "min_chars": args.min_chars,
+        "rank_by": args.rank_by,
     }
     prune_args = build_args(PruneArgs, values, OUT_ALIASES)
     try:
@@ -686,6 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="quality rules before value ranking (on): rows that fail one (too short, minority "
         "script, no function words, long words, repeated text, no word order) are excluded with "
         "reason quality:<rule>",
+    )
+    p.add_argument(
+        "--rank-by",
+        choices=("auto", "value", "perplexity"),
+        help="what fills the kept budget after the quality rules: value (--estimator), "
+        "perplexity (lowest proxy loss first) or auto (default): perplexity when the target is "
+        "held out of the corpus itself (no --target), value otherwise",
     )
     p.add_argument(
         "--min-chars",

@@ -180,6 +180,8 @@ def test_prune_excludes_quality_failures_with_their_reason(tmp_path: Path) -> No
         return summary, kept, exc
 
     summary, kept, exc = run("on", progress=False)
+    # no --target: the target is a slice of this corpus, so the budget is filled by perplexity
+    assert summary["ranked_by"].startswith("perplexity")
     reasons = {r["id"]: r["reason"] for r in exc}
     assert all(reasons.get(j["id"]) == "quality:no_function_words" for j in junk)
     q = summary["quality"]
@@ -190,6 +192,9 @@ def test_prune_excludes_quality_failures_with_their_reason(tmp_path: Path) -> No
     summary_off, _, exc_off = run("off", progress=False, quality=False, scores=summary["scores"])
     assert not any(r["reason"].startswith("quality:") for r in exc_off)
     assert summary_off["quality"] == {"enabled": False, "note": "off (--quality off)"}
+    assert summary_off["ranked_by"] == "value (ckpt)"  # the run's own target: values
+    summary_v, _, _ = run("v", progress=False, rank_by="value")
+    assert summary_v["ranked_by"] == "value (ckpt)" and summary_v["quality"]["enabled"]
 
 
 def test_held_out_target_is_drawn_from_rows_that_pass() -> None:
@@ -212,3 +217,17 @@ def test_prune_args_quality_defaults_and_bad_min_chars() -> None:
     assert args.quality is True and _quality_rules(args).min_chars == 50
     with pytest.raises(UsageError, match="--min-chars"):
         _quality_rules(PruneArgs(corpus="c.jsonl", min_chars=-1))
+
+
+def test_rank_by_auto_is_perplexity_only_for_a_self_target_of_plain_text() -> None:
+    from curation.errors import UsageError
+    from curation.prune import resolve_rank_by
+
+    assert resolve_rank_by("auto", held_out=True, plain=True) == "perplexity"
+    assert resolve_rank_by("auto", held_out=False, plain=True) == "value"
+    assert resolve_rank_by("auto", held_out=True, plain=False) == "value"
+    assert resolve_rank_by("value", held_out=True, plain=True) == "value"
+    with pytest.raises(UsageError, match="plain-text"):
+        resolve_rank_by("perplexity", held_out=True, plain=False)
+    with pytest.raises(UsageError, match="--rank-by"):
+        resolve_rank_by("loss", held_out=True, plain=True)
