@@ -72,8 +72,9 @@ class PruneArgs:
     quality: bool = True
     min_chars: int = 50
     # what fills the budget after the rules: "value" (the estimator's values), "perplexity" (the
-    # proxy's lowest mean token loss first), or "auto": perplexity when the target was held out
-    # of this corpus (no --target, plain text), else value (benchmarks/results/pruning_*.md)
+    # proxy's lowest mean token loss first), "value+perplexity" (mean of the two ranks), or
+    # "auto": perplexity when the target was held out of this corpus (no --target), else
+    # value+perplexity; value for instruction/RAG rows (benchmarks/results/pruning_*.md)
     rank_by: str = "auto"
 
 
@@ -259,18 +260,36 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-RANK_BY = ("auto", "value", "perplexity")
+RANK_BY = ("auto", "value", "perplexity", "value+perplexity")
 
 
 def resolve_rank_by(rank_by: str, held_out: bool, plain: bool) -> str:
-    """'value' or 'perplexity': what fills the kept budget after the quality rules."""
+    """What fills the kept budget after the quality rules (RANK_BY, 'auto' resolved)."""
     if rank_by not in RANK_BY:
         raise UsageError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
-    if rank_by == "perplexity" and not plain:
-        raise UsageError("--rank-by perplexity needs plain-text rows (no prompt/response columns)")
+    if "perplexity" in rank_by and not plain:
+        raise UsageError(f"--rank-by {rank_by} needs plain-text rows (no prompt/response columns)")
     if rank_by == "auto":
-        return "perplexity" if held_out and plain else "value"
+        if not plain:
+            return "value"
+        return "perplexity" if held_out else "value+perplexity"
     return rank_by
+
+
+def ranking_scores(
+    rank_by: str, values: np.ndarray, losses: np.ndarray | None, quality: list[str] | None
+) -> np.ndarray:
+    """The score `select` ranks by (higher kept first; NaN for target rows). Ranks are taken
+    among the rows that pass the quality rules, the rows that compete for the budget."""
+    from curation.quality import mean_rank
+
+    if rank_by == "value":
+        return values
+    neg = -np.asarray(losses, np.float64)
+    if rank_by == "perplexity":
+        return np.where(np.isnan(values), np.nan, neg)
+    failed = np.array([bool(q) for q in quality]) if quality else np.zeros(len(values), bool)
+    return mean_rank(np.where(failed, np.nan, values), neg)
 
 
 def _quality(
@@ -607,10 +626,8 @@ def run_prune(args: PruneArgs) -> Path:
     if args.dedup_eps > 0:
         shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]
     rank_by = resolve_rank_by(args.rank_by, held_out, _plain_texts(df) is not None)
-    quality, losses, quality_summary = _quality(args, df, run_dir, rank_by == "perplexity")
-    ranking = values
-    if rank_by == "perplexity":
-        ranking = np.where(is_target, np.nan, -np.asarray(losses, np.float64))
+    quality, losses, quality_summary = _quality(args, df, run_dir, rank_by != "value")
+    ranking = ranking_scores(rank_by, values, losses, quality)
     res = select(
         ids,
         ranking,
@@ -642,11 +659,12 @@ def run_prune(args: PruneArgs) -> Path:
         estimator_note=fallback,
         n_unscored=n_unscored,
         quality=quality_summary,
-        ranked_by=(
-            "perplexity (the proxy's mean token loss, lowest first)"
-            if rank_by == "perplexity"
-            else f"value ({args.estimator})"
-        ),
+        ranked_by={
+            "perplexity": "perplexity (the proxy's mean token loss, lowest first)",
+            "value": f"value ({args.estimator})",
+            "value+perplexity": f"value+perplexity (mean of the {args.estimator} value rank and "
+            "the proxy-loss rank)",
+        }[rank_by],
     )
     with staged_outputs(out, last=(DONE_FILE,)) as stage:
         write_outputs(stage, rows, np.asarray(res.kept, bool), list(res.reason), values, ext)

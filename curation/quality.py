@@ -217,3 +217,17 @@ def order_gains(
         np.asarray(losses_of([shuffle_words(t, rng) for t in fits]), float) for _ in range(shuffles)
     ]
     return np.mean(shuffled, axis=0) - base
+
+
+def mean_rank(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean of the two scores' ranks in [0, 1] (1 = highest) over rows where both are finite;
+    NaN elsewhere. Combines a value with a perplexity score without mixing their units."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    out = np.full(len(a), np.nan)
+    n = int(ok.sum())
+    if n:
+        ra = np.argsort(np.argsort(a[ok], kind="stable"), kind="stable")
+        rb = np.argsort(np.argsort(b[ok], kind="stable"), kind="stable")
+        out[ok] = (ra + rb) / (2.0 * max(1, n - 1))
+    return out

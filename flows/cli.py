@@ -690,10 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rank-by",
-        choices=("auto", "value", "perplexity"),
+        choices=("auto", "value", "perplexity", "value+perplexity"),
         help="what fills the kept budget after the quality rules: value (--estimator), "
-        "perplexity (lowest proxy loss first) or auto (default): perplexity when the target is "
-        "held out of the corpus itself (no --target), value otherwise",
+        "perplexity (lowest proxy loss first), value+perplexity (mean of the two ranks) or auto "
+        "(default): perplexity when the target is held out of the corpus itself (no --target), "
+        "value+perplexity with a target, value for instruction/RAG rows",
     )
     p.add_argument(
         "--min-chars",

@@ -192,7 +192,8 @@ def test_prune_excludes_quality_failures_with_their_reason(tmp_path: Path) -> No
     summary_off, _, exc_off = run("off", progress=False, quality=False, scores=summary["scores"])
     assert not any(r["reason"].startswith("quality:") for r in exc_off)
     assert summary_off["quality"] == {"enabled": False, "note": "off (--quality off)"}
-    assert summary_off["ranked_by"] == "value (ckpt)"  # the run's own target: values
+    # the scoring run's target file is a target: value and perplexity ranks, averaged
+    assert summary_off["ranked_by"].startswith("value+perplexity")
     summary_v, _, _ = run("v", progress=False, rank_by="value")
     assert summary_v["ranked_by"] == "value (ckpt)" and summary_v["quality"]["enabled"]
 
@@ -224,10 +225,33 @@ def test_rank_by_auto_is_perplexity_only_for_a_self_target_of_plain_text() -> No
     from curation.prune import resolve_rank_by
 
     assert resolve_rank_by("auto", held_out=True, plain=True) == "perplexity"
-    assert resolve_rank_by("auto", held_out=False, plain=True) == "value"
+    assert resolve_rank_by("auto", held_out=False, plain=True) == "value+perplexity"
     assert resolve_rank_by("auto", held_out=True, plain=False) == "value"
     assert resolve_rank_by("value", held_out=True, plain=True) == "value"
-    with pytest.raises(UsageError, match="plain-text"):
-        resolve_rank_by("perplexity", held_out=True, plain=False)
+    for name in ("perplexity", "value+perplexity"):
+        with pytest.raises(UsageError, match="plain-text"):
+            resolve_rank_by(name, held_out=True, plain=False)
     with pytest.raises(UsageError, match="--rank-by"):
         resolve_rank_by("loss", held_out=True, plain=True)
+
+
+def test_mean_rank_averages_ranks_over_rows_where_both_are_finite() -> None:
+    from curation.quality import mean_rank
+
+    a = np.array([0.1, 0.3, np.nan, 0.2, 5.0])
+    b = np.array([-3.0, -1.0, -2.0, -2.5, -9.0])
+    r = mean_rank(a, b)
+    assert np.isnan(r[2])
+    # ranks among the 4 finite rows: a -> [0, 2, -, 1, 3], b -> [1, 3, -, 2, 0]; / (2 * 3)
+    assert np.allclose(r[[0, 1, 3, 4]], [1 / 6, 5 / 6, 3 / 6, 3 / 6])
+
+
+def test_ranking_scores_ranks_among_rows_that_pass() -> None:
+    from curation.prune import ranking_scores
+
+    values = np.array([np.nan, 1.0, 2.0, 3.0])  # row 0: a target
+    losses = np.array([1.0, 3.0, 2.0, 1.0])
+    assert ranking_scores("value", values, losses, None) is values
+    assert np.allclose(ranking_scores("perplexity", values, losses, None)[1:], [-3, -2, -1])
+    both = ranking_scores("value+perplexity", values, losses, ["", "", "", "quality:x"][:4])
+    assert np.isnan(both[0]) and np.isnan(both[3]) and both[2] > both[1]
