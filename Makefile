@@ -83,8 +83,9 @@ bench-fidelity: setup  ## estimator fidelity vs LOO / MC Shapley
 bench-source-id: setup  ## source identification (corpus built by `adamshap corpus build demo`)
 	$(PY) -m benchmarks.source_id
 
-bench-pruning: setup  ## pruning with injected junk, retrained target loss
-	$(PY) -m benchmarks.pruning
+bench-pruning: setup  ## pruning with injected junk, retrained target loss; quality rules on held-out junk
+	for s in pydocs wordnet none; do $(PY) -m benchmarks.pruning --scenarios $$s --tag pruning_$$s || exit 1; done
+	$(PY) -m benchmarks.quality_heldout
 
 bench-throughput: setup  ## scored vs plain throughput and memory (CPU grid)
 	$(PY) -m benchmarks.throughput
