@@ -16,6 +16,13 @@ of the batch is removed from step t and the next K batches are replayed with rea
 deep-copied state (`leave_one_out_window`), against the propagated and the one-step values
 and the unrolled values (`unrolled_window_values`, first order in the removal).
 
+The LDS table also has an unrolled column: before every step t of the scored run,
+`unrolled_window_values` over the steps t..end (its window runs to the end of the run, or
+`unrolled_window` steps) gives each example of step t the first-order effect on the *final*
+target loss of removing it at step t, through every remaining real AdamW step (its share of m
+and v and the later batches' reaction to the moved weights included, so it has no separate
+propagated form); summed per example over its occurrences like the other columns.
+
     python -m benchmarks.lds            # the table in the README
     python -m benchmarks.lds --quick    # smoke run
 """
@@ -67,6 +74,8 @@ class LdsArgs:
     windows: tuple[int, ...] = (10, 24)  # momentum windows K of the propagated values
     loo_window: int = 10
     loo_steps: tuple[int, ...] = (6,)  # 0-based steps whose K-step LOO truth is measured
+    unrolled: bool = True  # the unrolled LDS column (in the first scored run of each seed)
+    unrolled_window: int | None = None  # K of the unrolled values; None = to the end of the run
     threads: int = 1
     quick: bool = False
     notes: list[str] = field(default_factory=list)
@@ -136,8 +145,19 @@ def retrain(a: LdsArgs, enc, val, vocab: int, order, keep: np.ndarray, seed: int
     return _target_loss(model, val)
 
 
-def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> dict:
-    """Full-corpus scored run: summed one-step and propagated values per example, K-step LOO rows."""
+def unrolled_to_end(a: LdsArgs, model, opt, enc, val, order, t: int) -> np.ndarray:
+    """Unrolled values of step t's examples: first-order effect of removing each at step t on the
+    target loss after the last step (or after step t + `unrolled_window`), from the live state."""
+    end = len(order) if a.unrolled_window is None else min(len(order), t + a.unrolled_window + 1)
+    window = [enc.batch(b) for b in order[t:end]]
+    return unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
+
+
+def scored_run(
+    a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int, unrolled: bool = False
+) -> dict:
+    """Full-corpus scored run: summed one-step, propagated (and unrolled) values per example,
+    K-step LOO rows."""
     model, opt = _model_opt(a, vocab, seed)
     sc = InRunScorer(
         model, opt, val, estimators=ESTS, max_grad_norm=a.max_grad_norm, momentum_window=K
@@ -146,9 +166,15 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
     own = {e: np.zeros(n) for e in ESTS}
     prop = {e: np.zeros(n) for e in ESTS}
     step_own, step_prop, loo_rows = {}, {}, []
+    unr = np.zeros(n) if unrolled else None
+    unrolled_seconds = 0.0
     do_loo = K == a.loo_window
     t0 = time.time()
     for t, idx in enumerate(order):
+        if unrolled:
+            tu = time.time()
+            np.add.at(unr, idx, unrolled_to_end(a, model, opt, enc, val, order, t))
+            unrolled_seconds += time.time() - tu
         if do_loo and t in a.loo_steps and t + K < len(order):
             tl = time.time()
             window = [enc.batch(b) for b in order[t : t + K + 1]]
@@ -156,15 +182,15 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
             carry = leave_one_out_carry(model, opt, window, val, a.max_grad_norm)
             seconds = time.time() - tl
             tl = time.time()
-            unrolled = unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
+            unr_k = unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
             loo_rows.append(
                 {
                     "step": t,
                     "truth_replay": replay.tolist(),
                     "truth_carry": carry.tolist(),
-                    "values_unrolled": unrolled.tolist(),
-                    "r_replay_unrolled": _pearson(unrolled, replay),
-                    "r_carry_unrolled": _pearson(unrolled, carry),
+                    "values_unrolled": unr_k.tolist(),
+                    "r_replay_unrolled": _pearson(unr_k, replay),
+                    "r_carry_unrolled": _pearson(unr_k, carry),
                     "seconds": seconds,
                     "seconds_unrolled": time.time() - tl,
                 }
@@ -195,6 +221,8 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
         "K": K,
         "own": own,
         "prop": prop,
+        "unrolled": unr,
+        "unrolled_seconds": unrolled_seconds,
         "loo_rows": loo_rows,
         "full_target_loss": _target_loss(model, val),
         "seconds": seconds,
@@ -224,9 +252,14 @@ def run(a: LdsArgs) -> dict:
     for seed in a.seeds:
         order = batch_order(n, a, seed)
         print(f"seed {seed}: {n} docs, {len(order)} steps", flush=True)
-        runs = [scored_run(a, enc, val, vocab, order, seed, K) for K in a.windows]
+        runs = [
+            scored_run(a, enc, val, vocab, order, seed, K, unrolled=a.unrolled and i == 0)
+            for i, K in enumerate(a.windows)
+        ]
         for r in runs:
             print(f"  scored K={r['K']}: {r['seconds']:.0f}s", flush=True)
+        if a.unrolled:
+            print(f"  unrolled values: {runs[0]['unrolled_seconds']:.0f}s", flush=True)
         rng = np.random.default_rng(2000 + seed)
         masks = np.zeros((a.subsets, n), dtype=bool)
         for m in range(a.subsets):
@@ -241,6 +274,8 @@ def run(a: LdsArgs) -> dict:
             scores[f"{e}"] = lds(runs[0]["own"][e], masks, losses)
             for r in runs:
                 scores[f"{e} K={r['K']}"] = lds(r["prop"][e], masks, losses)
+        if a.unrolled:
+            scores["unrolled"] = lds(runs[0]["unrolled"], masks, losses)
         print("  " + " ".join(f"{k}={v:+.3f}" for k, v in scores.items()), flush=True)
         per_seed.append(
             {
@@ -249,10 +284,12 @@ def run(a: LdsArgs) -> dict:
                 "subset_losses": losses.tolist(),
                 "full_target_loss": runs[0]["full_target_loss"],
                 "scored_seconds": {r["K"]: r["seconds"] for r in runs},
+                "unrolled_seconds": runs[0]["unrolled_seconds"] if a.unrolled else None,
                 "loo_rows": [row for r in runs for row in r["loo_rows"]],
                 "values": {
                     **{e: runs[0]["own"][e].tolist() for e in ESTS},
                     **{f"{e} K={r['K']}": r["prop"][e].tolist() for r in runs for e in ESTS},
+                    **({"unrolled": runs[0]["unrolled"].tolist()} if a.unrolled else {}),
                 },
             }
         )
@@ -288,6 +325,37 @@ def markdown(res: dict, a: LdsArgs, env: dict) -> str:
             per = ", ".join(f"{x:.2f}" for x in v)
             cells.append(f"{v.mean():.3f} ± {v.std():.3f} [{per}]")
         lines.append(f"| `{e}` | " + " | ".join(cells) + " |")
+    if "unrolled" in seeds[0]["lds"]:
+        v = np.array([s["lds"]["unrolled"] for s in seeds])
+        per = ", ".join(f"{x:.2f}" for x in v)
+        span = "the end of the run" if a.unrolled_window is None else f"K = {a.unrolled_window}"
+        lines.append(
+            f"| unrolled, window to {span} | {v.mean():.3f} ± {v.std():.3f} [{per}] | "
+            + " | ".join("(carry included)" for _ in a.windows)
+            + " |"
+        )
+        rho = {
+            e: np.array(
+                [
+                    spearmanr(s["values"]["unrolled"], s["values"][f"{e} K={a.windows[-1]}"])[0]
+                    for s in seeds
+                ]
+            )
+            for e in ESTS
+        }
+        mins = sum(s["unrolled_seconds"] for s in seeds) / 60
+        lines += [
+            "",
+            "Unrolled: before every step t of the scored run, `unrolled_window_values` over "
+            f"steps t..{'end' if a.unrolled_window is None else f't+{a.unrolled_window}'} "
+            "(docs/method.md §12): each example's first-order effect on the final target loss "
+            "of removing it at step t, through every remaining real AdamW step (its share of m "
+            "and v and the later batches' reaction to the moved weights), summed over its "
+            f"occurrences; {mins:.1f} min in all. Spearman over examples between the unrolled "
+            f"sums and the propagated K={a.windows[-1]} sums, per seed: "
+            + ", ".join(f"`{e}` " + "/".join(f"{x:.2f}" for x in rho[e]) for e in ESTS)
+            + ".",
+        ]
     sub = np.array([s["subset_losses"] for s in seeds])
     lines += [
         "",
