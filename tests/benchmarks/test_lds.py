@@ -58,3 +58,33 @@ def test_unrolled_to_end_is_the_first_order_replay_to_the_end(window):
         longer = [enc.batch(b) for b in order[t:]]
         other = leave_one_out_window(model, opt, longer, val, a.max_grad_norm, removal_weight=eps)
         assert np.linalg.norm(got - other / eps) / np.linalg.norm(other / eps) > 1e-2
+
+
+def test_renormalised_prediction_weights_each_kept_example_by_its_batch_share():
+    """`lds_renorm` against a hand-built prediction: Σ_b (n_b / k_b) Σ_{kept of b} v_{i,b}."""
+    from scipy.stats import spearmanr
+
+    from benchmarks.lds import lds, lds_renorm
+
+    rng = np.random.default_rng(3)
+    order = [rng.permutation(8)[:4] for _ in range(3)]
+    steps = {t: rng.normal(size=4) for t in range(3)}
+    masks = rng.random((7, 8)) < 0.5
+    masks[:, order[0][0]] = True  # every subset keeps a document of step 0
+    losses = rng.normal(size=7)
+    want = [
+        sum(
+            4 / m[order[t]].sum() * steps[t][m[order[t]]].sum()
+            for t in range(3)
+            if m[order[t]].any()
+        )
+        for m in masks
+    ]
+    assert lds_renorm(steps, order, masks, losses) == pytest.approx(
+        spearmanr(want, -losses).statistic
+    )
+    # one document per step and every step fully kept or dropped: the weights are all 1
+    order1 = [np.array([t]) for t in range(3)]
+    steps1 = {t: np.array([steps[t][0]]) for t in range(3)}
+    v = np.array([steps[t][0] for t in range(3)] + [0.0] * 5)
+    assert lds_renorm(steps1, order1, masks, losses) == pytest.approx(lds(v, masks, losses))
