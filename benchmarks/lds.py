@@ -16,6 +16,13 @@ of the batch is removed from step t and the next K batches are replayed with rea
 deep-copied state (`leave_one_out_window`), against the propagated and the one-step values
 and the unrolled values (`unrolled_window_values`, first order in the removal).
 
+The LDS table also has an unrolled column: before every step t of the scored run,
+`unrolled_window_values` over the steps t..end (its window runs to the end of the run, or
+`unrolled_window` steps) gives each example of step t the first-order effect on the *final*
+target loss of removing it at step t, through every remaining real AdamW step (its share of m
+and v and the later batches' reaction to the moved weights included, so it has no separate
+propagated form); summed per example over its occurrences like the other columns.
+
     python -m benchmarks.lds            # the table in the README
     python -m benchmarks.lds --quick    # smoke run
 """
@@ -23,6 +30,7 @@ and the unrolled values (`unrolled_window_values`, first order in the removal).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,6 +75,10 @@ class LdsArgs:
     windows: tuple[int, ...] = (10, 24)  # momentum windows K of the propagated values
     loo_window: int = 10
     loo_steps: tuple[int, ...] = (6,)  # 0-based steps whose K-step LOO truth is measured
+    unrolled: bool = True  # the unrolled LDS column (in the first scored run of each seed)
+    unrolled_window: int | None = None  # K of the unrolled values; None = to the end of the run
+    unrolled_from: tuple[int, ...] = (1, 2, 4, 8, 12)  # LDS of unrolled sums over steps >= t0
+    snapshots: int = 3  # checkpoint values (`prune`'s default ranking) from this many snapshots
     threads: int = 1
     quick: bool = False
     notes: list[str] = field(default_factory=list)
@@ -136,8 +148,33 @@ def retrain(a: LdsArgs, enc, val, vocab: int, order, keep: np.ndarray, seed: int
     return _target_loss(model, val)
 
 
-def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> dict:
-    """Full-corpus scored run: summed one-step and propagated values per example, K-step LOO rows."""
+def unrolled_to_end(a: LdsArgs, model, opt, enc, val, order, t: int) -> np.ndarray:
+    """Unrolled values of step t's examples: first-order effect of removing each at step t on the
+    target loss after the last step (or after step t + `unrolled_window`), from the live state."""
+    end = len(order) if a.unrolled_window is None else min(len(order), t + a.unrolled_window + 1)
+    window = [enc.batch(b) for b in order[t:end]]
+    return unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
+
+
+def scored_run(
+    a: LdsArgs,
+    enc,
+    val,
+    vocab: int,
+    order,
+    seed: int,
+    K: int,
+    unrolled: bool = False,
+    tenc=None,
+) -> dict:
+    """Full-corpus scored run: summed one-step, propagated (and unrolled) values per example,
+    checkpoint values (when the target documents `tenc` are given), K-step LOO rows."""
+    from curation.checkpoint_values import (
+        CheckpointValueConfig,
+        checkpoint_values,
+        snapshot_steps,
+    )
+
     model, opt = _model_opt(a, vocab, seed)
     sc = InRunScorer(
         model, opt, val, estimators=ESTS, max_grad_norm=a.max_grad_norm, momentum_window=K
@@ -146,9 +183,20 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
     own = {e: np.zeros(n) for e in ESTS}
     prop = {e: np.zeros(n) for e in ESTS}
     step_own, step_prop, loo_rows = {}, {}, []
+    unr = np.zeros(n) if unrolled else None
+    unr_steps: dict[int, np.ndarray] = {}
+    unrolled_seconds = 0.0
+    # checkpoint values as `adamshap score` saves them: snapshots after these global steps
+    snap_at = set(snapshot_steps(0, len(order), a.snapshots)) if tenc is not None else set()
+    snaps = []
     do_loo = K == a.loo_window
     t0 = time.time()
     for t, idx in enumerate(order):
+        if unrolled:
+            tu = time.time()
+            unr_steps[t] = unrolled_to_end(a, model, opt, enc, val, order, t)
+            np.add.at(unr, idx, unr_steps[t])
+            unrolled_seconds += time.time() - tu
         if do_loo and t in a.loo_steps and t + K < len(order):
             tl = time.time()
             window = [enc.batch(b) for b in order[t : t + K + 1]]
@@ -156,15 +204,15 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
             carry = leave_one_out_carry(model, opt, window, val, a.max_grad_norm)
             seconds = time.time() - tl
             tl = time.time()
-            unrolled = unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
+            unr_k = unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
             loo_rows.append(
                 {
                     "step": t,
                     "truth_replay": replay.tolist(),
                     "truth_carry": carry.tolist(),
-                    "values_unrolled": unrolled.tolist(),
-                    "r_replay_unrolled": _pearson(unrolled, replay),
-                    "r_carry_unrolled": _pearson(unrolled, carry),
+                    "values_unrolled": unr_k.tolist(),
+                    "r_replay_unrolled": _pearson(unr_k, replay),
+                    "r_carry_unrolled": _pearson(unr_k, carry),
                     "seconds": seconds,
                     "seconds_unrolled": time.time() - tl,
                 }
@@ -173,6 +221,14 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
         for e in ESTS:
             np.add.at(own[e], idx, out.values[e].numpy())
         step_own[t] = {e: out.values[e].numpy() for e in ESTS}
+        if t + 1 in snap_at:
+            snaps.append(
+                {
+                    "step": t + 1,
+                    "model": copy.deepcopy(model.state_dict()),
+                    "optimizer": copy.deepcopy(opt.state_dict()),
+                }
+            )
         for p in out.propagated:
             for e in ESTS:
                 np.add.at(prop[e], order[p.step], p.values[e].numpy())
@@ -183,6 +239,14 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
         step_prop[p.step] = {e: p.values[e].numpy() for e in ESTS}
     seconds = time.time() - t0
     sc.close()
+    full_loss = _target_loss(model, val)
+    ckpt, ckpt_seconds = None, 0.0
+    if snaps:  # every document valued at the shared snapshots (curation/checkpoint_values.py)
+        tc = time.time()
+        ckpt = checkpoint_values(
+            model, opt, snaps, enc, tenc, CheckpointValueConfig(seed=0), progress=False
+        ).mean(axis=0)
+        ckpt_seconds = time.time() - tc
     for row in loo_rows:
         t = row["step"]
         for kind, src in (("prop", step_prop), ("one", step_own)):
@@ -195,8 +259,14 @@ def scored_run(a: LdsArgs, enc, val, vocab: int, order, seed: int, K: int) -> di
         "K": K,
         "own": own,
         "prop": prop,
+        "unrolled": unr,
+        "unrolled_steps": unr_steps,
+        "unrolled_seconds": unrolled_seconds,
+        "ckpt": ckpt,
+        "ckpt_steps": [sn["step"] for sn in snaps],
+        "ckpt_seconds": ckpt_seconds,
         "loo_rows": loo_rows,
-        "full_target_loss": _target_loss(model, val),
+        "full_target_loss": full_loss,
         "seconds": seconds,
     }
 
@@ -214,6 +284,18 @@ def lds(values: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> float:
     return float(spearmanr(pred, -losses).statistic)
 
 
+def lds_renorm(steps: dict[int, np.ndarray], order, masks: np.ndarray, losses: np.ndarray) -> float:
+    """LDS of the first-order prediction that keeps each retrained batch's mean: a kept example's
+    per-step value weighted by n_b / k_b (batch size over the examples the subset kept of it)."""
+    pred = np.zeros(len(masks))
+    for m, mask in enumerate(masks):
+        for t, v in steps.items():
+            keep = mask[order[t]]
+            if keep.any():
+                pred[m] += len(keep) / keep.sum() * v[keep].sum()
+    return float(spearmanr(pred, -losses).statistic)
+
+
 def run(a: LdsArgs) -> dict:
     """Every seed: scored runs (one per window K), M subset retrains, LDS per variant."""
     torch.set_num_threads(a.threads)
@@ -224,9 +306,24 @@ def run(a: LdsArgs) -> dict:
     for seed in a.seeds:
         order = batch_order(n, a, seed)
         print(f"seed {seed}: {n} docs, {len(order)} steps", flush=True)
-        runs = [scored_run(a, enc, val, vocab, order, seed, K) for K in a.windows]
+        runs = [
+            scored_run(
+                a,
+                enc,
+                val,
+                vocab,
+                order,
+                seed,
+                K,
+                unrolled=a.unrolled and i == 0,
+                tenc=tenc if i == 0 else None,
+            )
+            for i, K in enumerate(a.windows)
+        ]
         for r in runs:
             print(f"  scored K={r['K']}: {r['seconds']:.0f}s", flush=True)
+        if a.unrolled:
+            print(f"  unrolled values: {runs[0]['unrolled_seconds']:.0f}s", flush=True)
         rng = np.random.default_rng(2000 + seed)
         masks = np.zeros((a.subsets, n), dtype=bool)
         for m in range(a.subsets):
@@ -241,6 +338,17 @@ def run(a: LdsArgs) -> dict:
             scores[f"{e}"] = lds(runs[0]["own"][e], masks, losses)
             for r in runs:
                 scores[f"{e} K={r['K']}"] = lds(r["prop"][e], masks, losses)
+        if runs[0]["ckpt"] is not None:
+            scores["ckpt"] = lds(runs[0]["ckpt"], masks, losses)
+        if a.unrolled:
+            steps = runs[0]["unrolled_steps"]
+            scores["unrolled"] = lds(runs[0]["unrolled"], masks, losses)
+            scores["unrolled renorm"] = lds_renorm(steps, order, masks, losses)
+            for t0 in a.unrolled_from:
+                v = np.zeros(n)
+                for t in range(t0, len(order)):
+                    np.add.at(v, order[t], steps[t])
+                scores[f"unrolled from {t0}"] = lds(v, masks, losses)
         print("  " + " ".join(f"{k}={v:+.3f}" for k, v in scores.items()), flush=True)
         per_seed.append(
             {
@@ -249,10 +357,18 @@ def run(a: LdsArgs) -> dict:
                 "subset_losses": losses.tolist(),
                 "full_target_loss": runs[0]["full_target_loss"],
                 "scored_seconds": {r["K"]: r["seconds"] for r in runs},
+                "unrolled_seconds": runs[0]["unrolled_seconds"] if a.unrolled else None,
+                "unrolled_step_norms": [
+                    float(np.linalg.norm(v)) for _, v in sorted(runs[0]["unrolled_steps"].items())
+                ],
+                "ckpt_steps": runs[0]["ckpt_steps"],
+                "ckpt_seconds": runs[0]["ckpt_seconds"],
                 "loo_rows": [row for r in runs for row in r["loo_rows"]],
                 "values": {
                     **{e: runs[0]["own"][e].tolist() for e in ESTS},
                     **{f"{e} K={r['K']}": r["prop"][e].tolist() for r in runs for e in ESTS},
+                    **({"unrolled": runs[0]["unrolled"].tolist()} if a.unrolled else {}),
+                    **({"ckpt": runs[0]["ckpt"].tolist()} if runs[0]["ckpt"] is not None else {}),
                 },
             }
         )
@@ -288,6 +404,69 @@ def markdown(res: dict, a: LdsArgs, env: dict) -> str:
             per = ", ".join(f"{x:.2f}" for x in v)
             cells.append(f"{v.mean():.3f} ± {v.std():.3f} [{per}]")
         lines.append(f"| `{e}` | " + " | ".join(cells) + " |")
+
+    def cell(key: str) -> str:
+        v = np.array([s["lds"][key] for s in seeds])
+        return f"{v.mean():.3f} ± {v.std():.3f} [" + ", ".join(f"{x:.2f}" for x in v) + "]"
+
+    if "unrolled" in seeds[0]["lds"]:
+        span = "the end of the run" if a.unrolled_window is None else f"K = {a.unrolled_window}"
+        lines.append(
+            f"| unrolled, window to {span} | {cell('unrolled')} | "
+            + " | ".join("(carry included)" for _ in a.windows)
+            + " |"
+        )
+    if "ckpt" in seeds[0]["lds"]:
+        lines.append(
+            f"| `ckpt` (checkpoint values, {a.snapshots} snapshots) | {cell('ckpt')} | "
+            + " | ".join("–" for _ in a.windows)
+            + " |"
+        )
+    if "unrolled" in seeds[0]["lds"]:
+        rho = {
+            e: np.array(
+                [
+                    spearmanr(s["values"]["unrolled"], s["values"][f"{e} K={a.windows[-1]}"])[0]
+                    for s in seeds
+                ]
+            )
+            for e in ESTS
+        }
+        mins = sum(s["unrolled_seconds"] for s in seeds) / 60
+        lines += [
+            "",
+            "Unrolled: before every step t of the scored run, `unrolled_window_values` over "
+            f"steps t..{'end' if a.unrolled_window is None else f't+{a.unrolled_window}'} "
+            "(docs/method.md §12): each example's first-order effect on the final target loss "
+            "of removing it at step t, through every remaining real AdamW step (its share of m "
+            "and v and the later batches' reaction to the moved weights), summed over its "
+            f"occurrences; {mins:.1f} min in all. Spearman over examples between the unrolled "
+            f"sums and the propagated K={a.windows[-1]} sums, per seed: "
+            + ", ".join(f"`{e}` " + "/".join(f"{x:.2f}" for x in rho[e]) for e in ESTS)
+            + ". The same per-step unrolled values, LDS: with each retrained batch's mean over "
+            "the examples it kept (a kept example's value weighted by n_b / k_b, the first-order "
+            f"prediction of the retrain as run) {cell('unrolled renorm')}; summed over steps "
+            ">= t0 only: "
+            + "; ".join(
+                f"t0 = {t0}: {cell(f'unrolled from {t0}')}" for t0 in a.unrolled_from if t0 < steps
+            )
+            + ". Norm over the batch of the step's unrolled values (mean over seeds), by step: "
+            + ", ".join(
+                f"{t}: {np.mean([s['unrolled_step_norms'][t] for s in seeds]):.2g}"
+                for t in sorted({0, 1, 2, 4, 8, steps // 2, steps - 1})
+            )
+            + ".",
+        ]
+    if "ckpt" in seeds[0]["lds"]:
+        lines += [
+            "",
+            f"`ckpt`: checkpoint values as `adamshap score --snapshots {a.snapshots}` forms them "
+            "(curation/checkpoint_values.py: Adam-preconditioned gradient cosine with the target "
+            "documents, common direction removed, trimmed mean over targets, mean over snapshots "
+            f"after steps {seeds[0]['ckpt_steps']} of the scored run), one per document, "
+            "not summed over occurrences; "
+            f"{sum(s['ckpt_seconds'] for s in seeds) / 60:.1f} min in all.",
+        ]
     sub = np.array([s["subset_losses"] for s in seeds])
     lines += [
         "",

@@ -434,10 +434,12 @@ def _load_values(run_dir: Path, ids: list[str], estimator: str) -> tuple[np.ndar
         hint = (
             " (checkpoint values need a run scored with --snapshots >= 1)"
             if estimator == "ckpt"
+            else " (propagated values need a run scored with --momentum-window K)"
+            if estimator.endswith("_prop")
             else ""
         )
         raise UsageError(
-            f"estimator {estimator!r} not in {path.name}{hint}; available: {have}; "
+            f"estimator {estimator!r}: no column {col} in {path}{hint}; available: {have}; "
             "pass one of them as --estimator"
         )
     lut = dict(zip(vals["id"].cast(pl.Utf8).to_list(), vals[col].to_list()))

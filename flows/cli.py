@@ -672,9 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--estimator",
-        choices=("ckpt", *preferred_order()),
-        help="value used for ranking: ckpt (checkpoint values, the default) or an in-run "
-        "estimator's run sum",
+        choices=("ckpt", *preferred_order(), *(f"{e}_prop" for e in preferred_order())),
+        help="value used for ranking: ckpt (checkpoint values, the default), an in-run "
+        "estimator's run sum, or <estimator>_prop: its momentum-propagated sum (a run scored "
+        "with --momentum-window K)",
     )
     p.add_argument(
         "--floor",

@@ -170,7 +170,8 @@ def test_registry_order_is_what_the_cli_offers(toys):
     parser = cli.build_parser()  # built now: offers what is registered now
     prune = parser._subparsers._group_actions[0].choices["prune"]
     action = next(a for a in prune._actions if "--estimator" in a.option_strings)
-    assert tuple(action.choices) == ("ckpt", *preferred_order())
+    props = tuple(f"{e}_prop" for e in preferred_order())
+    assert tuple(action.choices) == ("ckpt", *preferred_order(), *props)
     score = parser._subparsers._group_actions[0].choices["score"]
     action = next(a for a in score._actions if "--estimators" in a.option_strings)
     assert ",".join(preferred_order()) in action.help
