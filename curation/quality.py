@@ -184,7 +184,7 @@ def check_quality(
         order_gain=gain,
         order_gain_threshold=threshold,
         dominant_script=dominant,
-        function_words=sorted(top, key=lambda w: -freq[w]),
+        function_words=sorted(top, key=lambda w: (-freq[w], w)),  # ties by name: stable
     )
 
 
