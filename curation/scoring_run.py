@@ -29,11 +29,10 @@ import torch
 from adamshap_core.estimators import DEFAULT_ORDER, ESTIMATORS, gram_estimators, preferred_order
 from adamshap_core.lowrank import CONTRACTIONS
 
-from .aggregate import CKPT_FILE, EXAMPLES_FILE, aggregate_run
-from .atomic import atomic_dir, atomic_path, atomic_write_parquet, atomic_write_text
+from .aggregate import aggregate_run
+from .atomic import atomic_dir, atomic_path, atomic_write_parquet
 from .checkpoint_values import (
     CKPT_COLUMN,
-    SNAPSHOT_DIR,
     CheckpointValueConfig,
     checkpoint_values,
     snapshot_paths,
@@ -42,15 +41,15 @@ from .checkpoint_values import (
 from .devices import PRECISIONS, amp_dtype, check_device, check_precision, resolve_device
 from .errors import AdamshapError, Interrupted, UsageError
 from .ledger import (
-    MOMENTUM_DIR,
     LedgerWriter,
     MomentumLedgerWriter,
     read_momentum_ledger,
     truncate_after,
 )
 from .ranks import Ranks, ranks_from_env
+from .run_dir import COMPLETE_MARKER as COMPLETE_MARKER  # kept importable from here
+from .run_dir import MOMENTUM_DIR, RunDir
 
-COMPLETE_MARKER = ".complete"
 # Arguments that do not change the outputs; a resume may differ in them. The inputs are
 # identified by their contents (sha256), not by how their paths were typed.
 _NON_IDENTITY_ARGS = ("progress", "corpus", "target", "out")
@@ -282,7 +281,7 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    return RunDir(run_dir).checkpoint_files()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -328,7 +327,7 @@ def _load_inputs(
 
     fields = FieldMap(**args.fields) if args.fields else FieldMap()
     extra = {"template": args.template} if args.template is not None else {}
-    rejects = run_dir / "rejects"
+    rejects = RunDir(run_dir).rejects
     keep = args.on_bad_rows == "skip" and write_rejects
     corpus = read_corpus(
         args.corpus,
@@ -363,7 +362,7 @@ def tokenizer_origin(args: ScoreArgs) -> str | None:
 def _tokenizer(args: ScoreArgs, run_dir: Path, corpus: pl.DataFrame) -> Any:
     from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
-    folder = run_dir / "tokenizer"
+    folder = RunDir(run_dir).tokenizer
     if (folder / "tokenizer.json").exists():
         return load_tokenizer(folder)
     origin = tokenizer_origin(args)
@@ -422,9 +421,9 @@ def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.T
 
 def _check_run_dir(args: ScoreArgs, run_dir: Path, record: dict[str, Any]) -> bool:
     """Compare with an existing run.json (error if it differs); True when that run is complete."""
-    run_json = run_dir / "run.json"
-    if run_json.exists():
-        old = json.loads(run_json.read_text())
+    run = RunDir(run_dir)
+    if run.run_json.exists():
+        old = run.read_run_json()
         if _identity(old) != _identity(record):
             a, b = _identity(old), _identity(record)
             diff = sorted(
@@ -440,12 +439,12 @@ def _check_run_dir(args: ScoreArgs, run_dir: Path, record: dict[str, Any]) -> bo
             )
         if old.get("versions") != record["versions"]:
             print(f"warning: {run_dir} was started with {old.get('versions')}", file=sys.stderr)
-        return (run_dir / COMPLETE_MARKER).exists()
+        return run.is_complete()
     return False
 
 
 def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path:
-    path = run_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
+    path = RunDir(run_dir).checkpoint(state["step"])
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)  # through a Python file: a full disk surfaces as an OSError
     for old in _checkpoints(run_dir)[:-keep]:
@@ -455,7 +454,7 @@ def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Pat
 
 def _save_snapshot(run_dir: Path, step: int, model: torch.nn.Module, opt: Any) -> Path:
     """Model + optimizer state at `step`, kept for the checkpoint values (never pruned)."""
-    path = run_dir / SNAPSHOT_DIR / f"step-{step:07d}.pt"
+    path = RunDir(run_dir).snapshot(step)
     with atomic_path(path) as tmp:
         torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
     return path
@@ -472,7 +471,7 @@ def _checkpoint_values(
     cols: dict[str, Any] = {"id": list(train.ids), CKPT_COLUMN: vals.mean(axis=0)}
     for snap, row in zip(snaps, vals):
         cols[f"{CKPT_COLUMN}_step{int(snap['step'])}"] = row
-    return atomic_write_parquet(pl.DataFrame(cols), run_dir / CKPT_FILE)
+    return atomic_write_parquet(pl.DataFrame(cols), RunDir(run_dir).checkpoint_values)
 
 
 def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -526,8 +525,8 @@ def run_scoring(args: ScoreArgs) -> Path:
 
     rejects_ok = ranks.main  # one rank writes the rejects files
     corpus_df, target_df = _load_inputs(args, run_dir, write_rejects=rejects_ok)
-    if ranks.main and not (run_dir / "run.json").exists():
-        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if ranks.main and not RunDir(run_dir).run_json.exists():
+        RunDir(run_dir).write_run_json(record)
     if ranks.main:
         tok = _tokenizer(args, run_dir, corpus_df)
     ranks.barrier()
@@ -546,7 +545,7 @@ def run_scoring(args: ScoreArgs) -> Path:
                 file=sys.stderr,
             )
     _check_shards(ranks, len(train), len(target), args)
-    if ranks.main and not (run_dir / EXAMPLES_FILE).exists():
+    if ranks.main and not RunDir(run_dir).examples.exists():
         examples = pl.DataFrame(
             {
                 "id": list(train.ids),
@@ -555,7 +554,7 @@ def run_scoring(args: ScoreArgs) -> Path:
                 "truncated": np.asarray(train.truncated, dtype=bool),
             }
         )
-        atomic_write_parquet(examples, run_dir / EXAMPLES_FILE)
+        atomic_write_parquet(examples, RunDir(run_dir).examples)
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed % (1 << 32))
@@ -738,7 +737,7 @@ def run_scoring(args: ScoreArgs) -> Path:
         ranks.barrier()  # rank 0 writes the final model, aggregates and the completion marker
         return run_dir
 
-    with atomic_dir(run_dir / "final_model") as tmp:
+    with atomic_dir(RunDir(run_dir).final_model) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     if n_scored > 0 and snaps:
@@ -748,7 +747,7 @@ def run_scoring(args: ScoreArgs) -> Path:
     if n_scored > 0 and args.momentum_window:
         _record_momentum(run_dir, args.momentum_window)
     done = {"steps": total, "n_examples": n, "n_truncated": n_truncated, "ranks": ranks.world}
-    atomic_write_text(run_dir / COMPLETE_MARKER, json.dumps(done) + "\n")
+    RunDir(run_dir).mark_complete(done)
     ranks.barrier()
     return run_dir
 
@@ -765,9 +764,9 @@ def _record_momentum(run_dir: Path, window: int) -> dict[str, Any]:
             for a, b in zip(per_step["step"], per_step["steps_covered"])
         ]
     info = {"window": window, "flushed_at_end": flushed}
-    record = json.loads((run_dir / "run.json").read_text())
+    record = RunDir(run_dir).read_run_json()
     record["momentum"] = info
-    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    RunDir(run_dir).write_run_json(record)
     return info
 
 
