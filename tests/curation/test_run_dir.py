@@ -162,3 +162,37 @@ def test_prune_dir_paths(tmp_path) -> None:
     (tmp_path / ".kept.jsonl.tmp").write_text("")  # a temporary file is not an output
     (tmp_path / "kept.parquet").write_text("")
     assert pruned.find_kept() == tmp_path / "kept.parquet"
+
+
+def test_no_other_module_spells_a_layout_name() -> None:
+    """Outside curation/run_dir.py no code in curation/, flows/ or benchmarks/ has a string
+    literal that is one of the layouts' distinctive file names (ask RunDir / PruneDir)."""
+    import ast
+
+    import curation.run_dir as rd
+
+    names = {
+        rd.RUN_JSON,
+        rd.COMPLETE_MARKER,
+        rd.FINAL_MODEL_DIR,
+        rd.MOMENTUM_DIR,
+        rd.EXAMPLES_FILE,
+        rd.BY_EXAMPLE_FILE,
+        rd.BY_SOURCE_FILE,
+        rd.CKPT_FILE,
+        rd.EMBED_META,
+        rd.PLOT_DIR,
+        rd.DONE_FILE,
+        rd.MAP_FILE,
+        *rd.REPORT_FILES,
+    }
+    root = Path(__file__).resolve().parents[2]
+    hits = []
+    for folder in ("curation", "flows", "benchmarks"):
+        for path in sorted((root / folder).glob("*.py")):
+            if path.name == "run_dir.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and node.value in names:
+                    hits.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+    assert not hits, hits
