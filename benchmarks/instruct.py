@@ -25,6 +25,8 @@ from typing import Any
 
 import polars as pl
 
+from curation.run_dir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TARGET_TASK = "pydoc-function"
@@ -78,7 +80,7 @@ def rank_sources(run_dir: Path) -> dict[str, Any]:
     """Per estimator: sources ranked by mean example value, with bootstrap CIs and the checks."""
     from curation.bootstrap import LEVEL, N_BOOT, source_bootstrap
 
-    by_ex = pl.read_parquet(run_dir / "values_by_example.parquet")
+    by_ex = pl.read_parquet(RunDir(run_dir).values_by_example)
     out: dict[str, Any] = {"n_boot": N_BOOT, "level": LEVEL, "estimators": {}}
     for col in [c for c in by_ex.columns if c.startswith("value_")]:
         est = col.removeprefix("value_")
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     run_dir = Path(cfg.scores) if cfg.scores else score(cfg, Path(cfg.work))
     took = round(time.time() - t0, 1)
-    ex = pl.read_parquet(run_dir / "examples.parquet")
-    rec = json.loads((run_dir / "run.json").read_text())
+    ex = pl.read_parquet(RunDir(run_dir).examples)
+    rec = RunDir(run_dir).read_run_json()
     tgt_n = pl.read_ndjson(rec["args"]["target"]).height
     res = {
         "per_source": cfg.per_source,

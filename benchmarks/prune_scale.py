@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from curation.run_dir import RunDir
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "runs" / "benchmarks" / "prune_scale"
 N_COMPONENTS = 300
@@ -75,12 +77,12 @@ def make_inputs(n: int, out: Path, dim: int = 256, epochs: int = 3, seed: int = 
     """Write the synthetic corpus ids, embeddings, tokens and ledger of `n` docs under `out`."""
     import polars as pl
 
-    from curation.ledger import LEDGER_DIR, ledger_schema
+    from curation.ledger import ledger_schema
     from curation.prune import holdout_target
 
     if out.exists():
         shutil.rmtree(out)
-    (out / "run" / LEDGER_DIR).mkdir(parents=True)
+    RunDir(out / "run").ledger.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     # Which documents copy which: copies point at a random non-copy "base" document.
     kind = rng.choice(4, size=n, p=[1 - EXACT - NEAR - LOOKALIKE, EXACT, NEAR, LOOKALIKE])
@@ -142,7 +144,7 @@ def make_inputs(n: int, out: Path, dim: int = 256, epochs: int = 3, seed: int = 
             "n_tokens": lengths[train].astype(np.int64),
             "truncated": lengths[train] > 128,
         }
-    ).write_parquet(out / "run" / "examples.parquet")
+    ).write_parquet(RunDir(out / "run").examples)
     schema = ledger_schema(ESTIMATORS)
     steps_per_epoch = math.ceil(len(train) / BATCH)
     total = epochs * steps_per_epoch
@@ -168,7 +170,7 @@ def make_inputs(n: int, out: Path, dim: int = 256, epochs: int = 3, seed: int = 
                 noise = rng.normal(scale=(0.3 + 0.2 * j) * np.abs(v) + 1e-6)
                 cols[f"value_{e}"] = v + noise
             df = pl.DataFrame(cols, schema=schema)
-            df.write_parquet(out / "run" / LEDGER_DIR / f"part-{int(step[0]):07d}.parquet")
+            df.write_parquet(RunDir(out / "run").ledger / f"part-{int(step[0]):07d}.parquet")
             n_rows += len(idx)
     return {
         "n": n,
@@ -186,7 +188,7 @@ def measure(inputs: Path) -> dict:
     """Run the pruning stage on the inputs under `inputs`; per-phase seconds and peak memory."""
     import polars as pl
 
-    from curation.aggregate import BY_EXAMPLE_FILE, aggregate_run
+    from curation.aggregate import aggregate_run
     from curation.cluster import default_k, spherical_kmeans
     from curation.embed import prepare_for_similarity
     from curation.selection import select, token_shingles
@@ -209,7 +211,7 @@ def measure(inputs: Path) -> dict:
     done("load")
     aggregate_run(inputs / "run")
     done("aggregate")
-    vals = pl.read_parquet(inputs / "run" / BY_EXAMPLE_FILE, columns=["id", "value_adam2"])
+    vals = pl.read_parquet(RunDir(inputs / "run").values_by_example, columns=["id", "value_adam2"])
     aligned = corpus.select("id").join(vals, on="id", how="left", maintain_order="left")
     values = aligned["value_adam2"].fill_null(np.nan).to_numpy().astype(np.float64)
     values[is_target] = np.nan

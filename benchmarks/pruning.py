@@ -51,6 +51,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from curation.run_dir import RunDir
+
 JUNK_KINDS = ("shuffled", "boilerplate", "random_chars", "fragment", "other_script", "word_salad")
 BOILERPLATE = [
     "Click here to subscribe to our newsletter! All rights reserved. Cookie policy | Privacy | "
@@ -177,8 +179,8 @@ def proxy_losses(run_dir: Path, df: pl.DataFrame, seq_len: int, batch: int = 64)
     from curation.encode import encode_corpus
     from curation.tokenizer import load_tokenizer
 
-    model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model").eval()
-    enc = encode_corpus(df, load_tokenizer(run_dir / "tokenizer"), seq_len)
+    model = GPT2LMHeadModel.from_pretrained(RunDir(run_dir).final_model).eval()
+    enc = encode_corpus(df, load_tokenizer(RunDir(run_dir).tokenizer), seq_len)
     out = [
         per_example_loss(model, prepare_batch(enc.batch(np.arange(s, min(len(enc), s + batch)))))
         for s in range(0, len(enc), batch)
@@ -284,7 +286,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     run = Path(run_scoring(sargs))
     t_score = time.time() - t0
     ids = pool["id"].to_list()
-    vals = pl.read_parquet(run / "values_by_example.parquet")
+    vals = pl.read_parquet(RunDir(run).values_by_example)
     lut = {c: dict(zip(vals["id"], vals[c])) for c in ("value_adam2", "value_ckpt")}
     adam2 = np.array([lut["value_adam2"].get(i, np.nan) for i in ids], float)
     ckpt = np.array([lut["value_ckpt"].get(i, np.nan) for i in ids], float)
@@ -333,7 +335,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     masks["adamshap"] = default.kept
     masks["full"] = np.ones(len(ids), bool)
 
-    tok = load_tokenizer(run / "tokenizer")
+    tok = load_tokenizer(RunDir(run).tokenizer)
     arr = Arrays.of(encode_corpus(pool, tok, a.seq_len))
     ev_enc = encode_corpus(evaluation, tok, a.seq_len)
     ev = Arrays.of(ev_enc)

@@ -20,6 +20,8 @@ from typing import Any
 
 import polars as pl
 
+from curation.run_dir import RunDir
+
 from .instruct import split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def rank_sources(run_dir: Path) -> dict[str, Any]:
     """Per estimator: retrieval sources ranked by mean value with bootstrap CIs, and the checks."""
     from curation.bootstrap import LEVEL, N_BOOT, source_bootstrap
 
-    by_ex = pl.read_parquet(run_dir / "values_by_example.parquet")
+    by_ex = pl.read_parquet(RunDir(run_dir).values_by_example)
     out: dict[str, Any] = {"n_boot": N_BOOT, "level": LEVEL, "estimators": {}}
     for col in [c for c in by_ex.columns if c.startswith("value_")]:
         rows = source_bootstrap(by_ex, col).to_dicts()
@@ -116,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     run_dir = Path(cfg.scores) if cfg.scores else score(cfg, Path(cfg.work))
     took = round(time.time() - t0, 1)
-    rec = json.loads((run_dir / "run.json").read_text())
+    rec = RunDir(run_dir).read_run_json()
     res = {
         "per_source": cfg.per_source,
         "seed": cfg.seed,
-        "n_train": pl.read_parquet(run_dir / "examples.parquet").height,
+        "n_train": pl.read_parquet(RunDir(run_dir).examples).height,
         "n_target": pl.read_ndjson(rec["args"]["target"]).height,
         "settings": ", ".join(f"{k} {rec['args'][k]}" for k in SETTINGS),
         "scores_from": f"reused {run_dir}" if cfg.scores else f"scored here in {took} s",

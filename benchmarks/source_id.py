@@ -28,6 +28,8 @@ from typing import Any
 
 import polars as pl
 
+from curation.run_dir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ESTIMATORS = ("adam2", "adam", "sgd")
@@ -55,7 +57,7 @@ def sample_split(
 
 def source_metrics(run_dir: Path, target: str, est: str) -> dict[str, Any]:
     """Ranking of sources by mean value, top-1 hit and normalised recall@k for one run and estimator."""
-    ex = pl.read_parquet(run_dir / "values_by_example.parquet")
+    ex = pl.read_parquet(RunDir(run_dir).values_by_example)
     if est == "ckpt":  # checkpoint values are per document: mean over each source's documents
         by_src = (
             ex.group_by("source")
@@ -63,7 +65,7 @@ def source_metrics(run_dir: Path, target: str, est: str) -> dict[str, Any]:
             .sort(["mean_ckpt", "source"], descending=[True, False])
         )
     else:
-        by_src = pl.read_parquet(run_dir / "values_by_source.parquet").sort(
+        by_src = pl.read_parquet(RunDir(run_dir).values_by_source).sort(
             f"mean_{est}", descending=True
         )
     ranking = by_src["source"].to_list()
@@ -122,7 +124,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             **common,
         )
     )
-    warm_model = str(warm / "final_model")
+    warm_model = str(RunDir(warm).final_model)
     per_target: dict[str, Any] = {}
     for src, tpath in sorted(tpaths.items()):
         t1 = time.time()

@@ -23,11 +23,7 @@ import polars as pl
 
 from .atomic import atomic_write_parquet
 from .ledger import PROP_SUFFIX, read_ledger, read_momentum_ledger, scan_ledger
-
-EXAMPLES_FILE = "examples.parquet"
-BY_EXAMPLE_FILE = "values_by_example.parquet"
-BY_SOURCE_FILE = "values_by_source.parquet"
-CKPT_FILE = "checkpoint_values.parquet"  # written by the scoring run (curation.checkpoint_values)
+from .run_dir import RunDir
 
 
 def estimator_suffixes(ledger: pl.DataFrame) -> list[str]:
@@ -91,11 +87,12 @@ def values_by_source(by_example: pl.DataFrame, examples: pl.DataFrame | None) ->
 
 def aggregate_run(run_dir: str | Path) -> tuple[Path, Path]:
     """Write `values_by_example.parquet` and `values_by_source.parquet` for a run; return paths."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     names = scan_ledger(run_dir).collect_schema().names()
     ledger = read_ledger(run_dir, ["id", "source", *(c for c in names if c.startswith("value_"))])
     by_example = values_by_example(ledger)
-    ckpt_path = run_dir / CKPT_FILE
+    ckpt_path = run.checkpoint_values
     if ckpt_path.exists():
         ckpt = pl.read_parquet(ckpt_path).select("id", "value_ckpt")
         by_example = by_example.join(ckpt, on="id", how="left").with_columns(
@@ -108,9 +105,9 @@ def aggregate_run(run_dir: str | Path) -> tuple[Path, Path]:
         by_example = by_example.join(prop, on="id", how="left").with_columns(
             (pl.col(c) / pl.col("n_steps")).alias("mean_" + c.removeprefix("value_")) for c in cols
         )
-    ex_path = run_dir / EXAMPLES_FILE
+    ex_path = run.examples
     examples = pl.read_parquet(ex_path) if ex_path.exists() else None
     by_source = values_by_source(by_example, examples)
-    p1 = atomic_write_parquet(by_example, run_dir / BY_EXAMPLE_FILE)
-    p2 = atomic_write_parquet(by_source, run_dir / BY_SOURCE_FILE)
+    p1 = atomic_write_parquet(by_example, run.values_by_example)
+    p2 = atomic_write_parquet(by_source, run.values_by_source)
     return p1, p2

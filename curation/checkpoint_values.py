@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .run_dir import RunDir
+
 CKPT_COLUMN = "value_ckpt"
-SNAPSHOT_DIR = "snapshots"
 
 
 @dataclass
@@ -128,4 +129,4 @@ def checkpoint_values(
 
 def snapshot_paths(run_dir: Path) -> list[Path]:
     """Saved snapshots of a run, oldest first."""
-    return sorted((Path(run_dir) / SNAPSHOT_DIR).glob("step-*.pt"))
+    return RunDir(run_dir).snapshot_files()

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-EMBED_FILE = "embeddings.npy"
-EMBED_META = "embeddings.json"
+from curation.run_dir import RunDir
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -134,7 +133,7 @@ def run_token_ids(run_dir: str | Path, df: pl.DataFrame) -> list:
 
     run_dir = Path(run_dir)
     _, template = _run_seq_len(run_dir)
-    return document_token_ids(df, load_tokenizer(run_dir / "tokenizer"), template)
+    return document_token_ids(df, load_tokenizer(RunDir(run_dir).tokenizer), template)
 
 
 def ids_key(ids: list[str] | pl.Series) -> str:
@@ -163,10 +162,9 @@ def content_key(df: pl.DataFrame) -> str:
 def _run_seq_len(run_dir: Path, default: int = 256) -> tuple[int, Any]:
     """Read seq_len and template from RUN_DIR/run.json (flat or under 'args')."""
     try:
-        meta = json.loads((run_dir / "run.json").read_text())
+        args = RunDir(run_dir).run_args()
     except (OSError, ValueError):
         return default, None
-    args = meta.get("args", meta) if isinstance(meta, dict) else {}
     return int(args.get("seq_len", default)), args.get("template")
 
 
@@ -187,9 +185,9 @@ def embed_run(
     from curation.encode import encode_corpus
     from curation.tokenizer import load_tokenizer
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     key = content_key(corpus_df)
-    cache, meta_path = run_dir / EMBED_FILE, run_dir / EMBED_META
+    cache, meta_path = run.embeddings, run.embeddings_meta
     if cache.exists() and meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
@@ -199,9 +197,9 @@ def embed_run(
                     return emb
         except (OSError, ValueError):
             pass
-    model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model").to(device)
-    tok = load_tokenizer(run_dir / "tokenizer")
-    seq_len, template = _run_seq_len(run_dir)
+    model = GPT2LMHeadModel.from_pretrained(run.final_model).to(device)
+    tok = load_tokenizer(run.tokenizer)
+    seq_len, template = _run_seq_len(run.path)
     kwargs = {} if template is None else {"template": template}
     encoded = encode_corpus(corpus_df, tok, seq_len, **kwargs)
     emb = embed_corpus(model, encoded, batch_size=batch_size, progress=progress)

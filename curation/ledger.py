@@ -21,9 +21,8 @@ import numpy as np
 import polars as pl
 
 from .atomic import atomic_write_parquet
+from .run_dir import LEDGER_DIR, LEDGER_PART_GLOB, MOMENTUM_DIR
 
-LEDGER_DIR = "ledger"
-MOMENTUM_DIR = "ledger_momentum"
 PROP_SUFFIX = "_prop"
 BASE_SCHEMA: dict[str, pl.DataType] = {
     "step": pl.Int64(),
@@ -71,7 +70,7 @@ def _part_path(run_dir: Path, first_step: int, suffix: str = "", folder: str = L
 
 
 def _parts(run_dir: Path, folder: str = LEDGER_DIR) -> list[Path]:
-    return sorted((Path(run_dir) / folder).glob("part-*.parquet"))
+    return sorted((Path(run_dir) / folder).glob(LEDGER_PART_GLOB))
 
 
 def _part_first_step(path: Path) -> int:

@@ -27,6 +27,15 @@ import polars as pl
 
 from adamshap_core.estimators import preferred_order
 from curation.errors import UsageError
+from curation.run_dir import (
+    COMPLETE_MARKER,
+    DONE_FILE,
+    OUTPUT_EXTS,
+    OUTPUT_STEMS,
+    REPORT_FILES,
+    PruneDir,
+    RunDir,
+)
 from curation.selection import SelectionResult, select, validate_keep
 
 __all__ = ["PruneArgs", "SelectionResult", "run_prune", "select", "validate_keep"]
@@ -115,16 +124,9 @@ def write_table(df: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-OUTPUT_STEMS = ("kept", "excluded")
-OUTPUT_EXTS = (".jsonl", ".jsonl.gz", ".parquet")
-REPORT_FILES = ("prune_report.md", "prune_report.html", "prune_map.png")
-DONE_FILE = "prune.json"
-
-
 def check_inputs_apart(out: Path, *inputs: str | Path | None) -> None:
     """UsageError when an input is one of the files prune writes in `out` (it would be lost)."""
-    names = [DONE_FILE, *REPORT_FILES, *(f"{s}{e}" for s in OUTPUT_STEMS for e in OUTPUT_EXTS)]
-    names += [f"target{e}" for e in OUTPUT_EXTS]
+    names = PruneDir(out).output_names()
     outputs = {os.path.realpath(out / n) for n in names}
     for path in inputs:
         if path is not None and os.path.realpath(path) in outputs:
@@ -191,16 +193,16 @@ def write_outputs(
             pl.Series("reason", reasons, pl.Utf8), pl.Series("value", vals, pl.Float64)
         )
         mask = pl.Series(kept)
-        kept_path = write_table(rows.filter(mask), folder / f"kept{ext}")
-        excl_path = write_table(excl.filter(~mask), folder / f"excluded{ext}")
+        kept_path = write_table(rows.filter(mask), PruneDir(folder).kept(ext))
+        excl_path = write_table(excl.filter(~mask), PruneDir(folder).excluded(ext))
         return kept_path, excl_path
     keep_recs = [r for r, k in zip(rows, kept) if k]
     excl_recs = [
         _with_decision(r, why, v) for r, k, why, v in zip(rows, kept, reasons, vals) if not k
     ]
     return (
-        write_records(keep_recs, folder / f"kept{ext}"),
-        write_records(excl_recs, folder / f"excluded{ext}"),
+        write_records(keep_recs, PruneDir(folder).kept(ext)),
+        write_records(excl_recs, PruneDir(folder).excluded(ext)),
     )
 
 
@@ -331,11 +333,10 @@ def _quality(
 def _run_target(run_dir: Path) -> str | None:
     """Target path recorded in a scoring run's run.json, if any (refused when it is gone)."""
     try:
-        meta = json.loads((run_dir / "run.json").read_text())
+        args = RunDir(run_dir).run_args()
     except (OSError, ValueError):
         return None
-    args = meta.get("args", meta) if isinstance(meta, dict) else {}
-    t = args.get("target") if isinstance(args, dict) else None
+    t = args.get("target")
     if not t:
         return None
     if not Path(t).is_absolute():  # runs from before paths were stored absolute
@@ -353,8 +354,7 @@ def _run_target(run_dir: Path) -> str | None:
 def _run_fields(run_dir: Path) -> dict[str, str] | None:
     """Field-name overrides recorded in a scoring run's run.json (they apply to its target)."""
     try:
-        meta = json.loads((run_dir / "run.json").read_text())
-        f = meta["args"].get("fields")
+        f = RunDir(run_dir).read_run_json()["args"].get("fields")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return f if isinstance(f, dict) else None
@@ -380,12 +380,17 @@ def _score(
     from curation.corpus import write_corpus
     from curation.scoring_run import ScoreArgs, run_scoring
 
-    train_path = out / "work" / f"train{_ext(Path(args.corpus))}"
+    train_path = PruneDir(out).work / f"train{_ext(Path(args.corpus))}"
     write_corpus(df.filter(pl.Series(~is_target)), train_path)
     if args.fields and target_df is not None:  # the scoring run reads canonical field names
-        target = str(write_corpus(target_df, out / "work" / f"target{_ext(Path(args.corpus))}"))
+        target = str(
+            write_corpus(target_df, PruneDir(out).work / f"target{_ext(Path(args.corpus))}")
+        )
     score_args = ScoreArgs(
-        corpus=str(train_path), target=str(target), out=str(out / "scores"), device=args.device
+        corpus=str(train_path),
+        target=str(target),
+        out=str(PruneDir(out).scores.path),
+        device=args.device,
     )
     if hasattr(score_args, "seed"):
         score_args.seed = args.seed
@@ -399,7 +404,7 @@ def resolve_estimator(run_dir: Path, estimator: str | None) -> tuple[str, str | 
     """The estimator to rank by, and a note when the default had to fall back."""
     if estimator is not None:
         return estimator, None
-    path = Path(run_dir) / "values_by_example.parquet"
+    path = RunDir(run_dir).values_by_example
     try:
         have = set(pl.read_parquet_schema(path))
     except Exception:  # missing or unreadable: _load_values names the problem
@@ -417,10 +422,8 @@ def resolve_estimator(run_dir: Path, estimator: str | None) -> tuple[str, str | 
 
 def _load_values(run_dir: Path, ids: list[str], estimator: str) -> tuple[np.ndarray, int]:
     """Per-document values of `estimator` aligned to ids (NaN where unscored), and #missing."""
-    from curation.scoring_run import COMPLETE_MARKER
-
-    path = run_dir / "values_by_example.parquet"
-    if not (run_dir / COMPLETE_MARKER).exists():
+    path = RunDir(run_dir).values_by_example
+    if not RunDir(run_dir).is_complete():
         raise UsageError(
             f"{run_dir} is not a finished scoring run (no {COMPLETE_MARKER} marker): rerun the "
             "same `adamshap score` command to finish it, then prune"
@@ -516,13 +519,15 @@ def _prune_sources(
     payload = {"args": asdict(args), "summary": summary}
     # the same all-or-nothing swap as row pruning: prune.json last, no half-written pair
     with staged_outputs(out, last=(DONE_FILE,)) as stage:
-        write_corpus(df.filter(mask), stage / f"kept{ext}")
+        write_corpus(df.filter(mask), PruneDir(stage).kept(ext))
         excl = df.with_columns(
             pl.Series("reason", reason, pl.Utf8), pl.Series("value", values, pl.Float64)
         ).filter(~mask)
-        write_table(excl.with_columns(pl.col("value").fill_nan(None)), stage / f"excluded{ext}")
+        write_table(
+            excl.with_columns(pl.col("value").fill_nan(None)), PruneDir(stage).excluded(ext)
+        )
         write_source_report(stage, table, summary)
-        atomic_write_text(stage / DONE_FILE, json.dumps(payload, indent=2, default=str))
+        atomic_write_text(PruneDir(stage).prune_json, json.dumps(payload, indent=2, default=str))
     return out
 
 
@@ -582,7 +587,7 @@ def run_prune(args: PruneArgs) -> Path:
             raise UsageError(
                 f"{corpus_path.name} has {n} documents, too few to hold out a target; pass --target"
             )
-        target = str(out / f"target{ext}")
+        target = str(PruneDir(out).target(ext))
     else:
         tfields = args.fields if args.target else _run_fields(Path(args.scores or ""))
         tfm = FieldMap(**tfields) if tfields else FieldMap()
@@ -672,5 +677,5 @@ def run_prune(args: PruneArgs) -> Path:
         write_outputs(stage, rows, np.asarray(res.kept, bool), list(res.reason), values, ext)
         write_prune_report(stage, df, res, emb, summary)
         payload = {"args": asdict(args), "summary": summary}
-        atomic_write_text(stage / DONE_FILE, json.dumps(payload, indent=2, default=str))
+        atomic_write_text(PruneDir(stage).prune_json, json.dumps(payload, indent=2, default=str))
     return out

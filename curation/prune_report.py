@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 
 from curation.render import Figure, Page, Section, Table, write_page
+from curation.run_dir import MAP_FILE, PRUNE_REPORT_STEM
 from curation.selection import SelectionResult
 
 N_EXAMPLES = 5
-MAP_FILE = "prune_map.png"
 MAP_MAX_POINTS = 20_000  # more documents than this: a seeded random sample is drawn
 MAP_MAX_SOURCES = 12  # more sources than this: the smallest share one colour ("other")
 
@@ -265,4 +265,4 @@ def write_prune_report(
 ) -> None:
     """Write prune_map.png, prune_report.md and prune_report.html (PNG embedded) atomically."""
     png = cluster_map_png(emb, res, df["source"].cast(pl.Utf8).to_list())
-    write_page(out, "prune_report", prune_page(df, res, summary, png))
+    write_page(out, PRUNE_REPORT_STEM, prune_page(df, res, summary, png))

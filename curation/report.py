@@ -9,15 +9,13 @@ from typing import Any
 
 import polars as pl
 
-from .aggregate import BY_EXAMPLE_FILE, BY_SOURCE_FILE, EXAMPLES_FILE, aggregate_run
+from .aggregate import aggregate_run
 from .bootstrap import LEVEL, source_bootstrap
 from .ledger import read_ledger
 from .render import Figure, Page, Section, Table, fmt, write_page
-
-COMPLETE_MARKER = ".complete"  # written last by curation.scoring_run (no torch import here)
+from .run_dir import COMPLETE_MARKER, PLOT_DIR, REPORT_STEM, RunDir
 
 N_TOP = 10
-PLOT_DIR = "report_plots"  # PNGs beside report.md; report.html embeds them
 SNIPPET_CHARS = 160
 
 
@@ -41,7 +39,7 @@ def _texts(run_dir: Path, ids: list[str]) -> dict[str, str]:
     try:
         from .corpus import FieldMap, read_corpus
 
-        args = json.loads((run_dir / "run.json").read_text())["args"]
+        args = RunDir(run_dir).read_run_json()["args"]
         fields = FieldMap(**args["fields"]) if args.get("fields") else FieldMap()
         extra = {"template": args["template"]} if args.get("template") else {}
         with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +204,7 @@ def _model_line(run_dir: Path, a: dict[str, Any]) -> str:
     """Which model (checkpoint or fresh preset, with its shape) and which tokenizer the run used."""
     shape = ""
     try:
-        cfg = json.loads((run_dir / "final_model" / "config.json").read_text())
+        cfg = json.loads((RunDir(run_dir).final_model / "config.json").read_text())
         shape = f" ({cfg['n_layer']} layers x {cfg['n_embd']}, vocab {cfg['vocab_size']})"
     except (OSError, KeyError, ValueError):
         pass
@@ -226,7 +224,7 @@ def _model_line(run_dir: Path, a: dict[str, Any]) -> str:
 def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[str]:
     lines = []
     try:
-        rec = json.loads((run_dir / "run.json").read_text())
+        rec = RunDir(run_dir).read_run_json()
         a = rec["args"]
         lines.append(f"corpus `{a['corpus']}`, target `{a['target']}`")
         lines.append(_model_line(run_dir, a))
@@ -244,7 +242,7 @@ def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[s
         f"{by_ex.height} examples scored over {ledger['step'].n_unique()} steps "
         f"(steps {ledger['step'].min()}–{ledger['step'].max()})"
     )
-    ex_path = run_dir / EXAMPLES_FILE
+    ex_path = RunDir(run_dir).examples
     if ex_path.exists():
         ex = pl.read_parquet(ex_path)
         if "truncated" in ex.columns:
@@ -257,7 +255,7 @@ def _summary(run_dir: Path, ledger: pl.DataFrame, by_ex: pl.DataFrame) -> list[s
 def momentum_line(run_dir: Path) -> str | None:
     """What the `_prop` columns hold, and which steps' windows the end of the run cut short."""
     try:
-        rec = json.loads((run_dir / "run.json").read_text())
+        rec = RunDir(run_dir).read_run_json()
         k = int(rec["args"].get("momentum_window") or 0)
     except (OSError, KeyError, ValueError, TypeError):
         return None
@@ -282,9 +280,9 @@ def unfinished_note(run_dir: Path, n_scored: int) -> str | None:
     """A loud one-line warning when the run has no completion marker, else None."""
     import sys
 
-    if (run_dir / COMPLETE_MARKER).exists():
+    if RunDir(run_dir).is_complete():
         return None
-    ex_path = run_dir / EXAMPLES_FILE
+    ex_path = RunDir(run_dir).examples
     total = pl.read_parquet(ex_path).height if ex_path.exists() else None
     of = f" of {total}" if total is not None else ""
     note = (
@@ -301,11 +299,12 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
 
     A run without its completion marker gets a loud UNFINISHED warning (stderr and the report).
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / BY_SOURCE_FILE).exists() or not (run_dir / BY_EXAMPLE_FILE).exists():
+    run = RunDir(run_dir)
+    run_dir = run.path
+    if not run.values_by_source.exists() or not run.values_by_example.exists():
         aggregate_run(run_dir)
-    by_src = pl.read_parquet(run_dir / BY_SOURCE_FILE)
-    by_ex = pl.read_parquet(run_dir / BY_EXAMPLE_FILE)
+    by_src = pl.read_parquet(run.values_by_source)
+    by_ex = pl.read_parquet(run.values_by_example)
     ledger = read_ledger(run_dir)
     est = _primary_estimator(by_src.columns)
     plots = _plots(by_src, by_ex, ledger, est)
@@ -341,4 +340,4 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
             Section(f"Bottom {N_TOP} examples", table=_example_table(bottom, est, texts)),
         ],
     )
-    return write_page(run_dir, "report", page)
+    return write_page(run_dir, REPORT_STEM, page)

@@ -15,10 +15,8 @@ import math
 import os
 import platform
 import random
-import signal
 import sys
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +27,10 @@ import torch
 from adamshap_core.estimators import DEFAULT_ORDER, ESTIMATORS, gram_estimators, preferred_order
 from adamshap_core.lowrank import CONTRACTIONS
 
-from .aggregate import CKPT_FILE, EXAMPLES_FILE, aggregate_run
-from .atomic import atomic_dir, atomic_path, atomic_write_parquet, atomic_write_text
+from .aggregate import aggregate_run
+from .atomic import atomic_dir, atomic_path, atomic_write_parquet
 from .checkpoint_values import (
     CKPT_COLUMN,
-    SNAPSHOT_DIR,
     CheckpointValueConfig,
     checkpoint_values,
     snapshot_paths,
@@ -42,24 +39,35 @@ from .checkpoint_values import (
 from .devices import PRECISIONS, amp_dtype, check_device, check_precision, resolve_device
 from .errors import AdamshapError, Interrupted, UsageError
 from .ledger import (
-    MOMENTUM_DIR,
     LedgerWriter,
     MomentumLedgerWriter,
     read_momentum_ledger,
     truncate_after,
 )
 from .ranks import Ranks, ranks_from_env
+from .run_dir import COMPLETE_MARKER as COMPLETE_MARKER  # kept importable from here
+from .run_dir import MOMENTUM_DIR, RunDir
+from .scoring_handlers import (
+    Checkpointer,
+    Handler,
+    InterruptHandler,
+    LedgerHandler,
+    MomentumLedgerHandler,
+    NonFiniteGuard,
+    ProgressHandler,
+    Propagated,
+    SignalFlag,
+    SnapshotHandler,
+    StepEnd,
+    run_steps,
+)
+from .scoring_handlers import NonFiniteError as NonFiniteError  # raised by the run
 
-COMPLETE_MARKER = ".complete"
 # Arguments that do not change the outputs; a resume may differ in them. The inputs are
 # identified by their contents (sha256), not by how their paths were typed.
 _NON_IDENTITY_ARGS = ("progress", "corpus", "target", "out")
 # Fields added after runs existed: a run.json without one was made with this value.
 _LATER_FIELDS = {"precision": "fp32", "snapshots": 0, "sketch_dim": 16, "momentum_window": 0}
-
-
-class NonFiniteError(AdamshapError):
-    """A loss or value became NaN/inf; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -282,40 +290,10 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    return RunDir(run_dir).checkpoint_files()
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _SigintFlag:
-    """Turn SIGINT and SIGTERM into a flag checked between steps (main thread only).
-
-    Schedulers and container runtimes stop jobs with SIGTERM: it checkpoints like Ctrl-C.
-    """
-
-    def __init__(self) -> None:
-        self.raised = False
-        self.signum = int(signal.SIGINT)
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _SigintFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.raised:  # a second signal: stop now
-            raise Interrupted(signum)
-        self.raised = True
-        self.signum = signum
-        name = signal.Signals(signum).name
-        print(f"\n{name}: finishing this step, then checkpointing ...", file=sys.stderr)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+_SigintFlag = SignalFlag  # looked up here by the run (tests replace it with their own)
 
 
 # ----------------------------------------------------------------------------- data
@@ -328,7 +306,7 @@ def _load_inputs(
 
     fields = FieldMap(**args.fields) if args.fields else FieldMap()
     extra = {"template": args.template} if args.template is not None else {}
-    rejects = run_dir / "rejects"
+    rejects = RunDir(run_dir).rejects
     keep = args.on_bad_rows == "skip" and write_rejects
     corpus = read_corpus(
         args.corpus,
@@ -363,7 +341,7 @@ def tokenizer_origin(args: ScoreArgs) -> str | None:
 def _tokenizer(args: ScoreArgs, run_dir: Path, corpus: pl.DataFrame) -> Any:
     from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
-    folder = run_dir / "tokenizer"
+    folder = RunDir(run_dir).tokenizer
     if (folder / "tokenizer.json").exists():
         return load_tokenizer(folder)
     origin = tokenizer_origin(args)
@@ -422,9 +400,9 @@ def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.T
 
 def _check_run_dir(args: ScoreArgs, run_dir: Path, record: dict[str, Any]) -> bool:
     """Compare with an existing run.json (error if it differs); True when that run is complete."""
-    run_json = run_dir / "run.json"
-    if run_json.exists():
-        old = json.loads(run_json.read_text())
+    run = RunDir(run_dir)
+    if run.run_json.exists():
+        old = run.read_run_json()
         if _identity(old) != _identity(record):
             a, b = _identity(old), _identity(record)
             diff = sorted(
@@ -440,12 +418,12 @@ def _check_run_dir(args: ScoreArgs, run_dir: Path, record: dict[str, Any]) -> bo
             )
         if old.get("versions") != record["versions"]:
             print(f"warning: {run_dir} was started with {old.get('versions')}", file=sys.stderr)
-        return (run_dir / COMPLETE_MARKER).exists()
+        return run.is_complete()
     return False
 
 
 def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path:
-    path = run_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
+    path = RunDir(run_dir).checkpoint(state["step"])
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)  # through a Python file: a full disk surfaces as an OSError
     for old in _checkpoints(run_dir)[:-keep]:
@@ -455,7 +433,7 @@ def _save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Pat
 
 def _save_snapshot(run_dir: Path, step: int, model: torch.nn.Module, opt: Any) -> Path:
     """Model + optimizer state at `step`, kept for the checkpoint values (never pruned)."""
-    path = run_dir / SNAPSHOT_DIR / f"step-{step:07d}.pt"
+    path = RunDir(run_dir).snapshot(step)
     with atomic_path(path) as tmp:
         torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
     return path
@@ -472,7 +450,7 @@ def _checkpoint_values(
     cols: dict[str, Any] = {"id": list(train.ids), CKPT_COLUMN: vals.mean(axis=0)}
     for snap, row in zip(snaps, vals):
         cols[f"{CKPT_COLUMN}_step{int(snap['step'])}"] = row
-    return atomic_write_parquet(pl.DataFrame(cols), run_dir / CKPT_FILE)
+    return atomic_write_parquet(pl.DataFrame(cols), RunDir(run_dir).checkpoint_values)
 
 
 def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
@@ -486,16 +464,6 @@ def _load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _check_finite(step: int, what: str, x: float | torch.Tensor, last_ckpt: int) -> None:
-    ok = math.isfinite(x) if isinstance(x, float) else bool(torch.isfinite(x).all())
-    if not ok:
-        where = f"step {last_ckpt}" if last_ckpt > 0 else "none yet"
-        raise NonFiniteError(
-            f"non-finite {what} at step {step}; stopped. Last good checkpoint: {where}. "
-            "Try a lower --lr, a smaller --max-grad-norm, or more --warm-start-steps."
-        )
-
-
 def run_scoring(args: ScoreArgs) -> Path:
     """Run (or resume, or skip if complete) a scored training run; return RUN_DIR.
 
@@ -503,6 +471,23 @@ def run_scoring(args: ScoreArgs) -> Path:
     every global batch (against the all-reduced target gradient) and writes its own ledger
     parts; rank 0 writes everything else (see curation/ranks.py).
     """
+    ranks, device, run_dir = _setup(args)
+    record = _run_record(args)
+    if _check_run_dir(args, run_dir, record):
+        print(f"{run_dir} is already complete; nothing to do", file=sys.stderr)
+        return run_dir
+    tok, train, target = _prepare_data(args, run_dir, ranks, record)
+    tr = _Training.build(args, ranks, device, tok, train, target)
+    step = tr.resume(run_dir)
+    _train(tr, run_dir, step)
+    if ranks.main:  # rank 0 writes the final model, aggregates and the completion marker
+        _finish(tr, run_dir, tok)
+    ranks.barrier()
+    return run_dir
+
+
+def _setup(args: ScoreArgs) -> tuple[Ranks, str, Path]:
+    """Check the arguments and inputs, join torchrun's group if any, make RUN_DIR."""
     args.validate()
     args.device = resolve_device(args.device)  # `auto` -> cpu | cuda: run.json says where it ran
     check_precision(args.precision, args.device)
@@ -519,15 +504,18 @@ def run_scoring(args: ScoreArgs) -> Path:
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     ranks.barrier()
-    record = _run_record(args)
-    if _check_run_dir(args, run_dir, record):
-        print(f"{run_dir} is already complete; nothing to do", file=sys.stderr)
-        return run_dir
+    return ranks, device, run_dir
 
+
+def _prepare_data(
+    args: ScoreArgs, run_dir: Path, ranks: Ranks, record: dict[str, Any]
+) -> tuple[Any, Any, Any]:
+    """Read and encode the corpus and target; write run.json, the tokenizer and examples (rank 0)."""
+    run = RunDir(run_dir)
     rejects_ok = ranks.main  # one rank writes the rejects files
     corpus_df, target_df = _load_inputs(args, run_dir, write_rejects=rejects_ok)
-    if ranks.main and not (run_dir / "run.json").exists():
-        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if ranks.main and not run.run_json.exists():
+        run.write_run_json(record)
     if ranks.main:
         tok = _tokenizer(args, run_dir, corpus_df)
     ranks.barrier()
@@ -535,7 +523,6 @@ def run_scoring(args: ScoreArgs) -> Path:
         tok = _tokenizer(args, run_dir, corpus_df)  # rank 0 has saved it: load
     train = _encode(corpus_df, tok, args)
     target = _encode(target_df, tok, args)
-    n_truncated = int(np.asarray(train.truncated).sum())
     for name, enc in (("training", train), ("target", target)):
         k = int(np.asarray(enc.truncated).sum())
         if k:
@@ -546,7 +533,7 @@ def run_scoring(args: ScoreArgs) -> Path:
                 file=sys.stderr,
             )
     _check_shards(ranks, len(train), len(target), args)
-    if ranks.main and not (run_dir / EXAMPLES_FILE).exists():
+    if ranks.main and not run.examples.exists():
         examples = pl.DataFrame(
             {
                 "id": list(train.ids),
@@ -555,202 +542,234 @@ def run_scoring(args: ScoreArgs) -> Path:
                 "truncated": np.asarray(train.truncated, dtype=bool),
             }
         )
-        atomic_write_parquet(examples, run_dir / EXAMPLES_FILE)
+        atomic_write_parquet(examples, run.examples)
+    return tok, train, target
 
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed % (1 << 32))
-    random.seed(args.seed)
-    model = _model(args, tok, device)
-    n = len(train)
-    steps_per_epoch = math.ceil(n / args.batch_size)
-    n_scored = args.epochs * steps_per_epoch
-    total = args.warm_start_steps + n_scored
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay
-    )
-    from adamshap_core import plain_step, warmup_cosine
 
-    sched = warmup_cosine(opt, int(args.warmup_frac * total), max(1, total))
+@dataclass
+class _Training:
+    """The model, optimizer, schedule and data of one run, and how to take its step t."""
+
+    args: ScoreArgs
+    ranks: Ranks
+    device: str
+    train: Any  # encoded corpus
+    target: Any  # encoded target set
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
     scorer: Any = None  # built when scoring starts, after the warm start has moved the weights
-    scorer_state: Any = None
+    scorer_state: Any = None  # from the checkpoint a resumed run starts at
+    orders: dict[int, np.ndarray] = field(default_factory=dict)
 
-    step = 0
-    ckpt = _load_checkpoint(run_dir)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scorer_state = ckpt.get("scorer")
-        _set_rng_state(ckpt["rng"])
-        step = int(ckpt["step"])
-        if ranks.main:
-            print(f"resuming {run_dir} from step {step}/{total}", file=sys.stderr)
-    ranks.barrier()  # every rank has read the checkpoint before rank 0 may replace it
-    if ranks.main:
-        truncate_after(run_dir, step)
-        # propagated rows written after the checkpoint: its open windows write them again
-        truncate_after(run_dir, step, MOMENTUM_DIR, "closed_at")
-    ranks.barrier()
-    last_ckpt = step
-    ledger = LedgerWriter(run_dir, args.estimators, suffix=ranks.suffix)
-    mledger = (
-        MomentumLedgerWriter(run_dir, args.estimators, suffix=ranks.suffix)
-        if args.momentum_window
-        else None
-    )
+    @classmethod
+    def build(
+        cls, args: ScoreArgs, ranks: Ranks, device: str, tok: Any, train: Any, target: Any
+    ) -> _Training:
+        """Seed every RNG, then build the model, AdamW and the warmup-cosine schedule."""
+        from adamshap_core import warmup_cosine
 
-    def checkpoint(at: int) -> None:
-        nonlocal last_ckpt
-        ledger.flush()
-        if mledger is not None:
-            mledger.flush()
-        ranks.barrier()  # every rank's rows up to `at` are on disk before the checkpoint says so
-        last_ckpt = at
-        if not ranks.main:
-            ranks.barrier()
-            return
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed % (1 << 32))
+        random.seed(args.seed)
+        model = _model(args, tok, device)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay
+        )
+        tr = cls(args, ranks, device, train, target, model, opt, None)
+        tr.sched = warmup_cosine(opt, int(args.warmup_frac * tr.total), max(1, tr.total))
+        return tr
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.args.batch_size)
+
+    @property
+    def n_scored(self) -> int:
+        return self.args.epochs * self.steps_per_epoch
+
+    @property
+    def total(self) -> int:
+        return self.args.warm_start_steps + self.n_scored
+
+    @property
+    def snapshot_steps(self) -> set[int]:
+        a = self.args
+        return set(snapshot_steps(a.warm_start_steps, self.n_scored, a.snapshots))
+
+    def resume(self, run_dir: Path) -> int:
+        """Load the newest readable checkpoint (if any) and drop ledger rows after it; its step."""
+        step = 0
+        ckpt = _load_checkpoint(run_dir)
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            self.scorer_state = ckpt.get("scorer")
+            _set_rng_state(ckpt["rng"])
+            step = int(ckpt["step"])
+            if self.ranks.main:
+                print(f"resuming {run_dir} from step {step}/{self.total}", file=sys.stderr)
+        self.ranks.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+        if self.ranks.main:
+            truncate_after(run_dir, step)
+            # propagated rows written after the checkpoint: its open windows write them again
+            truncate_after(run_dir, step, MOMENTUM_DIR, "closed_at")
+        self.ranks.barrier()
+        return step
+
+    def scored_batch(self, t: int) -> tuple[int, np.ndarray]:
+        """Epoch and (this rank's) example indices of scored step t: a function of (seed, t)."""
+        a = self.args
+        epoch, pos = divmod(t - a.warm_start_steps - 1, self.steps_per_epoch)
+        if epoch not in self.orders:
+            if len(self.orders) >= 2:  # the current epoch, and the previous one for open windows
+                self.orders.pop(min(self.orders))
+            self.orders[epoch] = epoch_order(len(self.train), a.seed, epoch)
+        idx = self.orders[epoch][pos * a.batch_size : (pos + 1) * a.batch_size]
+        return epoch, self.ranks.shard(idx)
+
+    def step(self, t: int) -> StepEnd:
+        """Take global step t (warm start or scored), then advance the schedule."""
+        end = self._warm_step(t) if t <= self.args.warm_start_steps else self._scored_step(t)
+        self.sched.step()
+        return end
+
+    def _warm_step(self, t: int) -> StepEnd:
+        from adamshap_core import plain_step
+
+        a = self.args
+        idx = warm_batch_indices(len(self.train), a.batch_size, a.seed, t)
+        # every rank takes the same full warm-start step (no sharding needed)
+        batch = _to_device(self.train.batch(idx), self.device)
+        return StepEnd(step=t, loss=plain_step(self.model, self.opt, batch, a.max_grad_norm))
+
+    def _scored_step(self, t: int) -> StepEnd:
+        a = self.args
+        epoch, idx = self.scored_batch(t)
+        tidx = target_batch_indices(len(self.target), a.target_batch_size, a.seed, t)
+        tbatch = _to_device(self.target.batch(self.ranks.shard(tidx)), self.device)
+        if self.scorer is None:
+            self.scorer = _make_scorer(a, self.model, self.opt, tbatch)
+            if self.scorer_state is not None:
+                self.scorer.load_state_dict(self.scorer_state)
+        else:
+            self.scorer.set_val_batch(tbatch)
+        out = self.scorer.step(_to_device(self.train.batch(idx), self.device))
+        closed = []
+        if a.momentum_window:
+            closed = list(out.propagated)
+            if t == self.total:  # the carry stops where the run does (before the checkpoint)
+                closed += self.scorer.flush_momentum()
+        return StepEnd(
+            step=t,
+            loss=float(out.loss),
+            epoch=epoch,
+            target_loss=float(out.val_loss),
+            lr=float(out.lr),
+            ids=[self.train.ids[i] for i in idx],
+            sources=[self.train.sources[i] for i in idx],
+            example_losses=out.example_losses,
+            values=out.values,
+            propagated=[self._propagated(ps) for ps in closed],
+        )
+
+    def _propagated(self, ps: Any) -> Propagated:
+        """A closed momentum window, with the examples of the step it was opened at."""
+        drawn = self.args.warm_start_steps + 1 + ps.step
+        epoch, idx = self.scored_batch(drawn)
+        ids = [self.train.ids[i] for i in idx]
+        sources = [self.train.sources[i] for i in idx]
+        return Propagated(drawn, epoch, ids, sources, ps.steps_covered, ps.values)
+
+    def checkpoint_state(self, at: int) -> dict[str, Any]:
+        """Everything a resume from step `at` needs (model, optimizer, schedule, RNGs, scorer)."""
         state: dict[str, Any] = {
             "step": at,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
             "rng": _rng_state(),
             "data": {
-                "phase": "warm" if at <= args.warm_start_steps else "scored",
-                "scored_steps_done": max(0, at - args.warm_start_steps),
-                "steps_per_epoch": steps_per_epoch,
+                "phase": "warm" if at <= self.args.warm_start_steps else "scored",
+                "scored_steps_done": max(0, at - self.args.warm_start_steps),
+                "steps_per_epoch": self.steps_per_epoch,
             },
         }
-        if scorer is not None:
-            state["scorer"] = scorer.state_dict()
-        _save_checkpoint(run_dir, state)
-        ranks.barrier()
+        if self.scorer is not None:
+            state["scorer"] = self.scorer.state_dict()
+        return state
 
-    from tqdm.auto import tqdm
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
 
-    orders: dict[int, np.ndarray] = {}
-    snaps = set(snapshot_steps(args.warm_start_steps, n_scored, args.snapshots))
 
-    def scored_batch(t: int) -> tuple[int, np.ndarray]:
-        """Epoch and (this rank's) example indices of scored step t: a function of (seed, t)."""
-        epoch, pos = divmod(t - args.warm_start_steps - 1, steps_per_epoch)
-        if epoch not in orders:
-            if len(orders) >= 2:  # the current epoch, and the previous one for open windows
-                orders.pop(min(orders))
-            orders[epoch] = epoch_order(n, args.seed, epoch)
-        idx = orders[epoch][pos * args.batch_size : (pos + 1) * args.batch_size]
-        return epoch, ranks.shard(idx)
+def _train(tr: _Training, run_dir: Path, step: int) -> None:
+    """Steps step+1 .. total, each followed by the handlers (curation/scoring_handlers.py).
 
-    def add_propagated(closed: list, at: int) -> None:
-        """Ledger rows of the windows that closed at step `at` (momentum-propagated values)."""
-        for ps in closed:
-            drawn = args.warm_start_steps + 1 + ps.step
-            epoch, idx = scored_batch(drawn)
-            for e in args.estimators:
-                _check_finite(at, f"{e} propagated value", ps.values[e], last_ckpt)
-                if len(ps.values[e]) != len(idx):
-                    raise RuntimeError(f"propagated values of step {drawn} do not fit its batch")
-            mledger.add_step(
-                at,
-                drawn,
-                epoch,
-                [train.ids[i] for i in idx],
-                [train.sources[i] for i in idx],
-                ps.steps_covered,
-                {e: ps.values[e].numpy() for e in args.estimators},
-            )
+    Raises Interrupted (after a checkpoint) when SIGINT or SIGTERM stopped the run.
+    """
+    args, ranks = tr.args, tr.ranks
+    ledger = LedgerWriter(run_dir, args.estimators, suffix=ranks.suffix)
+    mledger = None
+    if args.momentum_window:
+        mledger = MomentumLedgerWriter(run_dir, args.estimators, suffix=ranks.suffix)
+    writers = [w for w in (ledger, mledger) if w is not None]
 
-    with _SigintFlag() as sigint:
-        bar = tqdm(
-            total=total,
-            initial=step,
-            desc="score" + (f" ({ranks.world} ranks)" if ranks.active else ""),
-            unit="step",
-            disable=not (args.progress and ranks.main),
-        )
+    def save(at: int) -> None:
+        _save_checkpoint(run_dir, tr.checkpoint_state(at))
+
+    ckpt = Checkpointer(args.checkpoint_every, tr.total, ranks, writers, save, last=step)
+    with _SigintFlag() as flag:
+        interrupt = InterruptHandler(flag, ranks, ckpt, tr.total, run_dir)
+        handlers: list[Handler] = [
+            NonFiniteGuard(args.estimators, lambda: ckpt.last),
+            LedgerHandler(ledger, args.estimators),
+            *([MomentumLedgerHandler(mledger, args.estimators)] if mledger is not None else []),
+            ProgressHandler(
+                tr.total,
+                step,
+                "score" + (f" ({ranks.world} ranks)" if ranks.active else ""),
+                enabled=args.progress and ranks.main,
+            ),
+            SnapshotHandler(
+                tr.snapshot_steps,
+                lambda s: _save_snapshot(run_dir, s, tr.model, tr.opt),
+                ranks.main,
+            ),
+            ckpt,
+            interrupt,
+        ]
         try:
-            while step < total:
-                t = step + 1
-                if t <= args.warm_start_steps:
-                    idx = warm_batch_indices(n, args.batch_size, args.seed, t)
-                    # every rank takes the same full warm-start step (no sharding needed)
-                    loss = plain_step(
-                        model, opt, _to_device(train.batch(idx), device), args.max_grad_norm
-                    )
-                    _check_finite(t, "warm-start loss", loss, last_ckpt)
-                    bar.set_postfix(phase="warm", loss=f"{loss:.3f}")
-                else:
-                    epoch, idx = scored_batch(t)
-                    tidx = target_batch_indices(len(target), args.target_batch_size, args.seed, t)
-                    tidx = ranks.shard(tidx)
-                    tbatch = _to_device(target.batch(tidx), device)
-                    if scorer is None:
-                        scorer = _make_scorer(args, model, opt, tbatch)
-                        if scorer_state is not None:
-                            scorer.load_state_dict(scorer_state)
-                    else:
-                        scorer.set_val_batch(tbatch)
-                    out = scorer.step(_to_device(train.batch(idx), device))
-                    _check_finite(t, "training loss", float(out.loss), last_ckpt)
-                    _check_finite(t, "target loss", float(out.val_loss), last_ckpt)
-                    for e in args.estimators:
-                        _check_finite(t, f"{e} value", out.values[e], last_ckpt)
-                    ledger.add_step(
-                        t,
-                        epoch,
-                        [train.ids[i] for i in idx],
-                        [train.sources[i] for i in idx],
-                        float(out.lr),
-                        out.example_losses.detach().double().cpu().numpy(),
-                        {e: out.values[e].detach().double().cpu().numpy() for e in args.estimators},
-                    )
-                    if mledger is not None:
-                        add_propagated(out.propagated, t)
-                        if t == total:  # the carry stops where the run does (before the checkpoint)
-                            add_propagated(scorer.flush_momentum(), t)
-                    bar.set_postfix(
-                        epoch=epoch, loss=f"{out.loss:.3f}", target=f"{out.val_loss:.3f}"
-                    )
-                sched.step()
-                step = t
-                bar.update(1)
-                if ranks.main and step in snaps:
-                    _save_snapshot(run_dir, step, model, opt)
-                if step % args.checkpoint_every == 0 or step == total:
-                    checkpoint(step)
-                if ranks.any(sigint.raised):
-                    if last_ckpt != step:
-                        checkpoint(step)
-                    bar.close()
-                    print(
-                        f"interrupted at step {step}/{total}; checkpoint saved. Resume with the same "
-                        f"command (same --out {run_dir}).",
-                        file=sys.stderr,
-                    )
-                    raise Interrupted(sigint.signum, "checkpoint saved")
+            run_steps(tr.step, step, tr.total, handlers)
         finally:
-            bar.close()
-            if scorer is not None:
-                scorer.close()
-    if total == 0:
-        checkpoint(0)
-    if not ranks.main:
-        ranks.barrier()  # rank 0 writes the final model, aggregates and the completion marker
-        return run_dir
+            for h in handlers:
+                h.close()
+            tr.close()
+        interrupt.raise_if_stopped()
 
-    with atomic_dir(run_dir / "final_model") as tmp:
-        model.save_pretrained(tmp)
+
+def _finish(tr: _Training, run_dir: Path, tok: Any) -> None:
+    """The outputs of a finished run (rank 0): final model, values, then the completion marker."""
+    args, run = tr.args, RunDir(run_dir)
+    with atomic_dir(run.final_model) as tmp:
+        tr.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    if n_scored > 0 and snaps:
-        _checkpoint_values(args, run_dir, model, opt, train, target)
-    if n_scored > 0:
+    if tr.n_scored > 0 and tr.snapshot_steps:
+        _checkpoint_values(args, run_dir, tr.model, tr.opt, tr.train, tr.target)
+    if tr.n_scored > 0:
         aggregate_run(run_dir)
-    if n_scored > 0 and args.momentum_window:
+    if tr.n_scored > 0 and args.momentum_window:
         _record_momentum(run_dir, args.momentum_window)
-    done = {"steps": total, "n_examples": n, "n_truncated": n_truncated, "ranks": ranks.world}
-    atomic_write_text(run_dir / COMPLETE_MARKER, json.dumps(done) + "\n")
-    ranks.barrier()
-    return run_dir
+    n_truncated = int(np.asarray(tr.train.truncated).sum())
+    done = {
+        "steps": tr.total,
+        "n_examples": len(tr.train),
+        "n_truncated": n_truncated,
+        "ranks": tr.ranks.world,
+    }
+    run.mark_complete(done)
 
 
 def _record_momentum(run_dir: Path, window: int) -> dict[str, Any]:
@@ -765,9 +784,9 @@ def _record_momentum(run_dir: Path, window: int) -> dict[str, Any]:
             for a, b in zip(per_step["step"], per_step["steps_covered"])
         ]
     info = {"window": window, "flushed_at_end": flushed}
-    record = json.loads((run_dir / "run.json").read_text())
+    record = RunDir(run_dir).read_run_json()
     record["momentum"] = info
-    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    RunDir(run_dir).write_run_json(record)
     return info
 
 

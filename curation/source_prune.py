@@ -16,6 +16,7 @@ import polars as pl
 
 from .bootstrap import LEVEL, source_bootstrap
 from .render import Page, Section, Table, write_page
+from .run_dir import PRUNE_REPORT_STEM
 
 
 def choose_sources(table: pl.DataFrame, keep: float) -> list[str]:
@@ -78,4 +79,4 @@ def source_page(table: pl.DataFrame, summary: dict[str, Any]) -> Page:
 
 def write_source_report(out: Path, table: pl.DataFrame, summary: dict[str, Any]) -> None:
     """prune_report.md / .html: the ranked sources, their CIs and which were kept."""
-    write_page(out, "prune_report", source_page(table, summary))
+    write_page(out, PRUNE_REPORT_STEM, source_page(table, summary))

@@ -18,9 +18,10 @@ import polars as pl
 
 from adamshap_core.estimators import DEFAULT_ORDER
 
-from .aggregate import EXAMPLES_FILE, aggregate_run
+from .aggregate import aggregate_run
 from .atomic import atomic_write_parquet, atomic_write_text
 from .ledger import LedgerWriter
+from .run_dir import RunDir
 
 TRAINER_RECORD = "trainer.json"
 
@@ -71,7 +72,7 @@ class TrainerLedger:
                 "truncated": np.zeros(len(ids), dtype=bool),
             }
         )
-        atomic_write_parquet(examples, self.run_dir / EXAMPLES_FILE)
+        atomic_write_parquet(examples, RunDir(self.run_dir).examples)
         if self._steps:
             aggregate_run(self.run_dir)
         record = {"steps": self._steps, "estimators": list(self.estimators), **(meta or {})}

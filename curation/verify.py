@@ -21,6 +21,7 @@ import torch
 
 from curation.errors import UsageError
 from curation.render import Figure, Page, Section, Table, write_page
+from curation.run_dir import RunDir
 
 ARMS = ("curated", "random", "full")
 BASELINE_ARMS = ("random", "perplexity", "dsir", "classifier", "full")
@@ -308,14 +309,14 @@ def _reference_losses(
         from curation.encode import encode_corpus
         from curation.tokenizer import load_tokenizer
 
-        ref = Path(args.reference)
-        if not (ref / "final_model").is_dir() or not (ref / "tokenizer").is_dir():
+        ref = RunDir(args.reference)
+        if not ref.final_model.is_dir() or not ref.tokenizer.is_dir():
             raise UsageError(
-                f"--reference {ref} is not a finished `adamshap score` run "
+                f"--reference {ref.path} is not a finished `adamshap score` run "
                 "(needs final_model/ and tokenizer/)"
             )
-        model = GPT2LMHeadModel.from_pretrained(ref / "final_model").to(cfg.device).eval()
-        data = Arrays.of(encode_corpus(full_df, load_tokenizer(ref / "tokenizer"), cfg.seq_len))
+        model = GPT2LMHeadModel.from_pretrained(ref.final_model).to(cfg.device).eval()
+        data = Arrays.of(encode_corpus(full_df, load_tokenizer(ref.tokenizer), cfg.seq_len))
     else:
         probe = full.take(np.arange(min(8, len(full))))
         model = train_and_evaluate(

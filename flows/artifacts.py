@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.render import md_table
+from curation.run_dir import PruneDir
 
 MAX_CHARS = 20_000
 _IMAGE = re.compile(r"!\[[^\]]*\]\((?:data:[^)]*|[^)]*\.(?:png|svg|jpg))\)")
@@ -42,11 +43,11 @@ def values_markdown(by_source_path: str | Path, estimator: str, outputs: dict[st
 
 def prune_markdown(prune_dir: str | Path) -> str:
     """The pruning report (text part) or, without one, the summary in prune.json."""
-    folder = Path(prune_dir)
-    md = folder / "prune_report.md"
+    folder = PruneDir(prune_dir)
+    md = folder.report_md
     if md.exists():
         return _strip(md.read_text(encoding="utf-8"))
-    payload = json.loads((folder / "prune.json").read_text(encoding="utf-8"))
+    payload = folder.read_prune_json()
     body = json.dumps(payload.get("summary", payload), indent=2, default=str)
     return f"# Pruning summary\n\n```json\n{body[:MAX_CHARS]}\n```\n"
 

@@ -367,11 +367,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from curation.aggregate import aggregate_run
     from curation.errors import UsageError
     from curation.report import write_report
+    from curation.run_dir import RunDir
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "ledger").is_dir():
+    run = RunDir(args.run_dir)
+    run_dir = run.path
+    if not run.ledger.is_dir():
         raise UsageError(f"{run_dir} is not a scoring run directory (no ledger/ inside)")
-    if not any((run_dir / "ledger").glob("part-*.parquet")):
+    if not run.ledger_parts():
         raise UsageError(
             f"{run_dir} has no scored steps yet (its ledger is empty); run the same `adamshap "
             "score` command until scoring has started (or finished), then report"
@@ -387,6 +389,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """`adamshap prune`: keep the most valuable fraction of CORPUS under diversity quotas."""
     from curation.errors import AdamshapError
     from curation.prune import PruneArgs, check_inputs_apart, clear_outputs, run_prune
+    from curation.run_dir import PruneDir
 
     out = args.out or str(Path.cwd() / f"adamshap-prune-{corpus_stem(args.corpus)}")
     _check_out(out)
@@ -423,9 +426,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     except AdamshapError as exc:
         raise _strict_corpus_hint("prune")(exc) from None
     print(f"pruned corpus: {out_dir}")
-    for name in ("prune_report.html", "prune.json"):
-        if (Path(out_dir) / name).exists():
-            print(f"  {Path(out_dir) / name}")
+    pruned = PruneDir(out_dir)
+    for path in (pruned.report_html, pruned.prune_json):
+        if path.exists():
+            print(f"  {path}")
     return 0
 
 

@@ -29,6 +29,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from curation.errors import AdamshapError, ManifestError
+from curation.run_dir import PruneDir, RunDir
 
 DEFAULT_KEEP = 0.7
 CACHE_VERSION = "1"  # bump when a stage's outputs change meaning
@@ -290,21 +291,18 @@ def curate_flow(
     common = {"corpus": info["corpus"], "target": info["target"]}
     score_fields = dataclass_kwargs(ScoreArgs, settings, settings.get("score") or {}, common)
     score_key = digest([score_fields, info["corpus_sha256"], info["target_sha256"]])
-    run_dir = out_dir / f"score-{score_key}"
+    run = RunDir(out_dir / f"score-{score_key}")
+    run_dir = run.path
     score_args = {**score_fields, "out": str(run_dir)}
-    score_task = score_stage.with_options(
-        **_stage_options(results, not (run_dir / ".complete").exists())
-    )
+    score_task = score_stage.with_options(**_stage_options(results, not run.is_complete()))
     progress.run(2, "score", score_task, score_args, info["corpus_sha256"], info["target_sha256"])
 
     # 3-4. aggregate + value report (cached on the score key).
     agg_task = aggregate_stage.with_options(
-        **_stage_options(results, not (run_dir / "values_by_source.parquet").exists())
+        **_stage_options(results, not run.values_by_source.exists())
     )
     values = progress.run(3, "aggregate", agg_task, str(run_dir), score_key)
-    rep_task = report_stage.with_options(
-        **_stage_options(results, not (run_dir / "report.html").exists())
-    )
+    rep_task = report_stage.with_options(**_stage_options(results, not run.report_html.exists()))
     report = progress.run(4, "report", rep_task, str(run_dir), score_key)
 
     # 5. prune (embeddings are cached inside RUN_DIR by curation.embed).
@@ -316,19 +314,18 @@ def curate_flow(
     )
     prune_fields.pop("out", None)
     prune_key = digest([prune_fields, score_key])
-    prune_dir = out_dir / f"prune-keep{keep:.2f}-{prune_key}"
-    prune_task = prune_stage.with_options(
-        **_stage_options(results, not (prune_dir / "prune.json").exists())
-    )
+    pruned = PruneDir(out_dir / f"prune-keep{keep:.2f}-{prune_key}")
+    prune_dir = pruned.path
+    prune_task = prune_stage.with_options(**_stage_options(results, not pruned.is_complete()))
     prune_args = {**prune_fields, "out": str(prune_dir)}
     progress.run(5, "prune", prune_task, prune_args, score_key)
-    kept = _find_one(prune_dir, "kept")
+    kept = pruned.find_kept()
 
     # 6. verify.
     verify_settings = {**settings, **(settings.get("verify") or {})}
     verify_fields = dataclass_kwargs(
         VerifyArgs,
-        {"tokenizer": str(run_dir / "tokenizer")},  # the scoring run's tokenizer for every arm
+        {"tokenizer": str(run.tokenizer)},  # the scoring run's tokenizer for every arm
         verify_settings,
         {
             "curated": str(kept),
@@ -357,9 +354,9 @@ def curate_flow(
         **report,
         "prune_dir": str(prune_dir),
         "kept": str(kept),
-        "excluded": str(_find_one(prune_dir, "excluded")),
-        "prune_report_html": str(prune_dir / "prune_report.html"),
-        "prune_report_md": str(prune_dir / "prune_report.md"),
+        "excluded": str(pruned.find_excluded()),
+        "prune_report_html": str(pruned.report_html),
+        "prune_report_md": str(pruned.report_md),
         "verify_dir": str(verify_dir),
         "verify_md": str(verify_dir / "verify.md"),
         "verify_html": str(verify_dir / "verify.html"),
@@ -409,14 +406,6 @@ def _check_clusters(settings: dict[str, Any], n_corpus: int, manifest_path: str)
             f"{manifest_path}: run.clusters {k} is more than the {n_corpus} training documents; "
             "lower it or remove it (the default suits the corpus size)"
         )
-
-
-def _find_one(folder: Path, stem: str) -> Path:
-    """The single `<stem>.<ext>` file in `folder` (kept.jsonl.gz, excluded.parquet, ...)."""
-    hits = sorted(p for p in folder.glob(f"{stem}.*") if not p.name.startswith("."))
-    if not hits:
-        raise AdamshapError(f"{folder} has no {stem}.* file; delete the folder and rerun")
-    return hits[0]
 
 
 def _write_summary(path: Path, outputs: dict[str, Any]) -> None:
