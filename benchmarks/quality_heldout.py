@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     run = Path(a.run)
-    if not (run / "final_model").is_dir():
-        raise SystemExit(f"{run} has no final_model/: run `python -m benchmarks.pruning` first")
+    from curation.run_dir import RunDir
+
+    if not RunDir(run).final_model.is_dir():
+        raise SystemExit(f"{run} has no final model: run `python -m benchmarks.pruning` first")
     full = read_corpus(build_corpus(600, a.seed)).df.select("id", "source", "text")
     clean = _unseen_clean(run, full)
     rng = random.Random(a.seed)

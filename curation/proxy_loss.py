@@ -19,12 +19,13 @@ class RunProxy:
         from transformers import GPT2LMHeadModel
 
         from curation.embed import _run_seq_len
+        from curation.run_dir import RunDir
         from curation.tokenizer import load_tokenizer
 
-        run_dir = Path(run_dir)
-        self.model = GPT2LMHeadModel.from_pretrained(run_dir / "final_model").to(device).eval()
-        self.tokenizer = load_tokenizer(run_dir / "tokenizer")
-        self.seq_len, _ = _run_seq_len(run_dir)
+        run = RunDir(Path(run_dir))
+        self.model = GPT2LMHeadModel.from_pretrained(run.final_model).to(device).eval()
+        self.tokenizer = load_tokenizer(run.tokenizer)
+        self.seq_len, _ = _run_seq_len(run.path)
         self.device = device
         self.batch_size = batch_size
 
