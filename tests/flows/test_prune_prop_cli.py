@@ -26,6 +26,7 @@ def _run_with_prop(tmp_path: Path) -> tuple[Path, Path, pl.DataFrame]:
 def _prune(corpus: Path, run: Path, out: Path, estimator: str) -> list[str]:
     argv = ["prune", str(corpus), "--scores", str(run), "--out", str(out), "--keep", "0.5"]
     argv += ["--clusters", "3", "--floor", "0", "--dedup-eps", "0", "--estimator", estimator]
+    argv += ["--rank-by", "value", "--quality", "off"]  # the estimator's column alone decides
     return argv
 
 
