@@ -68,6 +68,33 @@ def evaluation_split(df: pl.DataFrame, n_eval: int, seed: int) -> pl.DataFrame:
     )
 
 
+def _cache_file(folder: Path, keep: np.ndarray, tcfg: Any, steps: int, seed: int) -> Path:
+    """Where the retraining of (kept rows, config, steps, seed) is kept (as benchmarks.pruning)."""
+    import hashlib
+
+    h = hashlib.sha1(np.packbits(keep).tobytes() + repr((tcfg, steps, seed)).encode())
+    return folder / f"{h.hexdigest()[:16]}.json"
+
+
+def _retrain(
+    folder: Path, keep: np.ndarray, arr: Any, ev: Any, steps: int, tcfg: Any, seed: int, vocab: int
+) -> dict:
+    """One arm on one seed (a worker process, one torch thread); the result is cached on disk."""
+    import torch
+
+    from curation.verify import train_and_evaluate
+
+    torch.set_num_threads(1)
+    out = train_and_evaluate(arr.take(np.flatnonzero(keep)), ev, steps, tcfg, seed, vocab, 0, 4)
+    rec = {k: out[k] for k in ("seed", "final_loss", "curve")}
+    folder.mkdir(parents=True, exist_ok=True)
+    f = _cache_file(folder, keep, tcfg, steps, seed)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec))
+    tmp.replace(f)
+    return rec
+
+
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     from scipy.stats import spearmanr
@@ -87,12 +114,11 @@ def source_means(run_dir: Path) -> dict[str, dict[str, float]]:
 
 def measure(cfg: argparse.Namespace) -> dict[str, Any]:
     """Score (or reuse), retrain every arm on every seed, and summarise."""
-    from benchmarks.pruning import CACHE_HITS, _cached
     from curation.baselines import counted_tokens, unigram_cross_entropy
     from curation.encode import encode_corpus
     from curation.instruct_corpus import instruct_frame
     from curation.tokenizer import load_tokenizer
-    from curation.verify import Arrays, TrainConfig, train_and_evaluate
+    from curation.verify import Arrays, TrainConfig
 
     t0 = time.time()
     work = Path(cfg.work)
@@ -134,38 +160,65 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
     sources = sorted(set(train["source"].to_list()))
     src = np.asarray(train["source"].to_list())
     seeds = [cfg.seed + s for s in range(cfg.seeds)]
-    arms: dict[str, Any] = {}
-    for arm in [FULL, *sources]:
-        keep = np.ones(len(src), bool) if arm == FULL else src != arm
-        runs = []
-        for s in seeds:
-            runs.append(
-                _cached(
-                    work / "truth",
-                    (keep, tcfg, steps, s),
-                    lambda keep=keep, s=s: train_and_evaluate(
-                        arr.take(np.flatnonzero(keep)), ev, steps, tcfg, s, len(tok), 0, n_evals=4
-                    ),
+    keeps = {a: np.ones(len(src), bool) if a == FULL else src != a for a in [FULL, *sources]}
+    # full and shuffled on every seed first (the question of issue #15), then seed by seed
+    order = [(a, s) for a in (FULL, "shuffled") for s in seeds]
+    order += [(a, s) for s in seeds for a in sources if a != "shuffled"]
+    folder = work / "truth"
+    done: dict[tuple[str, int], dict] = {}
+    todo = []
+    for a, s in order:
+        f = _cache_file(folder, keeps[a], tcfg, steps, s)
+        if f.exists():
+            done[(a, s)] = json.loads(f.read_text())
+        else:
+            todo.append((a, s))
+    cached = len(done)
+    if todo and not cfg.cached_only:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = {
+                pool.submit(_retrain, folder, keeps[a], arr, ev, steps, tcfg, s, len(tok)): (a, s)
+                for a, s in todo
+            }
+            for fut in as_completed(futs):
+                a, s = futs[fut]
+                done[(a, s)] = fut.result()
+                print(
+                    f"{a:16s} seed {s}: eval loss {done[(a, s)]['final_loss']:.4f} "
+                    f"(unigram {unigram_eval:.3f}, {time.time() - t0:.0f} s)",
+                    flush=True,
                 )
-            )
-        losses = [r["final_loss"] for r in runs]
-        arms[arm] = {"n_train": int(keep.sum()), "eval_loss": losses}
-        print(f"{arm:16s} eval loss {np.mean(losses):.4f} (unigram {unigram_eval:.3f})", flush=True)
-    full = np.array(arms[FULL]["eval_loss"])
-    for a in arms.values():
-        d = np.array(a["eval_loss"]) - full
-        a["eval_loss_mean"] = float(np.mean(a["eval_loss"]))
-        a["eval_loss_sd"] = float(np.std(a["eval_loss"], ddof=1)) if len(d) > 1 else 0.0
-        a["delta"] = d.tolist()
-        a["delta_mean"] = float(d.mean())
-        a["delta_sd"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-    neg_delta = [-arms[s]["delta_mean"] for s in sources]
+    arms: dict[str, Any] = {}
+    full_by_seed = {s: done[(FULL, s)]["final_loss"] for s in seeds if (FULL, s) in done}
+    for a in [FULL, *sources]:
+        have = [s for s in seeds if (a, s) in done]
+        if not have:
+            continue
+        losses = [done[(a, s)]["final_loss"] for s in have]
+        paired = [s for s in have if s in full_by_seed]
+        d = np.array([done[(a, s)]["final_loss"] - full_by_seed[s] for s in paired])
+        arms[a] = {
+            "n_train": int(keeps[a].sum()),
+            "seeds": have,
+            "eval_loss": losses,
+            "eval_loss_mean": float(np.mean(losses)),
+            "eval_loss_sd": float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
+            "delta_seeds": paired,
+            "delta": d.tolist(),
+            "delta_mean": float(d.mean()) if len(d) else float("nan"),
+            "delta_sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+        }
+    scored = [s for s in sources if s in arms and arms[s]["delta"]]
+    neg_delta = [-arms[s]["delta_mean"] for s in scored]
     means = source_means(run_dir)
-    corr = {est: spearman([m[s] for s in sources], neg_delta) for est, m in means.items()}
+    corr = {est: spearman([m[s] for s in scored], neg_delta) for est, m in means.items()}
     pg_file = RESULTS / "instruct.json"
     pg = json.loads(pg_file.read_text()).get("prompt_gain") if pg_file.exists() else None
     if pg and pg.get("run") == str(run_dir):
-        corr["prompt_gain"] = spearman([pg["by_source"][s]["mean"] for s in sources], neg_delta)
+        corr["prompt_gain"] = spearman([pg["by_source"][s]["mean"] for s in scored], neg_delta)
     return {
         "command": "python -m benchmarks.instruct_truth"
         + (f" --epochs {cfg.epochs}" if cfg.epochs != 1 else ""),
@@ -185,7 +238,11 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
         "arms": arms,
         "value_means": {est: {s: m[s] for s in sources} for est, m in means.items()},
         "spearman_vs_minus_delta": corr,
-        "cached_retrains": len(CACHE_HITS),
+        "spearman_sources": scored,
+        "complete": len(done) == len(order),
+        "retrains_done": len(done),
+        "retrains_planned": len(order),
+        "cached_retrains": cached,
         "total_s": round(time.time() - t0, 1),
     }
 
@@ -193,8 +250,8 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
 def to_markdown(res: dict[str, Any]) -> str:
     """Markdown: the arms with delta, the unigram line, the Spearman per estimator."""
     arms = res["arms"]
-    sources = [a for a in arms if a != FULL]
-    worst = min(sources, key=lambda s: arms[s]["delta_mean"])
+    sources = [a for a in arms if a != FULL and arms[a]["delta"]]
+    ranked = sorted(sources, key=lambda s: arms[s]["delta_mean"])
     cached = (
         f" ({res['cached_retrains']} retrainings reused from an earlier invocation)"
         if res["cached_retrains"]
@@ -223,25 +280,42 @@ def to_markdown(res: dict[str, Any]) -> str:
         "per seed |",
         "|---|---|---|---|---|---|",
     ]
-    for arm in [FULL, *sorted(sources, key=lambda s: arms[s]["delta_mean"])]:
+    for arm in [FULL, *ranked]:
         a = arms[arm]
         name = "full" if arm == FULL else f"without {arm}"
-        per_seed = ", ".join(f"{d:+.4f}" for d in a["delta"]) if arm != FULL else ""
+        per_seed = (
+            ", ".join(f"s{s}: {d:+.4f}" for s, d in zip(a["delta_seeds"], a["delta"]))
+            if arm != FULL
+            else ", ".join(f"s{s}" for s in a["seeds"])
+        )
         lines.append(
             f"| {name} | {a['n_train']} | {a['eval_loss_mean']:.4f} ± {a['eval_loss_sd']:.4f} | "
             f"{res['unigram_eval_ce'] - a['eval_loss_mean']:.3f} | "
             f"{a['delta_mean']:+.4f} ± {a['delta_sd']:.4f} | {per_seed} |"
         )
+    lines.append("")
+    if ranked:
+        worst = ranked[0]
+        lines.append(
+            f"Most harmful by removal: `{worst}` (delta {arms[worst]['delta_mean']:+.4f})"
+            + (
+                f"; `shuffled`: delta {arms['shuffled']['delta_mean']:+.4f} ± "
+                f"{arms['shuffled']['delta_sd']:.4f}, rank {ranked.index('shuffled') + 1} of "
+                f"{len(ranked)} from most harmful."
+                if "shuffled" in ranked
+                else "."
+            )
+        )
+    if not res["complete"]:
+        lines.append(
+            f"\n**Incomplete**: {res['retrains_done']} of {res['retrains_planned']} retrainings "
+            "finished in the time this invocation had; each row's seeds are listed."
+        )
     lines += [
         "",
-        f"Most harmful by removal: `{worst}` (delta {arms[worst]['delta_mean']:+.4f}); "
-        f"`shuffled`: delta {arms['shuffled']['delta_mean']:+.4f} ± "
-        f"{arms['shuffled']['delta_sd']:.4f}, rank "
-        f"{sorted(sources, key=lambda s: arms[s]['delta_mean']).index('shuffled') + 1} of "
-        f"{len(sources)} from most harmful.",
-        "",
-        "Spearman correlation over the 7 sources between the source's mean value and -delta "
-        "(+1: the values order the sources as removal does):",
+        f"Spearman correlation over the {len(res['spearman_sources'])} sources with a delta "
+        "between the source's mean value and -delta (+1: the values order the sources as "
+        "removal does):",
         "",
         "| estimator | Spearman vs -delta |",
         "|---|---|",
@@ -259,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1, help="retraining epochs (scoring stays 1)")
     p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--jobs", type=int, default=3, help="retrainings run at once (1 thread each)")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="report from the retrainings already on disk; run none (a partial table if some "
+        "are missing)",
+    )
     p.add_argument("--scores", metavar="RUN_DIR", help="benchmarks.instruct's scoring run")
     p.add_argument("--work", default=str(REPO / "runs" / "bench-instruct"))
     cfg = p.parse_args(argv)

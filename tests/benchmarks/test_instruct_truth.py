@@ -19,6 +19,8 @@ def test_markdown_names_the_harmful_source():
     arms = {"full": {"n_train": 30, "eval_loss": [5.0, 5.1], "delta": [0.0, 0.0]}}
     for s in sources:
         arms[s] = {"n_train": 20, "delta": deltas[s]}
+    for a in arms.values():
+        a["seeds"] = a["delta_seeds"] = [0, 1]
     for name, a in arms.items():
         d = a["delta"]
         a.update(
@@ -39,6 +41,10 @@ def test_markdown_names_the_harmful_source():
         "n_eval": 8,
         "total_s": 1.0,
         "cached_retrains": 0,
+        "complete": False,
+        "retrains_done": 8,
+        "retrains_planned": 9,
+        "spearman_sources": sources,
         "unigram_eval_ce": 6.0,
         "unigram_target_ce": 6.1,
         "untrained_ce": 8.3,
@@ -48,6 +54,7 @@ def test_markdown_names_the_harmful_source():
     md = it.to_markdown(res)
     assert "Most harmful by removal: `shuffled`" in md and "rank 1 of 3" in md
     assert "| without shuffled | 20 |" in md and "| adam2 | +0.500 |" in md
+    assert "s0: -0.0500, s1: -0.0100" in md and "**Incomplete**: 8 of 9" in md
 
 
 @pytest.mark.skipif(bool(missing_inputs()), reason="the demo's Debian packages are not installed")
