@@ -162,7 +162,7 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
     seeds = [cfg.seed + s for s in range(cfg.seeds)]
     keeps = {a: np.ones(len(src), bool) if a == FULL else src != a for a in [FULL, *sources]}
     # full and shuffled on every seed first (the question of issue #15), then seed by seed
-    order = [(a, s) for a in (FULL, "shuffled") for s in seeds]
+    order = [(a, s) for s in seeds for a in (FULL, "shuffled")]
     order += [(a, s) for s in seeds for a in sources if a != "shuffled"]
     folder = work / "truth"
     done: dict[tuple[str, int], dict] = {}
