@@ -11,6 +11,12 @@ ranks the sources by mean example value, with a 95% bootstrap CI over each sourc
 
 Checks reported (not asserted): the target task's source ranks first; the shuffled-response
 source ranks last with a negative mean whose CI excludes zero.
+
+Beside the values, a direct wrong-answer signal (curation/prompt_dependence.py): each training
+row's `prompt_gain`, the scoring run's final proxy's response-only loss given another row's
+prompt (2 random derangements, averaged) minus that given its own, in nats per response token;
+per source its mean with a bootstrap CI. Real pairs should gain, shuffled pairs about nothing.
+The source-removal truth these are judged against is `benchmarks.instruct_truth`.
 Writes benchmarks/results/instruct.{json,md}.
 """
 
@@ -23,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from curation.run_dir import RunDir
@@ -98,6 +105,38 @@ def rank_sources(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def prompt_gain_table(run_dir: Path, train: pl.DataFrame, seed: int) -> dict[str, Any]:
+    """Per source: mean prompt_gain of its rows with a bootstrap CI, and whether shuffled is lowest."""
+    from curation.bootstrap import bootstrap_mean_ci
+    from curation.prompt_dependence import run_prompt_gains
+
+    res = run_prompt_gains(
+        run_dir, train["prompt"].to_list(), train["response"].to_list(), draws=2, seed=seed
+    )
+    src = np.asarray(train["source"].to_list())
+    by: dict[str, Any] = {}
+    for k, s in enumerate(sorted(set(src.tolist()))):
+        m = src == s
+        lo, hi = bootstrap_mean_ci(res.gain[m], seed=seed + k)
+        by[s] = {
+            "n": int(m.sum()),
+            "mean": float(res.gain[m].mean()),
+            "ci_low": lo,
+            "ci_high": hi,
+            "own_loss": float(res.own_loss[m].mean()),
+            "other_loss": float(res.other_loss[:, m].mean()),
+            "frac_positive": float((res.gain[m] > 0).mean()),
+        }
+    order = sorted(by, key=lambda s: by[s]["mean"], reverse=True)
+    return {
+        "run": str(run_dir),
+        "draws": int(res.perms.shape[0]),
+        "by_source": by,
+        "order": order,
+        "shuffled_lowest": order[-1] == "shuffled",
+    }
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     """Markdown tables of a results dict."""
     lines = [
@@ -129,6 +168,28 @@ def to_markdown(res: dict[str, Any]) -> str:
                 f"[{t['ci_low']:.4g}, {t['ci_high']:.4g}] | {t['frac_negative']:.2f} | {share} |"
             )
         lines.append("")
+    pg = res.get("prompt_gain")
+    if pg:
+        lines += [
+            "#### prompt_gain (a direct wrong-answer signal)",
+            "",
+            "Per training row: the final proxy's response-only loss given another row's prompt "
+            f"({pg['draws']} random derangements over the whole mixture, averaged) minus that given "
+            "its own prompt, nats per response token; > 0: the response depends on its prompt. "
+            f"Lowest: `{pg['order'][-1]}`; shuffled lowest: **{pg['shuffled_lowest']}**.",
+            "",
+            "| rank | source | n | mean prompt_gain | 95% CI | frac > 0 | own-prompt loss | "
+            "other-prompt loss |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for k, s in enumerate(pg["order"], start=1):
+            t = pg["by_source"][s]
+            lines.append(
+                f"| {k} | {s} | {t['n']} | {t['mean']:+.4f} | [{t['ci_low']:+.4f}, "
+                f"{t['ci_high']:+.4f}] | {t['frac_positive']:.2f} | {t['own_loss']:.3f} | "
+                f"{t['other_loss']:.3f} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -155,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         "scores_from": f"reused {run_dir}" if cfg.scores else f"scored here in {took} s",
         "ranking": rank_sources(run_dir),
     }
+    from curation.instruct_corpus import instruct_frame
+
+    train, _ = split(instruct_frame(cfg.per_source, cfg.seed), 0.1, cfg.seed)
+    if set(train["id"].to_list()) == set(ex["id"].to_list()):
+        res["prompt_gain"] = prompt_gain_table(run_dir, train, cfg.seed)
+    else:
+        print(f"note: {run_dir} was not scored on this mixture; prompt_gain left out")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "instruct.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / "instruct.md").write_text(to_markdown(res) + "\n")
