@@ -26,9 +26,9 @@ checkpoint-value and perplexity ranks), `adam2-inrun`
 (sum of the in-run `adam2` values, top 70%), `ckpt-topk` (checkpoint values, top 70%),
 `ckpt+select` (checkpoint values, cluster floors that never protect a non-positive value,
 near-duplicate removal), `adamshap` (the default recipe of `adamshap prune`: the quality rules,
-then cluster floors and near-duplicate removal over a ranking by the mean of the checkpoint-value
-and proxy-loss ranks when there is a target, by the proxy's loss alone when the target is the
-pool's own held-out slice: `--rank-by auto`), and `full`. The scoring target of `none` keeps its junk here;
+then cluster floors and near-duplicate removal over a ranking by checkpoint values when there is
+a target, by the proxy's loss when the target is the pool's own held-out slice: `--rank-by
+auto`), and `full`. The scoring target of `none` keeps its junk here;
 `adamshap prune` draws its held-out target from the rows that pass the text rules, so the
 product's target is cleaner than the benchmark's. Beside the arms: the evaluation split's
 cross-entropy under the pool's unigram model (same tokenizer): every arm should be well below
@@ -256,7 +256,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     from curation.encode import encode_corpus
     from curation.proxy_loss import run_order_gains
     from curation.prune import PruneArgs
-    from curation.quality import QualityRules, check_quality, mean_rank
+    from curation.quality import QualityRules, check_quality
     from curation.scoring_run import ScoreArgs, run_scoring
     from curation.selection import select, token_shingles
     from curation.tokenizer import load_tokenizer
@@ -309,11 +309,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     no_rules = select(ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles)
     # what `prune` fills the budget with after the rules (`--rank-by auto`): checkpoint values
     # against a target, the proxy's loss when the target is a held-out slice of the corpus
-    ranking = (
-        scores["perplexity"]
-        if scenario == "none"
-        else mean_rank(np.where(flagged, np.nan, ckpt), scores["perplexity"])
-    )
+    ranking = scores["perplexity"] if scenario == "none" else ckpt
     default = select(
         ids,
         ranking,

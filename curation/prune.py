@@ -82,8 +82,8 @@ class PruneArgs:
     min_chars: int = 50
     # what fills the budget after the rules: "value" (the estimator's values), "perplexity" (the
     # proxy's lowest mean token loss first), "value+perplexity" (mean of the two ranks), or
-    # "auto": perplexity when the target was held out of this corpus (no --target), else
-    # value+perplexity; value for instruction/RAG rows (benchmarks/results/pruning_*.md)
+    # "auto": perplexity when the target was held out of this corpus (no --target, plain text),
+    # else value (benchmarks/results/pruning_*.md; README "Pruning" for why not the mix)
     rank_by: str = "auto"
 
 
@@ -274,7 +274,7 @@ def resolve_rank_by(rank_by: str, held_out: bool, plain: bool) -> str:
     if rank_by == "auto":
         if not plain:
             return "value"
-        return "perplexity" if held_out else "value+perplexity"
+        return "perplexity" if held_out else "value"
     return rank_by
 
 
@@ -295,33 +295,55 @@ def ranking_scores(
 
 
 def _quality(
-    args: PruneArgs, df: pl.DataFrame, run_dir: Path, need_losses: bool
+    args: PruneArgs,
+    df: pl.DataFrame,
+    run_dir: Path,
+    need_losses: bool,
+    is_target: np.ndarray,
+    target_df: pl.DataFrame | None,
 ) -> tuple[list[str] | None, np.ndarray | None, dict]:
-    """Per-row quality reasons ('' = passes), the proxy's per-row losses, and a summary."""
+    """Per-row quality reasons ('' = passes), the proxy's per-row losses, and a summary.
+
+    The target's rows (in the corpus, or in a separate --target file) are judged too: a rule
+    the target fails at least as often as the corpus is not applied (curation.quality)."""
     from dataclasses import asdict as _asdict
 
     from curation.proxy_loss import run_losses_and_order_gains
     from curation.quality import check_quality
 
     texts = _plain_texts(df)
+    extra: list[str] = []
+    if texts is not None and target_df is not None and "text" in target_df.columns:
+        inside = set(df["id"].to_list())
+        extra = [
+            "" if t is None else str(t)
+            for i, t in zip(target_df["id"].cast(pl.Utf8), target_df["text"])
+            if i not in inside
+        ]
     losses = gains = None
     if texts is not None and (args.quality or need_losses):
         losses, gains = run_losses_and_order_gains(
-            run_dir, texts, device=args.device, seed=args.seed
+            run_dir, texts + extra, device=args.device, seed=args.seed
         )
+        losses = losses[: len(texts)]
     if not args.quality or texts is None:
         why = "off (--quality off)" if not args.quality else "off (instruction/RAG rows)"
         return None, losses, {"enabled": False, "note": why}
     rules = _quality_rules(args)
-    res = check_quality(texts, rules, gains)
+    target = np.concatenate([np.asarray(is_target, bool), np.ones(len(extra), bool)])
+    res = check_quality(texts + extra, rules, gains, target=target)
+    gains = gains[: len(texts)]
+    reasons = res.reasons[: len(texts)]
+    flagged = {r: sum(x == r for x in reasons) for r in res.counts()}
     return (
-        res.reasons,
+        reasons,
         losses,
         {
             "enabled": True,
             "rules": _asdict(rules),
-            "flagged": res.counts(),
-            "n_flagged": int(res.flagged.sum()),
+            "flagged": flagged,
+            "n_flagged": int(sum(bool(x) for x in reasons)),
+            "not_applied": res.disabled,
             "order_gain_threshold": _finite(res.order_gain_threshold),
             "order_gain_median": _finite(float(np.nanmedian(gains))) if len(gains) else None,
             "dominant_script": res.dominant_script,
@@ -633,7 +655,9 @@ def run_prune(args: PruneArgs) -> Path:
     if args.dedup_eps > 0:
         shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]
     rank_by = resolve_rank_by(args.rank_by, held_out, _plain_texts(df) is not None)
-    quality, losses, quality_summary = _quality(args, df, run_dir, rank_by != "value")
+    quality, losses, quality_summary = _quality(
+        args, df, run_dir, rank_by != "value", is_target, target_df
+    )
     ranking = ranking_scores(rank_by, values, losses, quality)
     res = select(
         ids,

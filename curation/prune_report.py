@@ -220,6 +220,8 @@ def prune_page(
             f"script {q.get('dominant_script')}; corpus function words "
             f"{', '.join(q.get('function_words', []))}"
         )
+        for rule, why in (q.get("not_applied") or {}).items():
+            details.append(f"quality rule `{rule}` not applied: {why}")
     elif q:
         details.append(f"quality rules: {q.get('note')}")
     details += [f"**warning**: {w}" for w in s.get("warnings", [])]

@@ -80,6 +80,7 @@ class QualityResult:
     order_gain_threshold: float
     dominant_script: str
     function_words: list[str] = field(default_factory=list)
+    disabled: dict[str, str] = field(default_factory=dict)  # rule -> why it was not applied
 
     @property
     def flagged(self) -> np.ndarray:
@@ -108,7 +109,7 @@ def _normalised(text: str) -> str:
     return _DIGITS.sub("0", " ".join(text.split()).lower())
 
 
-def _rule_of(
+def _rules_failed(
     text: str,
     words: list[str],
     scripts: Counter,
@@ -116,57 +117,80 @@ def _rule_of(
     top: set[str],
     copies: int,
     rules: QualityRules,
-) -> str:
-    """The first text rule `text` fails, or ''."""
+) -> set[str]:
+    """Every text rule `text` fails."""
+    failed = set()
     if len("".join(text.split())) < rules.min_chars:
-        return "too_short"
+        failed.add("too_short")
     n_letters = sum(scripts.values())
     total = sum(corpus_scripts.values()) or 1
     if n_letters:
         own, k = scripts.most_common(1)[0]
         if k > n_letters / 2 and corpus_scripts[own] / total < rules.minority_script_share:
-            return "minority_script"
+            failed.add("minority_script")
     if len(words) >= rules.min_words_for_rates:
         rate = sum(w in top for w in words) / len(words)
         if rate < rules.min_function_word_rate:
-            return "no_function_words"
+            failed.add("no_function_words")
     tokens = text.split()
     if tokens and sum(map(len, tokens)) / len(tokens) > rules.max_mean_word_len:
-        return "long_words"
+        failed.add("long_words")
     if len(tokens) >= rules.min_words_for_rates:
         lettered = sum(any(c.isalpha() for c in tk) for tk in tokens)
         if lettered / len(tokens) < rules.min_letter_word_share:
-            return "few_letter_words"
+            failed.add("few_letter_words")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if lines and 1 - len(set(lines)) / len(lines) > rules.max_duplicate_line_share:
-        return "repeated_lines"
+        failed.add("repeated_lines")
     if copies >= rules.repeat_min_copies:
-        return "repeated_text"
-    return ""
+        failed.add("repeated_text")
+    return failed
+
+
+def _asked_for(failed: list[set[str]], target: np.ndarray) -> dict[str, str]:
+    """Rules the target itself fails at least as often as the rest of the corpus, with why."""
+    out = {}
+    rest = ~target
+    for rule in RULES:
+        hit = np.array([rule in f for f in failed], bool)
+        t_rate = float(hit[target].mean())
+        c_rate = float(hit[rest].mean()) if rest.any() else 0.0
+        if t_rate > 0 and t_rate >= c_rate:
+            out[rule] = (
+                f"{t_rate:.1%} of the target fails it (rest of the corpus {c_rate:.1%}): "
+                "the target asks for that kind of text"
+            )
+    return out
 
 
 def check_quality(
     texts: Sequence[str],
     rules: QualityRules | None = None,
     order_gain: np.ndarray | None = None,
+    target: np.ndarray | None = None,
 ) -> QualityResult:
-    """Apply the rules to `texts`; `order_gain` (from `order_gains`) enables `no_word_order`."""
+    """Apply the rules to `texts`; `order_gain` (from `order_gains`) enables `no_word_order`.
+
+    `target` marks rows that are the target (judged, never excluded): a rule the target fails
+    at least as often as the other rows is not applied (`QualityResult.disabled` says why), so
+    a code-heavy target keeps the code-heavy rows a prose rule would drop.
+    """
     rules = rules or QualityRules()
     texts = ["" if t is None else str(t) for t in texts]
+    n = len(texts)
     words = [[w.lower() for w in _LETTERS.findall(t)] for t in texts]
     freq = Counter(w for ws in words for w in ws)
     top = {w for w, _ in freq.most_common(rules.function_words)}
     scripts = [_letter_scripts(t) for t in texts]
     corpus_scripts: Counter = Counter()
-    for s in scripts:
-        corpus_scripts.update(s)
+    for sc in scripts:
+        corpus_scripts.update(sc)
     norm = [_normalised(t) for t in texts]
     copies = Counter(norm)
-    reasons = [
-        _rule_of(t, ws, sc, corpus_scripts, top, copies[k], rules)
+    failed = [
+        _rules_failed(t, ws, sc, corpus_scripts, top, copies[k], rules)
         for t, ws, sc, k in zip(texts, words, scripts, norm)
     ]
-    n = len(texts)
     gain = np.full(n, np.nan) if order_gain is None else np.asarray(order_gain, float)
     if len(gain) != n:
         raise ValueError(f"got {len(gain)} order gains for {n} documents")
@@ -176,8 +200,13 @@ def check_quality(
     if usable.any():
         threshold = rules.order_gain_frac * float(np.median(gain[usable]))
         for i in np.flatnonzero(usable & (gain < threshold)):
-            if not reasons[i]:
-                reasons[i] = "no_word_order"
+            failed[i].add("no_word_order")
+    is_target = np.zeros(n, bool) if target is None else np.asarray(target, bool)
+    disabled = _asked_for(failed, is_target) if is_target.any() else {}
+    reasons = [
+        "" if t else next((r for r in RULES if r in f and r not in disabled), "")
+        for f, t in zip(failed, is_target)
+    ]
     dominant = corpus_scripts.most_common(1)[0][0] if corpus_scripts else "UNKNOWN"
     return QualityResult(
         reasons=reasons,
@@ -185,6 +214,7 @@ def check_quality(
         order_gain_threshold=threshold,
         dominant_script=dominant,
         function_words=sorted(top, key=lambda w: (-freq[w], w)),  # ties by name: stable
+        disabled=disabled,
     )
 
 

@@ -698,8 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "value", "perplexity", "value+perplexity"),
         help="what fills the kept budget after the quality rules: value (--estimator), "
         "perplexity (lowest proxy loss first), value+perplexity (mean of the two ranks) or auto "
-        "(default): perplexity when the target is held out of the corpus itself (no --target), "
-        "value+perplexity with a target, value for instruction/RAG rows",
+        "(default): perplexity when the target is held out of the corpus itself (no --target, "
+        "plain text), value otherwise",
     )
     p.add_argument(
         "--min-chars",

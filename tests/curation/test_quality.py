@@ -192,8 +192,7 @@ def test_prune_excludes_quality_failures_with_their_reason(tmp_path: Path) -> No
     summary_off, _, exc_off = run("off", progress=False, quality=False, scores=summary["scores"])
     assert not any(r["reason"].startswith("quality:") for r in exc_off)
     assert summary_off["quality"] == {"enabled": False, "note": "off (--quality off)"}
-    # the scoring run's target file is a target: value and perplexity ranks, averaged
-    assert summary_off["ranked_by"].startswith("value+perplexity")
+    assert summary_off["ranked_by"] == "value (ckpt)"  # the scoring run's target file: values
     summary_v, _, _ = run("v", progress=False, rank_by="value")
     assert summary_v["ranked_by"] == "value (ckpt)" and summary_v["quality"]["enabled"]
 
@@ -225,7 +224,8 @@ def test_rank_by_auto_is_perplexity_only_for_a_self_target_of_plain_text() -> No
     from curation.prune import resolve_rank_by
 
     assert resolve_rank_by("auto", held_out=True, plain=True) == "perplexity"
-    assert resolve_rank_by("auto", held_out=False, plain=True) == "value+perplexity"
+    assert resolve_rank_by("auto", held_out=False, plain=True) == "value"
+    assert resolve_rank_by("value+perplexity", held_out=False, plain=True) == "value+perplexity"
     assert resolve_rank_by("auto", held_out=True, plain=False) == "value"
     assert resolve_rank_by("value", held_out=True, plain=True) == "value"
     for name in ("perplexity", "value+perplexity"):
@@ -255,3 +255,17 @@ def test_ranking_scores_ranks_among_rows_that_pass() -> None:
     assert np.allclose(ranking_scores("perplexity", values, losses, None)[1:], [-3, -2, -1])
     both = ranking_scores("value+perplexity", values, losses, ["", "", "", "quality:x"][:4])
     assert np.isnan(both[0]) and np.isnan(both[3]) and both[2] > both[1]
+
+
+def test_a_rule_the_target_fails_as_often_as_the_corpus_is_not_applied() -> None:
+    """A target of short texts asks for short texts: too_short is not applied, others are."""
+    salad = "qwx zzv plok trem vask brin olu fet gram spon dil wu kest prab lom nud eft"
+    texts = _corpus(["short one here", salad]) + ["short target", "another short"]
+    target = np.zeros(len(texts), bool)
+    target[-2:] = True
+    res = check_quality(texts, QualityRules(function_words=10), target=target)
+    assert "too_short" in res.disabled and "no_function_words" not in res.disabled
+    assert res.reasons[-4] == "" and res.reasons[-3] == "no_function_words"
+    assert res.reasons[-2:] == ["", ""]  # target rows are judged, never excluded
+    plain = check_quality(texts[:-2], QualityRules(function_words=10))
+    assert plain.reasons[-2] == "too_short" and not plain.disabled
