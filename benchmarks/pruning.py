@@ -303,8 +303,15 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     emb = prepare_for_similarity(embed_run(run, pool.select("id", "source", "text")))
     labels, _ = spherical_kmeans(emb, default_k(len(ids)), seed=a.seed)
     shingles = [token_shingles(t) for t in run_token_ids(run, pool)]
-    gains = run_order_gains(run, texts, seed=a.seed)
-    quality = check_quality(texts, QualityRules(), gains)
+    # as `prune` does: the target's rows are judged too (a rule the target fails as often as
+    # the pool is not applied); the `none` target is left out, because `prune` draws its
+    # self-target from rows that pass the text rules while this one keeps its junk
+    extra = [] if scenario == "none" else ttexts
+    gains = run_order_gains(run, texts + extra, seed=a.seed)
+    is_t = np.r_[np.zeros(len(texts), bool), np.ones(len(extra), bool)]
+    quality = check_quality(texts + extra, QualityRules(), gains, target=is_t)
+    quality.reasons = quality.reasons[: len(texts)]
+    gains = gains[: len(texts)]
     flagged = quality.flagged
     no_rules = select(ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles)
     # what `prune` fills the budget with after the rules (`--rank-by auto`): checkpoint values
@@ -401,6 +408,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         "dedup": default.dedup,
         "floor_kept_junk": int((default.by_floor & (kinds != "clean")).sum()),
         "quality": {
+            "not_applied": quality.disabled,
             "flagged": quality.counts(),
             "n_flagged": int(flagged.sum()),
             "order_gain_threshold": quality.order_gain_threshold,
