@@ -104,7 +104,9 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def source_means(run_dir: Path) -> dict[str, dict[str, float]]:
     """Per estimator, each source's mean example value in the scoring run."""
-    by_ex = pl.read_parquet(run_dir / "values_by_example.parquet")
+    from curation.run_dir import RunDir
+
+    by_ex = pl.read_parquet(RunDir(run_dir).values_by_example)
     out = {}
     for col in [c for c in by_ex.columns if c.startswith("value_")]:
         g = by_ex.group_by("source").agg(pl.col(col).mean())
@@ -123,13 +125,15 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     work = Path(cfg.work)
     run_dir = Path(cfg.scores) if cfg.scores else score(cfg, work)
-    rec = json.loads((run_dir / "run.json").read_text())["args"]
+    from curation.run_dir import RunDir
+
+    rec = RunDir(run_dir).run_args()
     for k, v in SETTINGS.items():
         if k in rec and rec[k] != v:
             raise SystemExit(f"{run_dir} has {k}={rec[k]}, the benchmark's setting is {v}")
     df = instruct_frame(cfg.per_source, cfg.seed)
     train, target = split(df, 0.1, cfg.seed)
-    scored_ids = set(pl.read_parquet(run_dir / "examples.parquet")["id"].to_list())
+    scored_ids = set(pl.read_parquet(RunDir(run_dir).examples)["id"].to_list())
     if scored_ids != set(train["id"].to_list()):
         raise SystemExit(f"{run_dir} was not scored on this mixture (per-source, seed)")
     evaluation = evaluation_split(df, cfg.n_eval, cfg.seed)
@@ -343,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scores", metavar="RUN_DIR", help="benchmarks.instruct's scoring run")
     p.add_argument("--work", default=str(REPO / "runs" / "bench-instruct"))
     cfg = p.parse_args(argv)
-    if cfg.scores is None and (Path(cfg.work) / "scores" / "run.json").exists():
+    from curation.run_dir import RunDir
+
+    if cfg.scores is None and RunDir(Path(cfg.work) / "scores").run_json.exists():
         cfg.scores = str(Path(cfg.work) / "scores")
     res = measure(cfg)
     stem = "instruct_truth" + (f"_e{cfg.epochs}" if cfg.epochs != 1 else "")
