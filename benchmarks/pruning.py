@@ -216,13 +216,6 @@ def _auc(values: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
 CACHE_HITS: list[str] = []
 
 
-def _mean_rank(a: np.ndarray, b: np.ndarray, among: np.ndarray) -> np.ndarray:
-    """Mean of the two scores' ranks (0 = lowest) over the documents `among` (NaN elsewhere)."""
-    out = np.full(len(a), np.nan)
-    out[among] = (np.argsort(np.argsort(a[among])) + np.argsort(np.argsort(b[among]))) / 2
-    return out
-
-
 def _cached(folder: Path, key: tuple, compute: Any) -> dict:
     """A retraining result, computed once per (kept mask, config, steps, seed) and kept on disk,
     so a rerun (or a new arm) does not retrain the arms it already has."""
@@ -256,7 +249,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     from curation.encode import encode_corpus
     from curation.proxy_loss import run_order_gains
     from curation.prune import PruneArgs
-    from curation.quality import QualityRules, check_quality
+    from curation.quality import QualityRules, check_quality, mean_rank
     from curation.scoring_run import ScoreArgs, run_scoring
     from curation.selection import select, token_shingles
     from curation.tokenizer import load_tokenizer
@@ -330,7 +323,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
     masks["rules+perplexity"] = top_k_mask(np.where(flagged, np.nan, scores["perplexity"]), a.keep)
     masks["rules+ckpt-topk"] = top_k_mask(np.where(flagged, np.nan, ckpt), a.keep)
-    both = _mean_rank(ckpt, scores["perplexity"], ~flagged)
+    both = mean_rank(np.where(flagged, np.nan, ckpt), scores["perplexity"])
     masks["rules+ckpt+perplexity"] = top_k_mask(np.where(flagged, np.nan, both), a.keep)
     masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
     masks["ckpt-topk"] = top_k_mask(ckpt, a.keep)  # the recipe's ranking without floors/dedup
