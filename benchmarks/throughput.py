@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -673,10 +673,30 @@ def realistic_memory(
     }
 
 
-def realistic(ra: RealisticArgs, on_update=None, keep=None) -> dict:
-    """The whole realistic table; `on_update(result)` after every cell (a crash keeps them)."""
+def realistic(
+    ra: RealisticArgs,
+    on_update=None,
+    keep=None,
+    parts: tuple[str, ...] = ("groups", "momentum", "memory"),
+    previous: dict | None = None,
+) -> dict:
+    """The whole realistic table; `on_update(result)` after every cell (a crash keeps them).
+
+    `keep(preset, batch)` and `ra.groups` choose the cells; `parts` which kinds of rows run;
+    rows of `previous` (an earlier result) that this run does not redo are kept.
+    """
     keep = keep or (lambda preset, B: True)
     res: dict = {"args": asdict(ra), "cells": [], "momentum": None, "memory": [], "partial": True}
+    if previous:
+        res["cells"] = list(previous.get("cells", []))
+        res["memory"] = list(previous.get("memory", []))
+        res["momentum"] = previous.get("momentum")
+
+    def key(c: dict) -> tuple:
+        return (c["preset"], c["batch_size"], c["seq_len"], c["target_rows"])
+
+    def put(rows: list[dict], row: dict) -> None:  # replace the same cell from `previous`
+        rows[:] = [r for r in rows if key(r) != key(row)] + [row]
 
     def update() -> None:
         res["environment"] = environment()
@@ -693,19 +713,22 @@ def realistic(ra: RealisticArgs, on_update=None, keep=None) -> dict:
                 if (c["preset"], c["batch_size"], c["seq_len"], c["target_rows"]) == tuple(cell)
             ]
             same = timed[0]["same_layout_as"] if timed else {}
-            res["memory"].append(realistic_memory(cell, ra, same))
+            put(res["memory"], realistic_memory(cell, ra, same))
             update()
 
     def groups(gs):
         for preset, B, T, targets in gs:
-            if keep(preset, B):
+            if not keep(preset, B):
+                continue
+            if "groups" in parts and targets:
                 for cell in time_realistic(preset, B, T, targets, ra):
-                    res["cells"].append(cell)
+                    put(res["cells"], cell)
                     update()
+            if "memory" in parts:
                 memory_of(preset, B, T)  # right after its group: the memory bars come early
 
     groups(ra.groups)
-    if ra.momentum is not None and keep(ra.momentum[0], ra.momentum[1]):
+    if "momentum" in parts and ra.momentum is not None and keep(*ra.momentum[:2]):
         t0 = time.time()
         res["momentum"] = time_momentum(*ra.momentum, ra)
         print(f"momentum: {res['momentum']['ratio_vs_plain']}  ({time.time() - t0:.0f}s)")
@@ -947,6 +970,12 @@ def main(argv: list[str] | None = None) -> None:
         "added to the existing results file without redoing the grid",
     )
     ap.add_argument("--batches", default=None, help="--realistic: comma list of training batches")
+    ap.add_argument("--targets", default=None, help="--realistic: comma list of target rows")
+    ap.add_argument(
+        "--parts",
+        default="groups,momentum,memory",
+        help="--realistic: which rows to (re)do; the file's other realistic rows are kept",
+    )
     ap.add_argument("--realistic-memory-child", metavar="SPEC_JSON")
     ap.add_argument("--out", default=None, help="directory for the results (default: results/)")
     ns = ap.parse_args(argv)
@@ -978,6 +1007,12 @@ def main(argv: list[str] | None = None) -> None:
         ra = GPU_REALISTIC if ns.gpu else QUICK_REALISTIC if ns.quick else RealisticArgs()
         presets = set(ns.presets.split(",")) if ns.presets else None
         batches = {int(b) for b in ns.batches.split(",")} if ns.batches else None
+        if ns.targets:
+            want = {int(t) for t in ns.targets.split(",")}
+            pick = lambda gs: tuple(  # noqa: E731
+                (p, b, t, tuple(x for x in ts if x in want)) for p, b, t, ts in gs
+            )
+            ra = replace(ra, groups=pick(ra.groups), extra_groups=pick(ra.extra_groups))
         payload = previous or {"args": asdict(a), "rows": [], "memory": {}}
 
         def on_update(res: dict) -> None:
