@@ -390,6 +390,7 @@ QUICK_REALISTIC = RealisticArgs(
     vocab_size=512,
     memory_cells=(("tiny", 4, 32, 2),),
     momentum=("tiny", 4, 32, 2, 2, 1),
+    memory_variants=("plain", "adam exact"),
 )
 
 
@@ -771,7 +772,8 @@ def realistic_markdown(res: dict | None) -> str:
     conts = list(ra["contractions"])
     sgds = list(ra["sgd_contractions"])
     lines = [
-        "## Realistic settings: training batch 16/64, target 1/4/16 rows, low-rank contraction",
+        "**Realistic settings** (`--realistic`): training batch 16/64, target 1/4/16 rows, "
+        "exact vs low-rank/auto contraction.",
         "",
         f"Seq as listed, vocab {ra['vocab_size']}, AdamW + clipping 1.0, target gradients "
         f"{ra['target_chunk'] or 'all'} examples at a time, low-rank rank {ra['rank']}, precision "
