@@ -3,7 +3,10 @@
 #   1. the scorer on CUDA in fp32 and bf16 autocast vs a CPU float64 reference (benchmarks.amp_check);
 #   2. the throughput grid on CUDA with bf16 autocast: cpu-small and gpt2 shapes, seq 128-512,
 #      plain vs every estimator set vs torch.func per-example gradients, peak CUDA memory
-#      (benchmarks.throughput --gpu);
+#      (benchmarks.throughput --gpu), then the realistic-settings table on CUDA with bf16: gpt2 at
+#      training batch 16/64, target 1/4/16 rows, exact vs low-rank/auto contraction (fidelity R),
+#      adam/sgd, peak CUDA memory at gpt2 batch 64 target 4, a momentum_window=10 row
+#      (benchmarks.throughput --realistic --gpu, added to throughput_gpu.*; SKIP_REALISTIC=1 skips);
 #   3. FAISS spherical k-means on GPU 0 vs the CPU on the same embeddings: labels and objective
 #      must agree within float tolerance (benchmarks.faiss_gpu_check, the `gpu` extra's faiss).
 # Steps 1-2 need only python3 with torch + transformers (no polars/prefect); step 3 needs numpy and
@@ -25,6 +28,11 @@ start=$(date +%s)
 "$PY" -m benchmarks.amp_check --device cuda
 echo "amp_check: $(( $(date +%s) - start )) s"
 "$PY" -m benchmarks.throughput --gpu
+echo "throughput grid: $(( $(date +%s) - start )) s"
+if [ "${SKIP_REALISTIC:-0}" != "1" ]; then
+  "$PY" -m benchmarks.throughput --realistic --gpu
+  echo "throughput realistic: $(( $(date +%s) - start )) s"
+fi
 faiss_gpu() { "$PY" -c "import faiss, sys; sys.exit(0 if faiss.get_num_gpus() > 0 else 1)" 2>/dev/null; }
 if [ "${SKIP_FAISS_GPU:-0}" != "1" ]; then
   if ! faiss_gpu; then

@@ -11,6 +11,11 @@ allocator keeps cached after frees). CUDA: `torch.cuda.max_memory_allocated`.
     python -m benchmarks.throughput                # presets tiny, cpu-small, gpt2 x seq 64/128/256
     python -m benchmarks.throughput --quick
     python -m benchmarks.throughput --gpu          # one CUDA GPU, bf16 autocast (benchmarks/gpu_check.sh)
+    python -m benchmarks.throughput --realistic    # batch 16/64, target 1/4/16, exact/low-rank/auto
+    python -m benchmarks.throughput --realistic --gpu   # the same on CUDA, bf16 (gpu_check.sh)
+
+`--realistic` adds its tables to the existing results file (json key `realistic`) and leaves the
+grid's rows as they are; a grid run keeps the realistic tables of the file it overwrites.
 
 Only torch and transformers are needed (no polars/curation), so it runs on a bare GPU machine.
 """
@@ -20,12 +25,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +41,7 @@ from torch.func import functional_call, grad, vmap
 from adamshap_core import InRunScorer, build_model, plain_step
 from adamshap_core.batch import per_example_loss, per_example_loss_from_logits, prepare_batch
 
-from .common import RESULTS, environment, write_results
+from .common import RESULTS, ROOT, environment, write_results
 
 VARIANTS: dict[str, tuple[str, ...] | None] = {
     "plain": None,
@@ -311,6 +318,579 @@ def memory(a: ThroughputArgs, repeats: int = 3) -> dict:
     return {"preset": preset, "seq_len": T, "variants": out, "measures": measures}
 
 
+# --- realistic settings: small targets, batch 64, low-rank / auto contraction -------------------
+
+
+@dataclass
+class RealisticArgs:
+    """The realistic-settings table: target rows and contraction at real training batch sizes.
+
+    Each group (preset, batch, seq) shares one model and optimizer, restored (untimed) to one
+    snapshot before each round, so every variant steps from the same state on the same batches:
+    timings are interleaved and the per-example values of the low-rank/auto contraction are
+    compared with the exact ones on identical steps (pooled Pearson R).
+    """
+
+    groups: tuple[tuple[str, int, int, tuple[int, ...]], ...] = (
+        ("gpt2", 64, 128, (4, 1, 16)),  # target <= 4 first: the issue's bars
+        ("cpu-small", 16, 128, (1, 4, 16)),
+        ("cpu-small", 64, 128, (1, 4, 16)),
+    )  # (preset, training batch, seq, target rows), in the order they run
+    # run last, after the momentum row (if time allows)
+    extra_groups: tuple[tuple[str, int, int, tuple[int, ...]], ...] = (
+        ("gpt2", 16, 128, (1, 4, 16)),
+        ("gpt2", 64, 256, (4,)),
+    )
+    contractions: tuple[str, ...] = ("exact", "lowrank", "auto")
+    sgd_contractions: tuple[str, ...] = ("exact",)  # sgd beside adam, for adam/sgd
+    rounds: int = 2
+    steps_per_round: int = 2
+    warmup: int = 1  # untimed steps per variant (their values count for fidelity)
+    # gpt2 on CPU (a step is 20-100 s on 2 loaded cores): one step per round, and the untimed
+    # warm-up of each variant on a few rows only (it runs every code path once)
+    big_steps_per_round: int = 1
+    big_warmup_rows: int = 4
+    vocab_size: int = 4096
+    rank: int = 8
+    target_chunk: int | None = 8
+    device: str = "cpu"
+    amp: str | None = None
+    # live-tensor / CUDA peak memory, each variant in its own process, right after the group of
+    # its (preset, batch, seq): (preset, batch, seq, target)
+    memory_cells: tuple[tuple[str, int, int, int], ...] = (
+        ("gpt2", 64, 128, 4),
+        ("cpu-small", 64, 128, 4),
+    )
+    # momentum-propagated values: (preset, batch, seq, target, K, timed rounds)
+    momentum: tuple[str, int, int, int, int, int] | None = ("cpu-small", 16, 128, 4, 10, 3)
+    memory_variants: tuple[str, ...] = ("plain", "adam exact", "adam lowrank", "adam auto")
+
+
+GPU_REALISTIC = RealisticArgs(
+    groups=(
+        ("gpt2", 64, 128, (1, 4, 16)),
+        ("gpt2", 16, 128, (1, 4, 16)),
+        ("gpt2", 64, 256, (1, 4, 16)),
+        ("cpu-small", 64, 128, (1, 4, 16)),
+    ),
+    extra_groups=(("gpt2", 64, 512, (1, 4, 16)),),
+    rounds=5,
+    steps_per_round=5,
+    warmup=2,
+    device="cuda",
+    amp="bf16",
+    memory_cells=(("gpt2", 64, 128, 4), ("gpt2", 64, 256, 4)),
+    momentum=("gpt2", 16, 128, 4, 10, 5),
+)
+QUICK_REALISTIC = RealisticArgs(
+    groups=(("tiny", 4, 32, (1, 2)),),
+    extra_groups=(),
+    rounds=1,
+    steps_per_round=1,
+    vocab_size=512,
+    memory_cells=(("tiny", 4, 32, 2),),
+    momentum=("tiny", 4, 32, 2, 2, 1),
+    memory_variants=("plain", "adam exact"),
+)
+
+
+def realistic_variants(ra: RealisticArgs) -> dict[str, tuple[str, str] | None]:
+    """Variant name -> (estimator, contraction); `plain` -> None."""
+    out: dict[str, tuple[str, str] | None] = {"plain": None}
+    out.update({f"adam {c}": ("adam", c) for c in ra.contractions})
+    out.update({f"sgd {c}": ("sgd", c) for c in ra.sgd_contractions})
+    return out
+
+
+def _realistic_scorer(model, opt, est: str, contraction: str, target: int, T: int, ra, K=0):
+    return InRunScorer(
+        model,
+        opt,
+        _data(ra.vocab_size, target, T, seed=999),
+        estimators=(est,),
+        max_grad_norm=1.0,
+        amp_dtype=AMP[ra.amp],
+        target_chunk=ra.target_chunk,
+        contraction=contraction,
+        rank=ra.rank,
+        momentum_window=K,
+    )
+
+
+def _layout(sc: InRunScorer) -> tuple[frozenset, frozenset]:
+    """Which weights a scorer contracts low-rank and which in the Gram form at its target size."""
+    gram = sc._gram_now() if sc._gram_candidates else {}
+    return frozenset(sc._lowrank_ids), frozenset(gram)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson R of two value vectors (nan when either is constant)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def time_realistic(preset: str, B: int, T: int, targets: tuple[int, ...], ra: RealisticArgs):
+    """One (preset, batch, seq) group: per target size, plain and every variant interleaved."""
+    a = ThroughputArgs(vocab_size=ra.vocab_size, device=ra.device, amp=ra.amp)
+    model, opt = _model_opt(preset, T, a)
+    plain_step(model, opt, _data(ra.vocab_size, B, T, seed=7), 1.0)  # Adam state exists
+    snap = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+
+    def restore() -> None:
+        model.load_state_dict(snap[0])
+        opt.load_state_dict(copy.deepcopy(snap[1]))
+
+    batches = [_data(ra.vocab_size, B, T, seed=s) for s in range(4)]
+    big = preset == "gpt2" and ra.device == "cpu"
+    spr = ra.big_steps_per_round if big else ra.steps_per_round
+    warm = {k: t[: ra.big_warmup_rows] for k, t in batches[0].items()} if big else batches[0]
+    amp = AMP[ra.amp]
+    cells = []
+    for target in targets:
+        t0 = time.time()
+        variants = realistic_variants(ra)
+        scorers: dict[str, InRunScorer] = {}
+        layouts = {}
+        for v, spec in variants.items():
+            if spec is not None:
+                scorers[v] = _realistic_scorer(model, opt, spec[0], spec[1], target, T, ra)
+                layouts[v] = _layout(scorers[v])
+        same_as: dict[str, str] = {}  # auto that picks exactly low-rank's (or exact's) layout
+        for v in scorers:
+            if v.endswith(" auto"):
+                est = variants[v][0]
+                for other in (f"{est} lowrank", f"{est} exact"):
+                    if other in scorers and layouts[other] == layouts[v]:
+                        same_as[v] = other
+                        break
+        for v in same_as:
+            scorers.pop(v).close()
+
+        def run(v: str, b, scorers=scorers, variants=variants):
+            if v == "plain":
+                plain_step(model, opt, b, 1.0, amp_dtype=amp)
+                return None
+            out = scorers[v].step(b)
+            return out.values[variants[v][0]].detach().double().cpu().numpy()
+
+        timed = ["plain", *scorers]
+        values: dict[str, list[np.ndarray]] = {v: [] for v in scorers}
+        for _ in range(ra.warmup):
+            for v in timed:
+                restore()
+                val = run(v, warm)
+                if val is not None and not big:  # a few-row warm-up is no step to compare
+                    values[v].append(val)
+        _sync(ra.device)
+        times: dict[str, list[float]] = {v: [] for v in timed}
+        for r in range(ra.rounds):
+            order = timed if r % 2 == 0 else timed[::-1]  # ABC CBA: drift hits all alike
+            for v in order:
+                restore()
+                _sync(ra.device)
+                t1 = time.perf_counter()
+                for k in range(spr):
+                    val = run(v, batches[(r + k) % len(batches)])
+                    if val is not None:
+                        values[v].append(val)
+                _sync(ra.device)
+                times[v].append((time.perf_counter() - t1) / spr)
+        for sc in scorers.values():
+            sc.close()
+        med = {v: float(np.median(ts)) for v, ts in times.items()}
+        for v, other in same_as.items():
+            med[v] = med[other]
+            values[v] = values[other]
+        ratio = {v: med["plain"] / s for v, s in med.items()}
+        fidelity = {}
+        for v, (est, c) in ((v, s) for v, s in variants.items() if s is not None):
+            ref = f"{est} exact"
+            if c != "exact" and ref in values and values[v]:
+                fidelity[v] = pearson(np.concatenate(values[v]), np.concatenate(values[ref]))
+        cell = {
+            "preset": preset,
+            "batch_size": B,
+            "seq_len": T,
+            "target_rows": target,
+            "rounds": ra.rounds,
+            "steps_per_round": spr,
+            "warmup": ra.warmup,
+            "warmup_rows": ra.big_warmup_rows if big else B,
+            "seconds_per_step": med,
+            "ratio_vs_plain": ratio,
+            "fidelity_pearson_vs_exact": fidelity,
+            "fidelity_steps": len(values.get("adam exact", [])),
+            "same_layout_as": same_as,
+            "layout": {
+                v: {"lowrank_weights": len(lr), "gram_weights": len(g)}
+                for v, (lr, g) in layouts.items()
+            },
+        }
+        if "adam exact" in med and "sgd exact" in med:
+            cell["adam_vs_sgd_exact"] = med["sgd exact"] / med["adam exact"]
+        cells.append(cell)
+        print(
+            f"{preset} b{B} seq {T} target {target}: "
+            + ", ".join(f"{k}={x:.3f}" for k, x in ratio.items())
+            + " R "
+            + ", ".join(f"{k}={x:.4f}" for k, x in fidelity.items())
+            + f"  ({time.time() - t0:.0f}s)",
+            flush=True,
+        )
+        yield cell
+
+
+def time_momentum(preset: str, B: int, T: int, target: int, K: int, rounds: int, ra):
+    """plain vs adam vs adam with momentum_window=K, each on its own model, window filled first."""
+    a = ThroughputArgs(vocab_size=ra.vocab_size, device=ra.device, amp=ra.amp)
+    amp = AMP[ra.amp]
+    runners = {}
+    for v, k in (("plain", None), ("adam", 0), (f"adam K={K}", K)):
+        model, opt = _model_opt(preset, T, a)
+        if k is None:
+            runners[v] = lambda b, m=model, o=opt: plain_step(m, o, b, 1.0, amp_dtype=amp)
+        else:
+            runners[v] = _realistic_scorer(model, opt, "adam", "exact", target, T, ra, K=k).step
+    batches = [_data(ra.vocab_size, B, T, seed=s) for s in range(4)]
+    for run in runners.values():  # fill the window (K+1 steps), untimed
+        for i in range(K + 1):
+            run(batches[i % len(batches)])
+    _sync(ra.device)
+    times: dict[str, list[float]] = {v: [] for v in runners}
+    order = list(runners)
+    for r in range(rounds):
+        for v in order if r % 2 == 0 else order[::-1]:
+            t1 = time.perf_counter()
+            for k in range(ra.steps_per_round):
+                runners[v](batches[(r + k) % len(batches)])
+            _sync(ra.device)
+            times[v].append((time.perf_counter() - t1) / ra.steps_per_round)
+    med = {v: float(np.median(ts)) for v, ts in times.items()}
+    return {
+        "preset": preset,
+        "batch_size": B,
+        "seq_len": T,
+        "target_rows": target,
+        "window": K,
+        "rounds": rounds,
+        "steps_per_round": ra.steps_per_round,
+        "seconds_per_step": med,
+        "ratio_vs_plain": {v: med["plain"] / s for v, s in med.items()},
+    }
+
+
+def _realistic_memory_child(spec: dict) -> None:
+    """One variant's peak memory at one cell (run in its own process by `realistic_memory`)."""
+    ra = GPU_REALISTIC if spec["gpu"] else RealisticArgs(vocab_size=spec["vocab_size"])
+    a = ThroughputArgs(vocab_size=ra.vocab_size, device=ra.device, amp=ra.amp)
+    preset, B, T, target = spec["preset"], spec["batch_size"], spec["seq_len"], spec["target"]
+    model, opt = _model_opt(preset, T, a)
+    batches = [_data(ra.vocab_size, B, T, seed=s) for s in range(2)]
+    if spec["variant"] == "plain":
+        amp = AMP[ra.amp]
+
+        def run(b):
+            return plain_step(model, opt, b, 1.0, amp_dtype=amp)
+    else:
+        est, c = spec["variant"].split(" ")
+        run = _realistic_scorer(model, opt, est, c, target, T, ra).step
+    base = _rss_mib()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    run(batches[0])  # the first step creates Adam's state (RSS: sampled over this step)
+    stop.set()
+    th.join()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        run(batches[1])
+    out = {"peak_mib": peak[0] - base, "base_mib": base}
+    if torch.cuda.is_available():
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["tensor_peak_mib"] = tensor_peak_mib(lambda: run(batches[1]))
+    print(json.dumps(out))
+
+
+def realistic_memory(
+    cell: tuple[str, int, int, int], ra: RealisticArgs, same_as: dict[str, str] | None = None
+) -> dict:
+    """Peak memory of every variant at one cell, each in its own process (one run each)."""
+    preset, B, T, target = cell
+    same_as = same_as or {}
+    gpu = ra.device != "cpu"
+    pp = os.environ.get("PYTHONPATH", "")
+    out = {}
+    for v in realistic_variants(ra):
+        if v not in ra.memory_variants:
+            continue
+        if v in same_as and same_as[v] in out:  # auto with low-rank's layout: the same run
+            out[v] = dict(out[same_as[v]], same_as=same_as[v])
+            continue
+        spec = {
+            "variant": v,
+            "preset": preset,
+            "batch_size": B,
+            "seq_len": T,
+            "target": target,
+            "gpu": gpu,
+            "vocab_size": ra.vocab_size,
+        }
+        t0 = time.time()
+        res = subprocess.run(
+            [sys.executable, "-m", "benchmarks.throughput", "--realistic-memory-child"]
+            + [json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), pp]))},
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"memory child {v} failed:\n{res.stderr[-3000:]}")
+        out[v] = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"  memory {preset} b{B} seq {T} target {target} {v}: {out[v]}", flush=True)
+        print(f"  ({time.time() - t0:.0f}s)", flush=True)
+    measures = ["cuda_peak_mib"] if gpu else ["tensor_peak_mib", "peak_mib"]
+    for key in measures:
+        plain = out["plain"][key]
+        for v in out:
+            out[v][f"{key}_ratio_vs_plain"] = out[v][key] / plain if plain > 0 else float("nan")
+    return {
+        "preset": preset,
+        "batch_size": B,
+        "seq_len": T,
+        "target_rows": target,
+        "variants": out,
+        "measures": measures,
+    }
+
+
+def realistic(
+    ra: RealisticArgs,
+    on_update=None,
+    keep=None,
+    parts: tuple[str, ...] = ("groups", "momentum", "memory"),
+    previous: dict | None = None,
+) -> dict:
+    """The whole realistic table; `on_update(result)` after every cell (a crash keeps them).
+
+    `keep(preset, batch)` and `ra.groups` choose the cells; `parts` which kinds of rows run;
+    rows of `previous` (an earlier result) that this run does not redo are kept.
+    """
+    keep = keep or (lambda preset, B: True)
+    res: dict = {"args": asdict(ra), "cells": [], "momentum": None, "memory": [], "partial": True}
+    if previous:
+        res["cells"] = list(previous.get("cells", []))
+        res["memory"] = list(previous.get("memory", []))
+        res["momentum"] = previous.get("momentum")
+
+    def key(c: dict) -> tuple:
+        return (c["preset"], c["batch_size"], c["seq_len"], c["target_rows"])
+
+    def put(rows: list[dict], row: dict) -> None:  # replace the same cell from `previous`
+        rows[:] = [r for r in rows if key(r) != key(row)] + [row]
+
+    def update() -> None:
+        res["environment"] = environment()
+        if on_update is not None:
+            on_update(res)
+
+    def memory_of(preset: str, B: int, T: int) -> None:
+        for cell in ra.memory_cells:
+            if tuple(cell[:3]) != (preset, B, T):
+                continue
+            timed = [
+                c
+                for c in res["cells"]
+                if (c["preset"], c["batch_size"], c["seq_len"], c["target_rows"]) == tuple(cell)
+            ]
+            same = timed[0]["same_layout_as"] if timed else {}
+            put(res["memory"], realistic_memory(cell, ra, same))
+            update()
+
+    def groups(gs):
+        for preset, B, T, targets in gs:
+            if not keep(preset, B):
+                continue
+            if "groups" in parts and targets:
+                for cell in time_realistic(preset, B, T, targets, ra):
+                    put(res["cells"], cell)
+                    update()
+            if "memory" in parts:
+                memory_of(preset, B, T)  # right after its group: the memory bars come early
+
+    groups(ra.groups)
+    if "momentum" in parts and ra.momentum is not None and keep(*ra.momentum[:2]):
+        t0 = time.time()
+        res["momentum"] = time_momentum(*ra.momentum, ra)
+        print(f"momentum: {res['momentum']['ratio_vs_plain']}  ({time.time() - t0:.0f}s)")
+        update()
+    groups(ra.extra_groups)
+    res["partial"] = False
+    update()
+    return res
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "–" if x is None or x != x else format(x, spec)
+
+
+def realistic_bars(res: dict) -> list[dict]:
+    """The issue's bars at gpt2 batch 64, target <= 4 (exact adam): measured vs goal."""
+    out = []
+    for c in res.get("cells", []):
+        if c["preset"] != "gpt2" or c["batch_size"] != 64 or c["target_rows"] > 4:
+            continue
+        r = c["ratio_vs_plain"]
+        row = {"seq_len": c["seq_len"], "target_rows": c["target_rows"]}
+        row["adam_vs_plain"] = r.get("adam exact")
+        row["adam_vs_sgd"] = c.get("adam_vs_sgd_exact")
+        for m in res.get("memory", []):
+            key = (m["preset"], m["batch_size"], m["seq_len"], m["target_rows"])
+            if key == ("gpt2", 64, c["seq_len"], c["target_rows"]):
+                k = m["measures"][0]
+                row["live_peak_vs_plain"] = m["variants"]["adam exact"][f"{k}_ratio_vs_plain"]
+        out.append(row)
+    return out
+
+
+def realistic_markdown(res: dict | None) -> str:
+    """The realistic-settings tables (empty string when there are none)."""
+    if not res or not res.get("cells") and not res.get("momentum"):
+        return ""
+    ra, env = res["args"], res["environment"]
+    cpu = env["device"] == "cpu"
+    conts = list(ra["contractions"])
+    sgds = list(ra["sgd_contractions"])
+    lines = [
+        "**Realistic settings** (`--realistic`): training batch 16/64, target 1/4/16 rows, "
+        "exact vs low-rank/auto contraction.",
+        "",
+        f"Seq as listed, vocab {ra['vocab_size']}, AdamW + clipping 1.0, target gradients "
+        f"{ra['target_chunk'] or 'all'} examples at a time, low-rank rank {ra['rank']}, precision "
+        f"{ra['amp'] or 'fp32'}, {env['threads']} torch threads on {env['device']} "
+        f"({env['cpu_count']} cores"
+        + (", shared with other heavy jobs: a loaded machine" if cpu else "")
+        + f"; {env['date']}). Each (preset, batch, seq) shares one model and optimizer, restored "
+        "(untimed) to one snapshot after a plain step before every round, so every variant steps "
+        "from the same state on the same batches. Per target size, plain and the variants run "
+        f"interleaved in one process ({ra['warmup']} untimed warm-up step each, then "
+        f"{ra['rounds']} rounds x {ra['steps_per_round']} steps, order reversed every other "
+        "round"
+        + (
+            f"; gpt2 on CPU: {ra['big_steps_per_round']} step a round, warm-up on "
+            f"{ra['big_warmup_rows']} rows, not counted for R"
+            if cpu
+            else ""
+        )
+        + "); cell: throughput as a fraction of plain AdamW (median s/step over rounds). "
+        "R: Pearson R of the per-example `adam` values against the exact contraction on the same "
+        "steps, all steps (warm-up included) pooled. `auto` picks its layers per weight shape; "
+        "where it picks exactly low-rank's layers it is the same computation and is shown as "
+        "`= lowrank` (not timed twice). adam/sgd: exact `sgd` s/step over exact `adam` s/step.",
+        "",
+        "| preset | batch | seq | target rows | plain s/step | "
+        + " | ".join(f"adam {c}" for c in conts)
+        + " | "
+        + " | ".join(f"sgd {c}" for c in sgds)
+        + " | adam/sgd |",
+        "|---|---|---|---|---|" + "---|" * (len(conts) + len(sgds) + 1),
+    ]
+    for c in res["cells"]:
+        r, fid, same = c["ratio_vs_plain"], c["fidelity_pearson_vs_exact"], c["same_layout_as"]
+        cells = []
+        for cont in conts:
+            v = f"adam {cont}"
+            if v in same and cont != "exact":
+                cells.append(f"= {same[v].split(' ')[1]}")
+            elif v in r:
+                cells.append(_fmt(r[v]) + (f" (R {fid[v]:.4f})" if v in fid else ""))
+            else:
+                cells.append("–")
+        cells += [_fmt(r.get(f"sgd {cont}")) for cont in sgds]
+        cells.append(_fmt(c.get("adam_vs_sgd_exact")))
+        lines.append(
+            f"| {c['preset']} | {c['batch_size']} | {c['seq_len']} | {c['target_rows']} | "
+            f"{c['seconds_per_step']['plain']:.2f} | " + " | ".join(cells) + " |"
+        )
+    m = res.get("momentum")
+    if m:
+        vs = list(m["ratio_vs_plain"])
+        lines += [
+            "",
+            f"Momentum-propagated values (`InRunScorer(momentum_window={m['window']})`, exact "
+            f"`adam`): {m['preset']}, batch {m['batch_size']}, seq {m['seq_len']}, target "
+            f"{m['target_rows']} rows. Each variant on its own model from one seed, window filled "
+            f"first (K+1 untimed steps), then {m['rounds']} interleaved rounds x "
+            f"{m['steps_per_round']} steps; cell: fraction of plain (s/step in brackets).",
+            "",
+            "| " + " | ".join(vs) + " |",
+            "|" + "---|" * len(vs),
+            "| "
+            + " | ".join(
+                f"{m['ratio_vs_plain'][v]:.3f} ({m['seconds_per_step'][v]:.2f} s)" for v in vs
+            )
+            + " |",
+        ]
+    names = {"cuda_peak_mib": "CUDA peak", "tensor_peak_mib": "live tensors", "peak_mib": "RSS"}
+    for mem in res.get("memory", []):
+        ms = mem["measures"]
+        lines += [
+            "",
+            f"Peak memory, {mem['preset']} batch {mem['batch_size']} seq {mem['seq_len']} target "
+            f"{mem['target_rows']} rows, each variant in its own process (one run): "
+            + (
+                "CUDA allocator's peak."
+                if not cpu
+                else "live tensors = peak of tensor bytes alive in the second step, model and "
+                "optimizer state included; RSS = peak resident memory above the process baseline "
+                "over the first step, which also creates Adam's state (noisier)."
+            ),
+            "",
+            "| variant | " + " | ".join(f"{names[k]} MiB | x plain" for k in ms) + " |",
+            "|---|" + "---|---|" * len(ms),
+        ]
+        for v, x in mem["variants"].items():
+            lines.append(
+                f"| {v} | "
+                + " | ".join(f"{x[k]:.0f} | {x[f'{k}_ratio_vs_plain']:.2f}" for k in ms)
+                + " |"
+            )
+    bars = realistic_bars(res)
+    if bars:
+        lines += [
+            "",
+            "Issue #16 bars at gpt2 batch 64, target <= 4 rows, exact `adam` "
+            "(goals: >= 0.97 of `sgd`, >= 0.90 of plain, live peak <= 1.3x plain):",
+            "",
+        ]
+        for b in bars:
+            lp = b.get("live_peak_vs_plain")
+
+            def met(x, ok):
+                return "–" if x is None else ("met" if ok(x) else "not met")
+
+            lines.append(
+                f"- seq {b['seq_len']}, target {b['target_rows']}: adam/sgd "
+                f"{_fmt(b['adam_vs_sgd'])} ({met(b['adam_vs_sgd'], lambda x: x >= 0.97)}), "
+                f"adam/plain {_fmt(b['adam_vs_plain'])} "
+                f"({met(b['adam_vs_plain'], lambda x: x >= 0.90)})"
+                + (f", live peak {lp:.2f}x plain ({met(lp, lambda x: x <= 1.3)})" if lp else "")
+            )
+    if res.get("partial"):
+        lines += ["", "*Partial: the run stopped before every cell was measured.*"]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
     """Ratios table (scored / plain throughput) and memory table."""
     vs = [v for v in VARIANTS if v != "plain"]
@@ -362,6 +942,21 @@ def markdown(rows: list[dict], mem: dict, a: ThroughputArgs, env: dict) -> str:
     return "\n".join(lines)
 
 
+def _write(out_dir, name: str, payload: dict, a: ThroughputArgs) -> None:
+    """<name>.json and .md: the grid's tables, then the realistic-settings tables (if any)."""
+    env = payload.get("environment") or environment()
+    md = markdown(payload.get("rows", []), payload.get("memory", {}), a, env)
+    extra = realistic_markdown(payload.get("realistic"))
+    if extra:
+        md += "\n" + extra
+    if out_dir is None:
+        write_results(name, payload, md)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float))
+        (out_dir / f"{name}.md").write_text(md)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the grid and write benchmarks/results/throughput.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -370,10 +965,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presets", default=None, help="comma list to restrict presets")
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "PRESET", "SEQ"))
     ap.add_argument("--memory-only", action="store_true", help="redo memory, keep timed rows")
+    ap.add_argument(
+        "--realistic",
+        action="store_true",
+        help="only the realistic-settings table (batch 16/64, target 1/4/16, exact/low-rank/auto), "
+        "added to the existing results file without redoing the grid",
+    )
+    ap.add_argument("--batches", default=None, help="--realistic: comma list of training batches")
+    ap.add_argument("--targets", default=None, help="--realistic: comma list of target rows")
+    ap.add_argument(
+        "--parts",
+        default="groups,momentum,memory",
+        help="--realistic: which rows to (re)do; the file's other realistic rows are kept",
+    )
+    ap.add_argument("--realistic-memory-child", metavar="SPEC_JSON")
+    ap.add_argument("--out", default=None, help="directory for the results (default: results/)")
     ns = ap.parse_args(argv)
     if ns.memory_child:
         v, p, t = ns.memory_child
         _memory_child(v, p, int(t), gpu=ns.gpu)
+        return
+    if ns.realistic_memory_child:
+        _realistic_memory_child(json.loads(ns.realistic_memory_child))
         return
     a = GPU_ARGS if ns.gpu else ThroughputArgs()
     if ns.gpu and not torch.cuda.is_available():
@@ -389,10 +1002,39 @@ def main(argv: list[str] | None = None) -> None:
         keep = set(ns.presets.split(","))
         configs = tuple(c for c in configs if c[0] in keep)
     name = "throughput_quick" if ns.quick else "throughput_gpu" if ns.gpu else "throughput"
+    out_dir = None if ns.out is None else Path(ns.out)
+    path = (out_dir or RESULTS) / f"{name}.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    if ns.realistic:
+        ra = GPU_REALISTIC if ns.gpu else QUICK_REALISTIC if ns.quick else RealisticArgs()
+        presets = set(ns.presets.split(",")) if ns.presets else None
+        batches = {int(b) for b in ns.batches.split(",")} if ns.batches else None
+        if ns.targets:
+            want = {int(t) for t in ns.targets.split(",")}
+            pick = lambda gs: tuple(  # noqa: E731
+                (p, b, t, tuple(x for x in ts if x in want)) for p, b, t, ts in gs
+            )
+            ra = replace(ra, groups=pick(ra.groups), extra_groups=pick(ra.extra_groups))
+        payload = previous or {"args": asdict(a), "rows": [], "memory": {}}
+
+        def on_update(res: dict) -> None:
+            payload["realistic"] = res
+            _write(out_dir, name, payload, a)
+
+        res = realistic(
+            ra,
+            on_update,
+            keep=lambda p, b: (
+                (presets is None or p in presets) and (batches is None or b in batches)
+            ),
+        )
+        print(realistic_markdown(res))
+        return
     rows = []
     if ns.memory_only:
-        rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+        rows = previous["rows"]
         configs = ()
+    extra = {"realistic": previous["realistic"]} if "realistic" in previous else {}
     for preset, T, rounds in configs:
         t0 = time.time()
         rows.append(time_config(preset, T, rounds, a))
@@ -403,16 +1045,13 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         env = environment()  # written after every configuration: a crash keeps the rows so far
-        write_results(
-            name,
-            {"args": asdict(a), "environment": env, "rows": rows, "memory": {}, "partial": True},
-            markdown(rows, {}, a, env),
-        )
+        payload = {"args": asdict(a), "environment": env, "rows": rows, "memory": {}}
+        _write(out_dir, name, {**payload, "partial": True, **extra}, a)
     mem = memory(a)
     env = environment()
-    md = markdown(rows, mem, a, env)
-    write_results(name, {"args": asdict(a), "environment": env, "rows": rows, "memory": mem}, md)
-    print(md)
+    payload = {"args": asdict(a), "environment": env, "rows": rows, "memory": mem, **extra}
+    _write(out_dir, name, payload, a)
+    print(markdown(rows, mem, a, env))
 
 
 if __name__ == "__main__":
