@@ -268,10 +268,6 @@ def select(
     for i in np.flatnonzero(kept & ~pool.target):
         pool.reason[i] = KEPT
     gthr = float(_rank_key(values[chosen]).min()) if len(chosen) else float("nan")
-    cthr = {}
-    for c, ix in pool.members.items():
-        kv = values[ix[kept[ix]]]
-        cthr[c] = float(np.nanmin(kv)) if np.isfinite(kv).any() else float("nan")
     return SelectionResult(
         ids=ids,
         kept=kept,
@@ -282,12 +278,21 @@ def select(
         n_requested=n_requested,
         global_threshold=gthr,
         cluster_floor=floors,
-        cluster_threshold=cthr,
+        cluster_threshold=_cluster_thresholds(pool.members, values, kept),
         floor_frac=float(floor_frac),
         warnings=warnings,
         alerts=alerts,
         dedup=dedup,
     )
+
+
+def _cluster_thresholds(members: dict, values: np.ndarray, kept: np.ndarray) -> dict[int, float]:
+    """Lowest kept value of each cluster (NaN where none is finite)."""
+    cthr = {}
+    for c, ix in members.items():
+        kv = values[ix[kept[ix]]]
+        cthr[c] = float(np.nanmin(kv)) if np.isfinite(kv).any() else float("nan")
+    return cthr
 
 
 def _check_inputs(n, values, labels, emb, floor_frac, opts: SelectionOptions, ids) -> None:

@@ -625,6 +625,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _add_score_command(sub)
+    _add_report_command(sub)
+    _add_prune_command(sub)
+    _add_verify_command(sub)
+    _add_curate_command(sub)
+    _add_serve_command(sub)
+    _add_corpus_command(sub)
+    return parser
+
+
+def _add_score_command(sub: Any) -> None:
+    """The `adamshap score` subcommand."""
     p = sub.add_parser(
         "score",
         help="scored training: value every example of CORPUS against TARGET",
@@ -638,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_field_options(p)
     p.set_defaults(handler=cmd_score)
 
+
+def _add_report_command(sub: Any) -> None:
+    """The `adamshap report` subcommand."""
     p = sub.add_parser(
         "report",
         help="write report.md/report.html for a scoring run",
@@ -646,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `adamshap score`")
     p.set_defaults(handler=cmd_report)
 
+
+def _add_prune_command(sub: Any) -> None:
+    """The `adamshap prune` subcommand."""
     p = sub.add_parser(
         "prune",
         help="keep the most valuable fraction of a corpus, with diversity quotas",
@@ -686,6 +704,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         help="minimum kept share of each FAISS cluster (default: half of --keep; 0: off)",
     )
+    _add_prune_ranking_options(p)
+    _add_field_options(p, bad_rows=False)
+    _add_device_option(p)
+    p.set_defaults(handler=cmd_prune)
+
+
+def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
+    """`adamshap prune`: quality rules, ranking, granularity and the near-duplicate rule."""
     p.add_argument(
         "--quality",
         choices=("on", "off"),
@@ -731,10 +757,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="share of the corpus held out as the target when no --target is given (0.05)",
     )
-    _add_field_options(p, bad_rows=False)
-    _add_device_option(p)
-    p.set_defaults(handler=cmd_prune)
 
+
+def _add_verify_command(sub: Any) -> None:
+    """The `adamshap verify` subcommand."""
     p = sub.add_parser(
         "verify",
         help="retrain on the curated set vs the baselines' selections and compare target loss",
@@ -779,6 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     p.set_defaults(handler=cmd_verify)
 
+
+def _add_curate_command(sub: Any) -> None:
+    """The `adamshap curate` subcommand."""
     p = sub.add_parser(
         "curate",
         help="run the whole pipeline from a data manifest (Prefect flow, cached)",
@@ -793,6 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p, precision=True)
     p.set_defaults(handler=cmd_curate)
 
+
+def _add_serve_command(sub: Any) -> None:
+    """The `adamshap serve` subcommand."""
     p = sub.add_parser(
         "serve",
         help="serve the curate flow on a schedule (needs `prefect server start`)",
@@ -810,6 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
     p.set_defaults(handler=cmd_serve)
 
+
+def _add_corpus_command(sub: Any) -> None:
+    """The `adamshap corpus` subcommand."""
     p = sub.add_parser("corpus", help="corpus utilities", description="Corpus utilities.")
     csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
     b = csub.add_parser(
@@ -833,7 +868,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of bible,fortunes,wordnet,devil,jargon,pydocs (default: all)",
     )
     b.set_defaults(handler=cmd_corpus_build)
-    return parser
 
 
 _INTERRUPTED = threading.Event()
