@@ -93,7 +93,8 @@ class ScorerOptions:
     rank: int = 8
     lowrank_niter: int = 1
     seed: int = 0
-    # target examples per target-gradient piece; None = the whole target batch at once
+    # target examples per target-gradient piece, as at every layer (CLI --target-chunk,
+    # ScoreArgs.target_chunk): 0 = the whole target batch at once (None: the same)
     target_chunk: int | None = 8
     momentum_window: int = 0
     loss_reduction: str = "example"
@@ -153,7 +154,8 @@ class InRunScorer:
     inputs and output gradients are still held; chunking caps that pass's activations at one
     piece's: at cpu-small seq 128 with all four estimators, chunks of 8 (the default) cut the
     peak of live tensors from 1.66x to 1.27x plain training at no measurable speed cost
-    (benchmarks/results/throughput.md). None takes the target batch whole.
+    (benchmarks/results/throughput.md). 0 (or None) takes the target batch whole, as
+    `--target-chunk 0` and `ScoreArgs(target_chunk=0)` do.
 
     Momentum option: `momentum_window=K` also follows each example's gradient through Adam's
     first moment for the K steps after it was drawn (momentum.py): each `StepOutput.propagated`
@@ -237,9 +239,10 @@ class InRunScorer:
         self.val_grad_every = int(val_grad_every)
         if contraction == "gram" and (why := self._gram_blocker()):
             raise ValueError(f"contraction='gram': {why}")
-        if target_chunk is not None and int(target_chunk) < 1:
-            raise ValueError(f"target_chunk must be a positive integer or None, got {target_chunk}")
-        self.target_chunk = None if target_chunk is None else int(target_chunk)
+        if target_chunk is not None and int(target_chunk) < 0:
+            raise ValueError(f"target_chunk must be >= 0 (0 = whole batch), got {target_chunk}")
+        # one meaning at every layer (CLI, ScoreArgs, here): 0 (or None) = the whole batch
+        self.target_chunk = int(target_chunk) if target_chunk else None
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(
                 f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}"

@@ -36,7 +36,8 @@ from curation.run_dir import (
     PruneDir,
     RunDir,
 )
-from curation.selection import SelectionResult, select, validate_keep
+from curation.selection import SelectionResult, select
+from curation.settings import validate_clusters, validate_keep
 
 __all__ = ["PruneArgs", "SelectionResult", "run_prune", "select", "validate_keep"]
 
@@ -85,6 +86,27 @@ class PruneArgs:
     # "auto": perplexity when the target was held out of this corpus (no --target, plain text),
     # else value (benchmarks/results/pruning_*.md; README "Pruning" for why not the mix)
     rank_by: str = "auto"
+
+    def validate(self) -> float:
+        """UsageError for a setting that cannot work (the one check of each); the keep fraction.
+
+        Settings that need the data (`clusters` against the corpus size, `rank_by` against
+        the rows' kind) are checked where the data is read, in run_prune.
+        """
+        keep = validate_keep(self.keep)
+        try:
+            validate_clusters(self.clusters)
+        except UsageError as exc:
+            raise UsageError(f"--clusters: {exc}") from None
+        if self.by not in ("row", "source"):
+            raise UsageError(f"--by must be 'row' or 'source', got {self.by!r}")
+        if not 0 < self.target_frac < 1:
+            raise UsageError(f"--target-frac must be in (0, 1), got {self.target_frac!r}")
+        if not isinstance(self.min_chars, int) or self.min_chars < 0:
+            raise UsageError(f"--min-chars must be an integer >= 0, got {self.min_chars!r}")
+        if self.rank_by not in RANK_BY:
+            raise UsageError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {self.rank_by!r}")
+        return keep
 
 
 def value_column(estimator: str) -> str:
@@ -245,8 +267,7 @@ def _quality_rules(args: PruneArgs) -> Any:
     """The quality thresholds of this run (curation.quality.QualityRules)."""
     from curation.quality import QualityRules
 
-    if not isinstance(args.min_chars, int) or args.min_chars < 0:
-        raise UsageError(f"--min-chars must be an integer >= 0, got {args.min_chars!r}")
+    args.validate()  # min_chars among the rest
     return QualityRules(min_chars=args.min_chars)
 
 
@@ -574,12 +595,8 @@ def run_prune(args: PruneArgs) -> Path:
     """
     from curation.devices import resolve_device
 
-    keep = validate_keep(args.keep)
+    keep = args.validate()
     args.device = resolve_device(args.device)
-    if args.by not in ("row", "source"):
-        raise UsageError(f"--by must be 'row' or 'source', got {args.by!r}")
-    if not 0 < args.target_frac < 1:
-        raise UsageError(f"--target-frac must be in (0, 1), got {args.target_frac!r}")
     job = _open_job(args)
     _choose_target(args, job)
     _check_budget(args, job, keep)

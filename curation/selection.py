@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from curation.errors import UsageError
+from curation.settings import validate_keep
 
 KEPT, LOW_VALUE, TARGET, NEAR_DUP = "kept", "low_value", "target", "near_duplicate_of:"
 QUALITY = "quality:"
@@ -74,17 +75,6 @@ class SelectionResult:
                 "cluster": pl.Int64,
             },
         )
-
-
-def validate_keep(keep: object) -> float:
-    """Parse and check a keep fraction: a number in (0, 1], else UsageError."""
-    try:
-        k = float(keep)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise UsageError(f"--keep must be a number in (0, 1] (e.g. 0.7), got {keep!r}") from None
-    if not math.isfinite(k) or k <= 0.0 or k > 1.0:
-        raise UsageError(f"--keep must be in (0, 1] (e.g. 0.7 keeps 70%), got {keep!r}")
-    return k
 
 
 def _rank_key(values: np.ndarray) -> np.ndarray:

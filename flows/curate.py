@@ -30,8 +30,8 @@ from prefect.cache_policies import NO_CACHE
 
 from curation.errors import AdamshapError, ManifestError
 from curation.run_dir import PruneDir, RunDir
+from curation.settings import DEFAULT_KEEP as DEFAULT_KEEP  # kept importable from here
 
-DEFAULT_KEEP = 0.7
 CACHE_VERSION = "1"  # bump when a stage's outputs change meaning
 RESULTS_DIR = ".prefect-results"
 SUMMARY_FILE = "curate.json"
@@ -258,7 +258,7 @@ def curate_flow(
     `device` / `precision` override the manifest's `run.device` (default `auto`: CUDA when
     present) and `run.precision` (default fp32).
     """
-    from curation.selection import validate_keep
+    from curation.settings import resolve_keep, validate_keep
 
     t_start = time.perf_counter()
     manifest_path = str(Path(manifest_path).resolve())
@@ -279,7 +279,7 @@ def curate_flow(
     settings["device"] = device or settings.get("device") or "auto"  # CUDA when present
     if precision:
         settings["precision"] = precision
-    keep = _checked_keep(keep, settings, manifest_path)
+    keep = resolve_keep(keep, settings, manifest_path)
     _check_clusters(settings, info["n_corpus"], manifest_path)
     # a Path: Prefect uses a LocalFileSystem there
     ctx = _Curation(progress, out_dir, out_dir / RESULTS_DIR, info, settings, keep)
@@ -414,29 +414,19 @@ def _outputs(ctx: _Curation, pruned: PruneDir, verify_dir: Path) -> dict[str, An
     }
 
 
-def _checked_keep(keep: float | None, settings: dict[str, Any], manifest_path: str) -> float:
-    """`keep`, else the manifest's `run.keep` (default 0.7), checked to lie in (0, 1]."""
-    from curation.errors import UsageError
-    from curation.selection import validate_keep
-
-    value = keep if keep is not None else settings.get("keep", DEFAULT_KEEP)
-    try:
-        return validate_keep(value)
-    except UsageError as exc:
-        what = "--keep" if keep is not None else "run.keep"
-        raise UsageError(f"{manifest_path}: {what}: {exc}") from None
-
-
 def _check_clusters(settings: dict[str, Any], n_corpus: int, manifest_path: str) -> None:
     """Fail before scoring when the manifest asks for more clusters than there are documents."""
     from curation.errors import UsageError
+    from curation.settings import validate_clusters
 
     prune = settings.get("prune") if isinstance(settings.get("prune"), dict) else {}
     k = prune.get("clusters", settings.get("clusters"))
     if k is None:
         return
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise UsageError(f"{manifest_path}: run.clusters: expected a positive integer, got {k!r}")
+    try:
+        validate_clusters(k)
+    except UsageError as exc:
+        raise UsageError(f"{manifest_path}: run.clusters: {exc}") from None
     if k > n_corpus:
         raise UsageError(
             f"{manifest_path}: run.clusters {k} is more than the {n_corpus} training documents; "
