@@ -8,6 +8,7 @@ any val-side matrix `G` is contracted directly from `a`, `b` and `G` (docs/metho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -180,15 +181,14 @@ class GhostCapture:
         `gram` maps a Linear/Conv1D weight id to its target side in Gram form (rank-1 P).
         """
         out = None
-        low = low or {}
-        gram = gram or {}
+        sides = _ValSides(val_side, dtype, low or {}, gram or {})
         if records is None:
             records = [(use.module, use.records) for use in self.uses]
         for module, recs in records:
             for rec in recs:
                 if rec.b is None:  # layer output did not reach the loss
                     continue
-                part = _contract_one(module, rec, val_side, dtype, low, gram)
+                part = _contract_one(module, rec, sides)
                 if part is None:
                     continue
                 out = part.double() if out is None else out + part.double()
@@ -233,68 +233,104 @@ def _stack_matrix(F: torch.Tensor) -> torch.Tensor:
     return F.permute(1, 0, 2).reshape(m, E * k)
 
 
-def _contract_one(
-    mod: nn.Module,
-    rec: _Record,
-    val_side: dict[int, torch.Tensor],
-    dtype,
-    low: dict[int, LowRank],
-    gram: dict[int, GramSide],
-) -> torch.Tensor | None:
-    a, b = rec.a, rec.b
-    n = b.shape[0]
-    if isinstance(mod, nn.Embedding):
-        G = val_side.get(id(mod.weight))
-        if G is None:
-            return None
-        ids = a.reshape(n, -1)
-        bb = b.reshape(n, ids.shape[1], -1).to(dtype)
-        gathered = G.to(dtype)[:, ids]  # [E, n, T, d]
-        if mod.padding_idx is not None:
-            gathered = gathered * (ids != mod.padding_idx).unsqueeze(-1).to(dtype)
-        return torch.einsum("entd,ntd->ne", gathered, bb)
-    if isinstance(mod, nn.LayerNorm):
-        res = None
-        if rec.gw is not None and id(mod.weight) in val_side:
-            res = rec.gw.to(dtype) @ val_side[id(mod.weight)].to(dtype).T
-        if rec.gb is not None and id(mod.bias) in val_side:
-            gb = rec.gb.to(dtype) @ val_side[id(mod.bias)].to(dtype).T
-            res = gb if res is None else res + gb
-        return res
-    # Linear (weight [out, in]) or Conv1D (weight [in, out]).
+@dataclass
+class _ValSides:
+    """The val side of one contraction: exact stacks by parameter id, low-rank and Gram forms."""
+
+    exact: dict[int, torch.Tensor]
+    dtype: torch.dtype
+    low: dict[int, LowRank]
+    gram: dict[int, GramSide]
+
+
+def _contract_one(mod: nn.Module, rec: _Record, sides: _ValSides) -> torch.Tensor | None:
+    """[n, E] for one layer call, by the contraction registered for the layer's type."""
+    for kind in type(mod).__mro__:
+        if kind in LAYER_CONTRACTIONS:
+            return LAYER_CONTRACTIONS[kind](mod, rec, sides)
+    raise UnsupportedModuleError(f"no ghost contraction for {type(mod).__name__}")
+
+
+def _contract_embedding(mod: nn.Embedding, rec: _Record, sides: _ValSides) -> torch.Tensor | None:
+    """Embedding: gather the val-side rows of the example's token ids."""
+    G = sides.exact.get(id(mod.weight))
+    if G is None:
+        return None
+    dtype = sides.dtype
+    n = rec.b.shape[0]
+    ids = rec.a.reshape(n, -1)
+    bb = rec.b.reshape(n, ids.shape[1], -1).to(dtype)
+    gathered = G.to(dtype)[:, ids]  # [E, n, T, d]
+    if mod.padding_idx is not None:
+        gathered = gathered * (ids != mod.padding_idx).unsqueeze(-1).to(dtype)
+    return torch.einsum("entd,ntd->ne", gathered, bb)
+
+
+def _contract_layernorm(mod: nn.LayerNorm, rec: _Record, sides: _ValSides) -> torch.Tensor | None:
+    """LayerNorm: the per-example weight/bias gradients formed in the backward, dotted."""
+    res = None
+    for grad, param in ((rec.gw, mod.weight), (rec.gb, mod.bias)):
+        if grad is not None and id(param) in sides.exact:
+            part = grad.to(sides.dtype) @ sides.exact[id(param)].to(sides.dtype).T
+            res = part if res is None else res + part
+    return res
+
+
+def _contract_matmul(mod: nn.Module, rec: _Record, sides: _ValSides) -> torch.Tensor | None:
+    """Linear (weight [out, in]) or Conv1D (weight [in, out]): weight in one of three forms."""
+    dtype, key = sides.dtype, id(mod.weight)
+    n = rec.b.shape[0]
+    bb = rec.b.reshape(n, -1, rec.b.shape[-1]).to(dtype)  # [n, T, out]
+    x = rec.a.reshape(n, -1, rec.a.shape[-1]).to(dtype)  # [n, T, in]
     is_conv1d = Conv1D is not None and isinstance(mod, Conv1D)
     res = None
-    bb = b.reshape(n, -1, b.shape[-1]).to(dtype)  # [n, T, out]
-    if id(mod.weight) in gram:
-        side = gram[id(mod.weight)]
-        x = a.reshape(n, -1, a.shape[-1]).to(dtype)
-        res = gram_contract(x, bb, side)
-    elif id(mod.weight) in low:
-        # G ≈ L R in the weight's layout: Linear [out, in] (rows meet b), Conv1D [in, out].
-        lr_ = low[id(mod.weight)]
-        L, R = lr_.left.to(dtype), lr_.right.to(dtype)
-        E, _, r = L.shape
-        x = a.reshape(n, -1, a.shape[-1]).to(dtype)
-        T = x.shape[1]
-        rows, cols = (x, bb) if is_conv1d else (bb, x)
-        p1 = rows.reshape(n * T, -1) @ _stack_matrix(L)  # [nT, E*r]
-        p2 = cols.reshape(n * T, -1) @ _stack_matrix(R.transpose(1, 2))  # [nT, E*r]
-        res = (p1 * p2).view(n, T, E, r).sum((1, 3))
-    elif id(mod.weight) in val_side:
-        G = val_side[id(mod.weight)].to(dtype)
-        if not is_conv1d:
-            G = G.transpose(1, 2)  # -> [E, in, out]
-        E, d_in, d_out = G.shape
-        x = a.reshape(n, -1, a.shape[-1]).to(dtype)  # [n, T, in]
-        T = x.shape[1]
-        if d_in <= d_out:
-            # project the output grads through G: [nT, out] @ [out, E*in] -> [n, T, E, in]
-            proj = bb.reshape(n * T, d_out) @ _stack_matrix(G.transpose(1, 2))
-            res = _rowdot(proj.view(n, T, E, d_in), x)
-        else:
-            proj = x.reshape(n * T, d_in) @ _stack_matrix(G)
-            res = _rowdot(proj.view(n, T, E, d_out), bb)
-    if getattr(mod, "bias", None) is not None and id(mod.bias) in val_side:
-        gb = bb.sum(1) @ val_side[id(mod.bias)].to(dtype).T
+    if key in sides.gram:
+        res = gram_contract(x, bb, sides.gram[key])
+    elif key in sides.low:
+        res = _lowrank_weight(sides.low[key], x, bb, is_conv1d, dtype)
+    elif key in sides.exact:
+        res = _exact_weight(sides.exact[key].to(dtype), x, bb, is_conv1d)
+    if getattr(mod, "bias", None) is not None and id(mod.bias) in sides.exact:
+        gb = bb.sum(1) @ sides.exact[id(mod.bias)].to(dtype).T
         res = gb if res is None else res + gb
     return res
+
+
+def _lowrank_weight(
+    lr_: LowRank, x: torch.Tensor, bb: torch.Tensor, is_conv1d: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """G ≈ L R in the weight's layout: Linear [out, in] (rows meet b), Conv1D [in, out]."""
+    L, R = lr_.left.to(dtype), lr_.right.to(dtype)
+    E, _, r = L.shape
+    n, T = x.shape[:2]
+    rows, cols = (x, bb) if is_conv1d else (bb, x)
+    p1 = rows.reshape(n * T, -1) @ _stack_matrix(L)  # [nT, E*r]
+    p2 = cols.reshape(n * T, -1) @ _stack_matrix(R.transpose(1, 2))  # [nT, E*r]
+    return (p1 * p2).view(n, T, E, r).sum((1, 3))
+
+
+def _exact_weight(
+    G: torch.Tensor, x: torch.Tensor, bb: torch.Tensor, is_conv1d: bool
+) -> torch.Tensor:
+    """The exact val-side stack G: project through the narrower side of the weight."""
+    if not is_conv1d:
+        G = G.transpose(1, 2)  # -> [E, in, out]
+    E, d_in, d_out = G.shape
+    n, T = x.shape[:2]
+    if d_in <= d_out:
+        # project the output grads through G: [nT, out] @ [out, E*in] -> [n, T, E, in]
+        proj = bb.reshape(n * T, d_out) @ _stack_matrix(G.transpose(1, 2))
+        return _rowdot(proj.view(n, T, E, d_in), x)
+    proj = x.reshape(n * T, d_in) @ _stack_matrix(G)
+    return _rowdot(proj.view(n, T, E, d_out), bb)
+
+
+# The per-layer-type contraction, looked up along the module's class hierarchy: a new layer
+# type is one function here plus its capture in GhostCapture (and SUPPORTED_TYPES).
+LAYER_CONTRACTIONS: dict[type, Callable[[nn.Module, _Record, _ValSides], torch.Tensor | None]] = {
+    nn.Embedding: _contract_embedding,
+    nn.LayerNorm: _contract_layernorm,
+    nn.Linear: _contract_matmul,
+}
+if Conv1D is not None:
+    LAYER_CONTRACTIONS[Conv1D] = _contract_matmul

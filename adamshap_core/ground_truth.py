@@ -259,96 +259,113 @@ def leave_one_out_carry(
     l_val(w_{s+1})]: per-step utilities on the realised trajectory (DESIGN §2.2), so, unlike
     `leave_one_out_window`, the later batches' reaction to the moved weights is not in it.
     """
-    dev = next(model.parameters()).device
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    m = copy.deepcopy(model)
-    pmap = {id(p): q for p, q in zip(model.parameters(), m.parameters())}
-    mp = [pmap[id(p)] for p in params]
-    groups = [
-        {
-            **{k: v for k, v in g.items() if k != "params"},
-            "params": [pmap[id(p)] for p in g["params"]],
-        }
-        for g in optimizer.param_groups
-    ]
-    opt = type(optimizer)(groups)
-    opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
-    vb = prepare_batch(val_batch, dev)
+    rep = _CarryReplay(model, optimizer, val_batch, max_grad_norm, lrs)
+    ex_grads = rep.record(batches)
+    return np.array([rep.value(gi, len(batches)) for gi in ex_grads])
 
-    def val_loss() -> float:
+
+class _CarryReplay:
+    """A copy of the model and optimizer that records the real trajectory over K+1 batches and
+    replays each step from its saved state with one example's share removed."""
+
+    def __init__(self, model, optimizer, val_batch, max_grad_norm, lrs) -> None:
+        self.dev = next(model.parameters()).device
+        self.opt_type = type(optimizer)
+        self.max_grad_norm, self.lrs = max_grad_norm, lrs
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.m = copy.deepcopy(model)
+        pmap = {id(p): q for p, q in zip(model.parameters(), self.m.parameters())}
+        self.mp = [pmap[id(p)] for p in params]
+        self.groups = [
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [pmap[id(p)] for p in g["params"]],
+            }
+            for g in optimizer.param_groups
+        ]
+        self.opt = self.opt_type(self.groups)
+        self.opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        self.vb = prepare_batch(val_batch, self.dev)
+        # the real trajectory: state before each step, raw batch gradients, loss after each step
+        self.snaps: list = []
+        self.raw: list[list[torch.Tensor]] = []
+        self.after: list[float] = []
+
+    def val_loss(self) -> float:
         with torch.no_grad():
-            return float(per_example_loss(m, vb).mean().double())
+            return float(per_example_loss(self.m, self.vb).mean().double())
 
-    def clipped(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        if max_grad_norm is None:
+    def clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.max_grad_norm is None:
             return grads
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        coef = torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
+        coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
         return [g * coef for g in grads]
 
-    # the real trajectory: state before each step, raw batch gradients, loss after each step
-    snaps, raw, after, ex_grads = [], [], [], None
-    for j, rb in enumerate(batches):
-        b = prepare_batch(rb, dev)
-        if lrs is not None:
+    def _set_lr(self, opt: torch.optim.Optimizer, j: int) -> None:
+        if self.lrs is not None:
             for g in opt.param_groups:
-                g["lr"] = float(lrs[j])
-        snaps.append(([p.detach().clone() for p in mp], copy.deepcopy(opt.state_dict())))
-        opt.zero_grad(set_to_none=True)
-        losses = per_example_loss(m, b)
-        n = losses.shape[0]
-        if j == 0:
-            ex_grads = [
-                [
-                    g if g is not None else torch.zeros_like(p)
-                    for p, g in zip(
-                        mp,
-                        torch.autograd.grad(
-                            losses[i] / n, mp, retain_graph=True, allow_unused=True
-                        ),
-                    )
-                ]
-                for i in range(n)
-            ]
-        grads = torch.autograd.grad(losses.mean(), mp, allow_unused=True)
-        raw.append([g if g is not None else torch.zeros_like(p) for p, g in zip(mp, grads)])
-        for p, g in zip(mp, clipped(raw[-1])):
-            p.grad = g.clone()
-        opt.step()
-        after.append(val_loss())
-    b1 = {id(p): float(g["betas"][0]) for g in opt.param_groups for p in g["params"]}
-    b2 = {id(p): float(g["betas"][1]) for g in opt.param_groups for p in g["params"]}
+                g["lr"] = float(self.lrs[j])
 
-    def step_from(j: int, grads, dm=None, dv=None) -> float:
-        w, st = snaps[j]
+    def _dense(self, grads) -> list[torch.Tensor]:
+        return [g if g is not None else torch.zeros_like(p) for p, g in zip(self.mp, grads)]
+
+    def record(self, batches) -> list[list[torch.Tensor]]:
+        """Take the real steps; return each step-t example's gradient share (loss_i / n)."""
+        mp, opt, ex_grads = self.mp, self.opt, []
+        for j, rb in enumerate(batches):
+            b = prepare_batch(rb, self.dev)
+            self._set_lr(opt, j)
+            self.snaps.append(([p.detach().clone() for p in mp], copy.deepcopy(opt.state_dict())))
+            opt.zero_grad(set_to_none=True)
+            losses = per_example_loss(self.m, b)
+            n = losses.shape[0]
+            if j == 0:
+                ex_grads = [
+                    self._dense(
+                        torch.autograd.grad(losses[i] / n, mp, retain_graph=True, allow_unused=True)
+                    )
+                    for i in range(n)
+                ]
+            grads = torch.autograd.grad(losses.mean(), mp, allow_unused=True)
+            self.raw.append(self._dense(grads))
+            for p, g in zip(mp, self.clipped(self.raw[-1])):
+                p.grad = g.clone()
+            opt.step()
+            self.after.append(self.val_loss())
+        return ex_grads
+
+    def step_from(self, j: int, grads, dm=None, dv=None) -> float:
+        """Target loss after step j taken from its saved state with `grads` (and m, v less dm, dv)."""
+        w, st = self.snaps[j]
         with torch.no_grad():
-            for p, s in zip(mp, w):
+            for p, s in zip(self.mp, w):
                 p.copy_(s)
-        o = type(optimizer)(groups)
+        o = self.opt_type(self.groups)
         o.load_state_dict(copy.deepcopy(st))
-        if lrs is not None:
-            for g in o.param_groups:
-                g["lr"] = float(lrs[j])
+        self._set_lr(o, j)
         if dm is not None:
-            for p, a, c in zip(mp, dm, dv):
+            for p, a, c in zip(self.mp, dm, dv):
                 o.state[p]["exp_avg"].sub_(a)
                 o.state[p]["exp_avg_sq"].sub_(c).clamp_(min=0)
-        for p, g in zip(mp, grads):
+        for p, g in zip(self.mp, grads):
             p.grad = g.clone()
         o.step()
-        return val_loss()
+        return self.val_loss()
 
-    full0 = clipped(raw[0])
-    out = []
-    for gi in ex_grads:
-        red = clipped([g - e for g, e in zip(raw[0], gi)])
-        total = step_from(0, red) - after[0]
+    def value(self, gi: list[torch.Tensor], n_steps: int) -> float:
+        """Σ_s of the target-loss change when the example with gradient share `gi` is removed."""
+        mp, raw = self.mp, self.raw
+        b1 = {id(p): float(g["betas"][0]) for g in self.opt.param_groups for p in g["params"]}
+        b2 = {id(p): float(g["betas"][1]) for g in self.opt.param_groups for p in g["params"]}
+        full0 = self.clipped(raw[0])
+        red = self.clipped([g - e for g, e in zip(raw[0], gi)])
+        total = self.step_from(0, red) - self.after[0]
         d1 = [a - r for a, r in zip(full0, red)]  # i's share of the clipped step-t gradient
         d2 = [a * a - r * r for a, r in zip(full0, red)]
-        for j in range(1, len(batches)):
+        for j in range(1, n_steps):
             k = j - 1
             dm = [(b1[id(p)] ** k) * (1 - b1[id(p)]) * d for p, d in zip(mp, d1)]
             dv = [(b2[id(p)] ** k) * (1 - b2[id(p)]) * d for p, d in zip(mp, d2)]
-            total += step_from(j, clipped(raw[j]), dm, dv) - after[j]
-        out.append(total)
-    return np.array(out)
+            total += self.step_from(j, self.clipped(raw[j]), dm, dv) - self.after[j]
+        return total

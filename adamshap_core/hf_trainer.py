@@ -21,6 +21,7 @@ the caller's business (see `curation.trainer_ledger.TrainerLedger`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,10 +120,25 @@ def trainer_batch(inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return batch
 
 
+@dataclass(frozen=True)
+class Valuation:
+    """What `InRunTrainer` adds to a Trainer (each also an `InRunTrainer` keyword argument)."""
+
+    target_dataset: Any = None
+    target_batch: Mapping[str, torch.Tensor] | None = None
+    estimators: Iterable[str] = DEFAULT_ORDER
+    on_step_values: Callable[[StepValues], None] | None = None
+    id_column: str = "id"
+    source_column: str = "source"
+    keep_batches: bool = False
+    scorer_options: Mapping[str, Any] | None = None
+
+
 class InRunTrainer(Trainer):
     """A `transformers.Trainer` that values every training example with Adam-aware In-Run Shapley.
 
-    Extra keyword arguments: `target_dataset` (rows in the training data's format, collated by
+    Extra keyword arguments (the fields of `Valuation`; or pass `valuation=Valuation(...)`):
+    `target_dataset` (rows in the training data's format, collated by
     the Trainer's own collator into the target batch) or `target_batch` (a ready batch dict);
     `estimators`; `on_step_values` (called with a `StepValues` after every step);
     `id_column` / `source_column` (training-row fields naming each example and its source; a
@@ -130,19 +146,13 @@ class InRunTrainer(Trainer):
     (more `InRunScorer` keyword arguments, e.g. `target_chunk`).
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        target_dataset: Any = None,
-        target_batch: Mapping[str, torch.Tensor] | None = None,
-        estimators: Iterable[str] = DEFAULT_ORDER,
-        on_step_values: Callable[[StepValues], None] | None = None,
-        id_column: str = "id",
-        source_column: str = "source",
-        keep_batches: bool = False,
-        scorer_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, valuation: Valuation | None = None, **kwargs: Any) -> None:
+        """`kwargs` that are `Valuation` fields set it (overriding `valuation`); the rest go to
+        `transformers.Trainer`."""
+        own = {f.name for f in dataclasses.fields(Valuation)}
+        chosen = {k: kwargs.pop(k) for k in list(kwargs) if k in own}
+        v = dataclasses.replace(valuation or Valuation(), **chosen)
+        target_dataset, target_batch, id_column = v.target_dataset, v.target_batch, v.id_column
         super().__init__(*args, **kwargs)
         a = self.args
         if a.gradient_accumulation_steps != 1:
@@ -163,12 +173,12 @@ class InRunTrainer(Trainer):
             raise ValueError("InRunTrainer needs exactly one of target_dataset or target_batch")
         self.target_dataset = target_dataset
         self.target_batch = target_batch
-        self.estimators = tuple(estimators)
-        self.on_step_values = on_step_values
+        self.estimators = tuple(v.estimators)
+        self.on_step_values = v.on_step_values
         self.id_column = id_column
-        self.source_column = source_column
-        self.keep_batches = keep_batches
-        self.scorer_options = dict(scorer_options or {})
+        self.source_column = v.source_column
+        self.keep_batches = v.keep_batches
+        self.scorer_options = dict(v.scorer_options or {})
         self.step_values: list[StepValues] = []  # kept here when no on_step_values is given
         self._scorer: InRunScorer | None = None
         self._last_grad_norm: float | None = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,7 +42,7 @@ from .preconditioner import (
     shared_step_params,
 )
 
-__all__ = ["ESTIMATORS", "InRunScorer", "LOSS_REDUCTIONS", "StepOutput"]
+__all__ = ["ESTIMATORS", "InRunScorer", "LOSS_REDUCTIONS", "ScorerOptions", "StepOutput"]
 
 LOSS_REDUCTIONS: tuple[str, ...] = ("example", "token")
 # contraction column of the clipped batch gradient ĝ (not a valid estimator name)
@@ -69,6 +71,43 @@ class _ValGrad:
     loss: float
     versions: tuple[int, ...]
     val_version: int
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """Every `InRunScorer` setting but the model, optimizer and target batch (see InRunScorer).
+
+    `InRunScorer(model, opt, val, estimators=..., max_grad_norm=1.0)` still works: keyword
+    settings are these fields and override a given `options`.
+    """
+
+    estimators: Iterable[str] = BUILTIN_ORDER
+    max_grad_norm: float | None = None
+    clip_linearised: Iterable[str] | None = None
+    reuse_val_grad_across_batches: bool = False
+    amp_dtype: torch.dtype | None = None
+    loo_second_moment: bool = False
+    process_group: dist.ProcessGroup | None = None
+    val_grad_every: int = 1
+    contraction: str = "exact"
+    rank: int = 8
+    lowrank_niter: int = 1
+    seed: int = 0
+    # target examples per target-gradient piece, as at every layer (CLI --target-chunk,
+    # ScoreArgs.target_chunk): 0 = the whole target batch at once (None: the same)
+    target_chunk: int | None = 8
+    momentum_window: int = 0
+    loss_reduction: str = "example"
+
+
+@dataclass
+class _Contracted:
+    """One step's contraction: val-side columns, contracted columns, kept records, values."""
+
+    cols: dict[str, dict[int, torch.Tensor]]
+    col: dict[str, torch.Tensor]
+    records: list
+    values: dict[str, torch.Tensor]
 
 
 class InRunScorer:
@@ -115,7 +154,8 @@ class InRunScorer:
     inputs and output gradients are still held; chunking caps that pass's activations at one
     piece's: at cpu-small seq 128 with all four estimators, chunks of 8 (the default) cut the
     peak of live tensors from 1.66x to 1.27x plain training at no measurable speed cost
-    (benchmarks/results/throughput.md). None takes the target batch whole.
+    (benchmarks/results/throughput.md). 0 (or None) takes the target batch whole, as
+    `--target-chunk 0` and `ScoreArgs(target_chunk=0)` do.
 
     Momentum option: `momentum_window=K` also follows each example's gradient through Adam's
     first moment for the K steps after it was drawn (momentum.py): each `StepOutput.propagated`
@@ -142,23 +182,13 @@ class InRunScorer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         val_batch: Mapping[str, torch.Tensor],
-        estimators: Iterable[str] = BUILTIN_ORDER,
-        max_grad_norm: float | None = None,
-        clip_linearised: Iterable[str] | None = None,
-        reuse_val_grad_across_batches: bool = False,
-        amp_dtype: torch.dtype | None = None,
-        loo_second_moment: bool = False,
-        process_group: dist.ProcessGroup | None = None,
-        val_grad_every: int = 1,
-        contraction: str = "exact",
-        rank: int = 8,
-        lowrank_niter: int = 1,
-        seed: int = 0,
-        target_chunk: int | None = 8,
-        momentum_window: int = 0,
-        loss_reduction: str = "example",
+        options: ScorerOptions | None = None,
+        **settings: Any,
     ):
-        self.estimators = check_estimators(estimators)
+        """`settings` are `ScorerOptions` fields by keyword (they override `options`)."""
+        opts = dataclasses.replace(options or ScorerOptions(), **settings)
+        self.options = opts
+        self.estimators = check_estimators(opts.estimators)
         # the entries as registered now: a later re-registration does not change a live scorer
         self._table: dict[str, Estimator] = {e: ESTIMATORS[e] for e in self.estimators}
         self._needs = frozenset().union(*(est.targets for est in self._table.values()))
@@ -166,17 +196,17 @@ class InRunScorer:
         check_optimizer(optimizer)
         self.model = model
         self.optimizer = optimizer
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm = opts.max_grad_norm
         self.clip_linearised = frozenset(
-            default_clip_linearised() if clip_linearised is None else clip_linearised
+            default_clip_linearised() if opts.clip_linearised is None else opts.clip_linearised
         )
-        self.reuse_val_grad_across_batches = reuse_val_grad_across_batches
-        self.amp_dtype = amp_dtype
-        self.loo_second_moment = loo_second_moment
-        self.group = process_group
+        self.reuse_val_grad_across_batches = opts.reuse_val_grad_across_batches
+        self.amp_dtype = opts.amp_dtype
+        self.loo_second_moment = opts.loo_second_moment
+        self.group = opts.process_group
         self.distributed = dist.is_available() and dist.is_initialized()
-        self._check_options(contraction, val_grad_every, rank, target_chunk, loss_reduction)
-        self.lowrank_niter = int(lowrank_niter)
+        self._check_options(opts)
+        self.lowrank_niter = int(opts.lowrank_niter)
         self.params = self._trainable_params(model, optimizer)
         self.device = self.params[0].device
         self.contract_dtype = (
@@ -186,20 +216,22 @@ class InRunScorer:
         self._lowrank_ids = [
             k
             for k, w in self.capture.matmul_weights().items()
-            if use_lowrank(tuple(w.shape), self.rank, contraction)
+            if use_lowrank(tuple(w.shape), self.rank, opts.contraction)
         ]
         self._gram_candidates = self._gram_layers()
-        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+        self._gen = torch.Generator(device=self.device).manual_seed(opts.seed)
         self._val_version = 0
         self._cache: _ValGrad | None = None
         self._stale: _ValGrad | None = None  # last computed start gradient (val_grad_every > 1)
         self._stale_age = 0  # steps since self._stale was computed
         self._steps_done = 0
-        self.momentum = self._momentum_window(momentum_window)
+        self.momentum = self._momentum_window(opts.momentum_window)
         self.set_val_batch(val_batch)
 
-    def _check_options(self, contraction, val_grad_every, rank, target_chunk, loss_reduction):
+    def _check_options(self, opts: ScorerOptions) -> None:
         """Validate and store the speed, memory and loss options (ValueError naming the bad one)."""
+        contraction, val_grad_every, rank = opts.contraction, opts.val_grad_every, opts.rank
+        target_chunk, loss_reduction = opts.target_chunk, opts.loss_reduction
         if contraction not in CONTRACTIONS:
             raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
         if int(val_grad_every) < 1 or int(rank) < 1:
@@ -207,9 +239,10 @@ class InRunScorer:
         self.val_grad_every = int(val_grad_every)
         if contraction == "gram" and (why := self._gram_blocker()):
             raise ValueError(f"contraction='gram': {why}")
-        if target_chunk is not None and int(target_chunk) < 1:
-            raise ValueError(f"target_chunk must be a positive integer or None, got {target_chunk}")
-        self.target_chunk = None if target_chunk is None else int(target_chunk)
+        if target_chunk is not None and int(target_chunk) < 0:
+            raise ValueError(f"target_chunk must be >= 0 (0 = whole batch), got {target_chunk}")
+        # one meaning at every layer (CLI, ScoreArgs, here): 0 (or None) = the whole batch
+        self.target_chunk = int(target_chunk) if target_chunk else None
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(
                 f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}"
@@ -383,7 +416,8 @@ class InRunScorer:
         propagated: list[PropagatedStep] = []
         if self.momentum is not None:
             with record_function("adamshap.momentum"):
-                propagated = self._momentum_step(t, cols, col, kappa, n, records, values, lin, ghat)
+                done = _Contracted(cols, col, records, values)
+                propagated = self._momentum_step(t, done, kappa, n, lin, ghat)
         self._steps_done += 1
         return StepOutput(
             values=values,
@@ -533,10 +567,9 @@ class InRunScorer:
             values[e] = v.detach().cpu().double()
         return values
 
-    def _momentum_step(
-        self, t, cols, col, kappa, n, records, values, lin, ghat
-    ) -> list[PropagatedStep]:
+    def _momentum_step(self, t, done: _Contracted, kappa, n, lin, ghat) -> list[PropagatedStep]:
         """Credit this step's val side to the open windows, close the due ones, open this one."""
+        cols, col, records, values = done.cols, done.col, done.records, done.values
         mw = self.momentum
         lin_e = frozenset(self.clip_linearised & set(self.estimators)) if lin else frozenset()
         gg_col = col[_GHAT].detach().cpu().double() if lin else None

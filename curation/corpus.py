@@ -335,22 +335,8 @@ def read_corpus(
 ) -> CorpusData:
     """Read and validate a corpus; bad rows raise `CorpusError` or go to `rejects_path`."""
     path = Path(path)
-    if on_bad_rows not in ("error", "skip"):
-        raise UsageError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
-    split_template(template)
-    if not path.exists():
-        raise CorpusError(path, None, None, "file not found", hint="check the path")
-    fmt = corpus_format(path)
-    if fmt != "hf" and path.stat().st_size == 0:
-        raise CorpusError(path, None, None, "empty file: no rows", hint="the corpus needs rows")
-    rejects = Path(rejects_path) if rejects_path is not None else None
-    if on_bad_rows == "skip":
-        if rejects is None:
-            raise UsageError("on_bad_rows='skip' needs a rejects file (rejects_path)")
-        if rejects.resolve() == path.resolve():
-            raise UsageError(f"the rejects file {rejects} must not be the input corpus")
+    fmt, rejects = _check_read(path, on_bad_rows, rejects_path, template)
     unit = "line" if fmt.startswith("jsonl") else "row"
-
     rows: list[dict[str, Any]] = []
     first_seen: dict[str, int] = {}
     rejected: list[dict[str, Any]] = []
@@ -376,11 +362,43 @@ def read_corpus(
             continue
         first_seen[clean["id"]] = rowno
         rows.append(clean)
-
     if n_in == 0:
         raise CorpusError(path, None, None, "empty file: no rows", hint="the corpus needs rows")
     if rejects is not None and on_bad_rows == "skip":
         _write_rejects(rejects, path, rejected)
+    _check_rows(path, n_in, rows, rejects)
+    return CorpusData(
+        df=_frame(rows),
+        path=path,
+        format=fmt,
+        n_rejected=len(rejected),
+        rejects_path=rejects if on_bad_rows == "skip" else None,
+    )
+
+
+def _check_read(
+    path: Path, on_bad_rows: str, rejects_path: str | Path | None, template: str
+) -> tuple[str, Path | None]:
+    """The corpus format and the rejects file; UsageError/CorpusError before any row is read."""
+    if on_bad_rows not in ("error", "skip"):
+        raise UsageError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
+    split_template(template)
+    if not path.exists():
+        raise CorpusError(path, None, None, "file not found", hint="check the path")
+    fmt = corpus_format(path)
+    if fmt != "hf" and path.stat().st_size == 0:
+        raise CorpusError(path, None, None, "empty file: no rows", hint="the corpus needs rows")
+    rejects = Path(rejects_path) if rejects_path is not None else None
+    if on_bad_rows == "skip":
+        if rejects is None:
+            raise UsageError("on_bad_rows='skip' needs a rejects file (rejects_path)")
+        if rejects.resolve() == path.resolve():
+            raise UsageError(f"the rejects file {rejects} must not be the input corpus")
+    return fmt, rejects
+
+
+def _check_rows(path: Path, n_in: int, rows: list, rejects: Path | None) -> None:
+    """CorpusError when every row was rejected (the rejects file says why)."""
     if not rows:
         raise CorpusError(
             path,
@@ -389,13 +407,6 @@ def read_corpus(
             f"no valid rows left: all {n_in} rows were rejected",
             hint=f"see the reasons in {rejects}",
         )
-    return CorpusData(
-        df=_frame(rows),
-        path=path,
-        format=fmt,
-        n_rejected=len(rejected),
-        rejects_path=rejects if on_bad_rows == "skip" else None,
-    )
 
 
 def _write_rejects(rejects: Path, source_path: Path, rejected: list[dict[str, Any]]) -> None:

@@ -131,8 +131,8 @@ def _chunks(paragraphs: list[str], size: int = CHUNK_CHARS) -> list[str]:
 # ---------------------------------------------------------------------------------- sources
 
 
-def bible_docs() -> list[str]:
-    """Groups of 4 consecutive verses within a chapter, Genesis to Revelation."""
+def bible_chapters() -> list[list[str]]:
+    """The verses of every chapter (KJV), Genesis to Revelation."""
     res = subprocess.run(
         [BIBLE_BIN, "-l", "100000", "Gen1:1-Rev22:21"],
         stdin=subprocess.DEVNULL,
@@ -147,6 +147,12 @@ def bible_docs() -> list[str]:
             chapters[-1].append(m.group(1).strip())
         elif line.strip():
             chapters.append([])  # "Genesis 1": a chapter heading
+    return chapters
+
+
+def bible_docs() -> list[str]:
+    """Groups of 4 consecutive verses within a chapter, Genesis to Revelation."""
+    chapters = bible_chapters()
     return [" ".join(v[i : i + 4]) for v in chapters for i in range(0, len(v), 4)]
 
 
@@ -191,16 +197,23 @@ def _b64_number(s: str) -> int:
     return n
 
 
-def devil_docs() -> list[str]:
-    """One entry of The Devil's Dictionary per document (dictd metadata entries left out)."""
+def devil_entries() -> list[str]:
+    """The raw text of every entry of The Devil's Dictionary (dictd metadata entries left out)."""
     data = gzip.decompress(DEVIL_DICT.read_bytes())
-    docs = []
+    entries = []
     for line in DEVIL_INDEX.read_text(encoding="utf-8").splitlines():
         word, off, length = line.split("\t")[:3]
         if word.startswith("00database"):
             continue
         start = _b64_number(off)
-        body = data[start : start + _b64_number(length)].decode("utf-8", errors="replace")
+        entries.append(data[start : start + _b64_number(length)].decode("utf-8", errors="replace"))
+    return entries
+
+
+def devil_docs() -> list[str]:
+    """One entry of The Devil's Dictionary per document (dictd metadata entries left out)."""
+    docs = []
+    for body in devil_entries():
         body = textwrap.dedent(body).strip()
         if body:
             docs.append(body)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import random
 import re
-import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -31,14 +30,12 @@ import polars as pl
 
 from curation.corpus import DEFAULT_TEMPLATE, join_template, write_corpus
 from curation.demo_corpus import (
-    BIBLE_BIN,
-    DEVIL_DICT,
-    DEVIL_INDEX,
     JARGON_TXT,
     PYDOCS_DIR,
     WORDNET_DIR,
     DemoPackagesMissing,
-    _b64_number,
+    bible_chapters,
+    devil_entries,
     missing_inputs,
 )
 from curation.errors import AdamshapError
@@ -85,14 +82,8 @@ def wordnet_pairs() -> list[Pair]:
 
 def devil_pairs() -> list[Pair]:
     """("Define the word: word", definition) from The Devil's Dictionary (verse entries left out)."""
-    data = gzip.decompress(DEVIL_DICT.read_bytes())
     out = []
-    for line in DEVIL_INDEX.read_text(encoding="utf-8").splitlines():
-        word, off, length = line.split("\t")[:3]
-        if word.startswith("00database"):
-            continue
-        start = _b64_number(off)
-        body = data[start : start + _b64_number(length)].decode("utf-8", errors="replace")
+    for body in devil_entries():
         m = re.match(r"\s*([A-Z][A-Z' -]*),\s*([a-z.]+)\s+(.+)", body, flags=re.S)
         if not m:
             continue
@@ -154,20 +145,7 @@ def pydoc_pairs() -> list[Pair]:
 
 def bible_pairs() -> list[Pair]:
     """("Continue the verse: v_k", v_{k+1}) for consecutive verses of one chapter (KJV)."""
-    res = subprocess.run(
-        [BIBLE_BIN, "-l", "100000", "Gen1:1-Rev22:21"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    chapters: list[list[str]] = []
-    for line in res.stdout.splitlines():
-        m = re.match(r"^\s+\d+ (.*)$", line)
-        if m:
-            chapters[-1].append(m.group(1).strip())
-        elif line.strip():
-            chapters.append([])
+    chapters = bible_chapters()
     return [
         (f"Continue the verse: {v[k]}", v[k + 1]) for v in chapters for k in range(0, len(v) - 1, 2)
     ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -105,30 +106,43 @@ def response_losses(
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
+@dataclass(frozen=True)
+class LossModel:
+    """A proxy as `prompt_gains` reads it: model, tokenizer, context, template, batch size."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    seq_len: int
+    template: str = DEFAULT_TEMPLATE
+    batch_size: int = 64
+
+    def losses(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """`response_losses` of the pairs under this proxy."""
+        return response_losses(
+            self.model,
+            self.tokenizer,
+            self.seq_len,
+            prompts,
+            responses,
+            self.template,
+            self.batch_size,
+        )
+
+
 def prompt_gains(
-    model: torch.nn.Module,
-    tokenizer,
-    seq_len: int,
-    prompts: list[str],
-    responses: list[str],
-    draws: int = 2,
-    seed: int = 0,
-    template: str = DEFAULT_TEMPLATE,
-    batch_size: int = 64,
+    proxy: LossModel, prompts: list[str], responses: list[str], draws: int = 2, seed: int = 0
 ) -> PromptGains:
     """Each row's loss rise when its prompt is replaced by another row's (see module doc)."""
     if draws < 1:
         raise UsageError(f"draws must be >= 1, got {draws}")
     rng = np.random.default_rng(seed)
-    own = response_losses(model, tokenizer, seq_len, prompts, responses, template, batch_size)
+    own = proxy.losses(prompts, responses)
     perms, other = [], []
     for _ in range(draws):
         perm = derangement(prompts, rng)
         swapped = [prompts[j] for j in perm]
         perms.append(perm)
-        other.append(
-            response_losses(model, tokenizer, seq_len, swapped, responses, template, batch_size)
-        )
+        other.append(proxy.losses(swapped, responses))
     other_arr = np.stack(other)
     return PromptGains(
         gain=(other_arr - own[None, :]).mean(axis=0),
@@ -152,14 +166,11 @@ def run_prompt_gains(
 
     proxy = RunProxy(run_dir, device)
     _, template = _run_seq_len(Path(run_dir))
-    return prompt_gains(
+    model = LossModel(
         proxy.model,
         proxy.tokenizer,
         proxy.seq_len,
-        prompts,
-        responses,
-        draws=draws,
-        seed=seed,
-        template=template or DEFAULT_TEMPLATE,
-        batch_size=proxy.batch_size,
+        template or DEFAULT_TEMPLATE,
+        proxy.batch_size,
     )
+    return prompt_gains(model, prompts, responses, draws=draws, seed=seed)

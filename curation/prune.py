@@ -18,7 +18,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from curation.run_dir import (
     PruneDir,
     RunDir,
 )
-from curation.selection import SelectionResult, select, validate_keep
+from curation.selection import SelectionResult, select
+from curation.settings import validate_clusters, validate_keep
 
 __all__ = ["PruneArgs", "SelectionResult", "run_prune", "select", "validate_keep"]
 
@@ -85,6 +86,27 @@ class PruneArgs:
     # "auto": perplexity when the target was held out of this corpus (no --target, plain text),
     # else value (benchmarks/results/pruning_*.md; README "Pruning" for why not the mix)
     rank_by: str = "auto"
+
+    def validate(self) -> float:
+        """UsageError for a setting that cannot work (the one check of each); the keep fraction.
+
+        Settings that need the data (`clusters` against the corpus size, `rank_by` against
+        the rows' kind) are checked where the data is read, in run_prune.
+        """
+        keep = validate_keep(self.keep)
+        try:
+            validate_clusters(self.clusters)
+        except UsageError as exc:
+            raise UsageError(f"--clusters: {exc}") from None
+        if self.by not in ("row", "source"):
+            raise UsageError(f"--by must be 'row' or 'source', got {self.by!r}")
+        if not 0 < self.target_frac < 1:
+            raise UsageError(f"--target-frac must be in (0, 1), got {self.target_frac!r}")
+        if not isinstance(self.min_chars, int) or self.min_chars < 0:
+            raise UsageError(f"--min-chars must be an integer >= 0, got {self.min_chars!r}")
+        if self.rank_by not in RANK_BY:
+            raise UsageError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {self.rank_by!r}")
+        return keep
 
 
 def value_column(estimator: str) -> str:
@@ -245,8 +267,7 @@ def _quality_rules(args: PruneArgs) -> Any:
     """The quality thresholds of this run (curation.quality.QualityRules)."""
     from curation.quality import QualityRules
 
-    if not isinstance(args.min_chars, int) or args.min_chars < 0:
-        raise UsageError(f"--min-chars must be an integer >= 0, got {args.min_chars!r}")
+    args.validate()  # min_chars among the rest
     return QualityRules(min_chars=args.min_chars)
 
 
@@ -510,23 +531,36 @@ def _summary(res: SelectionResult, df: pl.DataFrame, k: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Job:
+    """One prune: the corpus as read, where its outputs go, and which rows are the target."""
+
+    corpus_path: Path
+    df: pl.DataFrame
+    out: Path
+    ext: str
+    ids: list[str] = field(default_factory=list)
+    rows: Any = None  # the input rows as read back for writing (input_rows)
+    is_target: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    target: str = ""  # the target's path (written here when it was held out)
+    target_df: pl.DataFrame | None = None  # a separate target file's rows
+    held_out: bool = False
+
+    @property
+    def n(self) -> int:
+        return self.df.height
+
+
 def _prune_sources(
-    args: PruneArgs,
-    df: pl.DataFrame,
-    values: np.ndarray,
-    is_target: np.ndarray,
-    keep: float,
-    out: Path,
-    ext: str,
-    run_dir: Path,
-    target: str,
+    args: PruneArgs, job: _Job, values: np.ndarray, keep: float, run_dir: Path
 ) -> Path:
     """`--by source`: keep or drop whole sources by their mean example value."""
     from curation.atomic import atomic_write_text, staged_outputs
     from curation.corpus import write_corpus
     from curation.source_prune import prune_by_source, write_source_report
 
-    kept, reason, table = prune_by_source(df, values, is_target, keep, seed=args.seed)
+    df, out, ext = job.df, job.out, job.ext
+    kept, reason, table = prune_by_source(df, values, job.is_target, keep, seed=args.seed)
     mask = pl.Series(kept)
     summary = {
         "by": "source",
@@ -535,7 +569,7 @@ def _prune_sources(
         "n_kept": int(kept.sum()),
         "sources": table.to_dicts(),
         "scores": str(run_dir),
-        "target": str(target),
+        "target": str(job.target),
         "estimator": args.estimator,
     }
     payload = {"args": asdict(args), "summary": summary}
@@ -559,20 +593,35 @@ def run_prune(args: PruneArgs) -> Path:
     The outputs are written into a fresh folder inside OUT_DIR and moved into place only when
     all of them are written (prune.json last); a previous run's outputs are deleted first.
     """
-    from curation.atomic import atomic_write_text, staged_outputs
-    from curation.cluster import default_k, spherical_kmeans
-    from curation.corpus import FieldMap, read_corpus, write_corpus
-    from curation.devices import faiss_gpu, resolve_device
-    from curation.embed import embed_run, prepare_for_similarity, run_token_ids
-    from curation.prune_report import write_prune_report
-    from curation.selection import token_shingles
+    from curation.devices import resolve_device
 
-    keep = validate_keep(args.keep)
+    keep = args.validate()
     args.device = resolve_device(args.device)
-    if args.by not in ("row", "source"):
-        raise UsageError(f"--by must be 'row' or 'source', got {args.by!r}")
-    if not 0 < args.target_frac < 1:
-        raise UsageError(f"--target-frac must be in (0, 1), got {args.target_frac!r}")
+    job = _open_job(args)
+    _choose_target(args, job)
+    _check_budget(args, job, keep)
+    if job.held_out:
+        from curation.corpus import write_corpus
+
+        write_corpus(job.df.filter(pl.Series(job.is_target)), job.target)
+    run_dir = (
+        Path(args.scores)
+        if args.scores
+        else _score(args, job.df, job.is_target, job.target, job.out, job.target_df)
+    )
+    args.estimator, fallback = resolve_estimator(run_dir, args.estimator)
+    if fallback:
+        print(f"note: {fallback}", file=sys.stderr)
+    values, n_unscored = _job_values(args, job, run_dir)
+    if args.by == "source":
+        return _prune_sources(args, job, values, keep, run_dir)
+    return _prune_rows(args, job, values, keep, _Scored(run_dir, fallback, n_unscored))
+
+
+def _open_job(args: PruneArgs) -> _Job:
+    """Read the corpus, check it against --clusters and clear the output folder's old results."""
+    from curation.corpus import FieldMap, read_corpus
+
     corpus_path = Path(args.corpus)
     fields = FieldMap(**args.fields) if args.fields else FieldMap()
     data = read_corpus(corpus_path, fields=fields)
@@ -588,107 +637,104 @@ def run_prune(args: PruneArgs) -> Path:
     out = Path(args.out)
     check_inputs_apart(out, args.corpus, args.target)
     out.mkdir(parents=True, exist_ok=True)
-    ext = _ext(corpus_path)
+    job = _Job(corpus_path, df, out, _ext(corpus_path))
     # A previous run's outputs go first: none of them may outlive a failed rerun.
     clear_outputs(out)
-    ids = df["id"].to_list()
-    rows = input_rows(corpus_path, n)
+    job.ids = df["id"].to_list()
+    job.rows = input_rows(corpus_path, n)
+    return job
+
+
+def _choose_target(args: PruneArgs, job: _Job) -> None:
+    """The target: --target, the scoring run's, or a seeded sample held out of the corpus."""
+    from curation.corpus import FieldMap, read_corpus
 
     target = args.target or (_run_target(Path(args.scores)) if args.scores else None)
-    target_df = None
-    held_out = target is None
+    job.held_out = target is None
     if target is None:
         eligible = None
-        texts = _plain_texts(df) if args.quality else None
+        texts = _plain_texts(job.df) if args.quality else None
         if texts is not None:
             from curation.quality import check_quality
 
             eligible = ~check_quality(texts, _quality_rules(args)).flagged
-        is_target = holdout_target(n, args.target_frac, args.seed, eligible)
-        if not is_target.any():
+        job.is_target = holdout_target(job.n, args.target_frac, args.seed, eligible)
+        if not job.is_target.any():
             raise UsageError(
-                f"{corpus_path.name} has {n} documents, too few to hold out a target; pass --target"
+                f"{job.corpus_path.name} has {job.n} documents, too few to hold out a target; "
+                "pass --target"
             )
-        target = str(PruneDir(out).target(ext))
-    else:
-        tfields = args.fields if args.target else _run_fields(Path(args.scores or ""))
-        tfm = FieldMap(**tfields) if tfields else FieldMap()
-        target_df = read_corpus(target, fields=tfm).df
-        tids = set(target_df["id"].cast(pl.Utf8).to_list())
-        is_target = np.array([i in tids for i in ids], bool)
-    n_target = int(is_target.sum())
-    n_budget = round(keep * n) - n_target
-    if n_budget <= 0:
+        job.target = str(PruneDir(job.out).target(job.ext))
+        return
+    tfields = args.fields if args.target else _run_fields(Path(args.scores or ""))
+    tfm = FieldMap(**tfields) if tfields else FieldMap()
+    job.target = target
+    job.target_df = read_corpus(target, fields=tfm).df
+    tids = set(job.target_df["id"].cast(pl.Utf8).to_list())
+    job.is_target = np.array([i in tids for i in job.ids], bool)
+
+
+def _check_budget(args: PruneArgs, job: _Job, keep: float) -> None:
+    """UsageError when --keep leaves no training document once the target is kept."""
+    n, n_target = job.n, int(job.is_target.sum())
+    if round(keep * n) - n_target <= 0:
         what = f"the {n_target} target documents in it" if n_target else "nothing"
         raise UsageError(
-            f"--keep {args.keep:g} of the {n} documents of {corpus_path.name} keeps "
+            f"--keep {args.keep:g} of the {n} documents of {job.corpus_path.name} keeps "
             f"{round(keep * n)}, which leaves no training document kept ({what}); "
             "raise --keep"
         )
-    if held_out:
-        write_corpus(df.filter(pl.Series(is_target)), target)
 
-    if args.scores:
-        run_dir = Path(args.scores)
-    else:
-        run_dir = _score(args, df, is_target, target, out, target_df)
-    args.estimator, fallback = resolve_estimator(run_dir, args.estimator)
-    if fallback:
-        print(f"note: {fallback}", file=sys.stderr)
-    values, _ = _load_values(run_dir, ids, args.estimator)
-    values[is_target] = np.nan
-    unscored = np.isnan(values) & ~is_target
+
+def _job_values(args: PruneArgs, job: _Job, run_dir: Path) -> tuple[np.ndarray, int]:
+    """Each row's value (NaN for target rows); UsageError when a training row has none."""
+    values, _ = _load_values(run_dir, job.ids, args.estimator)
+    values[job.is_target] = np.nan
+    unscored = np.isnan(values) & ~job.is_target
     n_unscored = int(unscored.sum())
     if n_unscored:
-        example = ", ".join(repr(ids[i]) for i in np.flatnonzero(unscored)[:3])
+        example = ", ".join(repr(job.ids[i]) for i in np.flatnonzero(unscored)[:3])
         raise UsageError(
-            f"{n_unscored} of the {n - n_target} documents of {corpus_path.name} have no "
-            f"{args.estimator} value in {run_dir} (e.g. {example}): the scores are from another "
-            "corpus. Score this corpus (or leave out --scores to score it here)"
+            f"{n_unscored} of the {job.n - int(job.is_target.sum())} documents of "
+            f"{job.corpus_path.name} have no {args.estimator} value in {run_dir} (e.g. {example}):"
+            " the scores are from another corpus. Score this corpus (or leave out --scores to "
+            "score it here)"
         )
-    if args.by == "source":
-        return _prune_sources(args, df, values, is_target, keep, out, ext, run_dir, target)
-    emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress, device=args.device))
-    k = args.clusters or default_k(int((~is_target).sum()) or n)
-    labels, _ = spherical_kmeans(emb, k, seed=args.seed, gpu=faiss_gpu(args.device))
-    shingles = None
-    if args.dedup_eps > 0:
-        shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]
-    rank_by = resolve_rank_by(args.rank_by, held_out, _plain_texts(df) is not None)
-    quality, losses, quality_summary = _quality(
-        args, df, run_dir, rank_by != "value", is_target, target_df
-    )
-    ranking = ranking_scores(rank_by, values, losses, quality)
-    res = select(
-        ids,
-        ranking,
-        labels,
-        emb,
-        keep,
-        args.floor,
-        args.dedup_eps,
-        is_target,
-        shingles=shingles,
-        dedup_jaccard=args.dedup_jaccard,
-        max_dedup_frac=args.max_dedup_frac,
-        quality=quality,
-    )
+    return values, n_unscored
+
+
+@dataclass
+class _Scored:
+    """Where the values came from (prune.json's summary)."""
+
+    run_dir: Path
+    fallback: str | None
+    n_unscored: int
+
+
+def _prune_rows(
+    args: PruneArgs, job: _Job, values: np.ndarray, keep: float, scored: _Scored
+) -> Path:
+    """`--by row`: quality rules, then the ranking under cluster quotas and near-duplicates."""
+    from curation.atomic import atomic_write_text, staged_outputs
+    from curation.prune_report import write_prune_report
+
+    res, emb, k, rank_by, quality_summary = _select_rows(args, job, values, keep, scored.run_dir)
     for w in res.alerts:
         print(f"\n*** {w} ***\n")
     for w in res.warnings:
         print(f"warning: {w}")
-    if not (np.asarray(res.kept, bool) & ~is_target).any():
+    if not (np.asarray(res.kept, bool) & ~job.is_target).any():
         raise UsageError(
-            f"the selection kept no training document of {corpus_path.name}; raise --keep"
+            f"the selection kept no training document of {job.corpus_path.name}; raise --keep"
         )
-
-    summary = _summary(res, df, k)
+    summary = _summary(res, job.df, k)
     summary.update(
-        scores=str(run_dir),
-        target=str(target),
+        scores=str(scored.run_dir),
+        target=str(job.target),
         estimator=args.estimator,
-        estimator_note=fallback,
-        n_unscored=n_unscored,
+        estimator_note=scored.fallback,
+        n_unscored=scored.n_unscored,
         quality=quality_summary,
         ranked_by={
             "perplexity": "perplexity (the proxy's mean token loss, lowest first)",
@@ -697,9 +743,46 @@ def run_prune(args: PruneArgs) -> Path:
             "the proxy-loss rank)",
         }[rank_by],
     )
-    with staged_outputs(out, last=(DONE_FILE,)) as stage:
-        write_outputs(stage, rows, np.asarray(res.kept, bool), list(res.reason), values, ext)
-        write_prune_report(stage, df, res, emb, summary)
+    with staged_outputs(job.out, last=(DONE_FILE,)) as stage:
+        kept = np.asarray(res.kept, bool)
+        write_outputs(stage, job.rows, kept, list(res.reason), values, job.ext)
+        write_prune_report(stage, job.df, res, emb, summary)
         payload = {"args": asdict(args), "summary": summary}
         atomic_write_text(PruneDir(stage).prune_json, json.dumps(payload, indent=2, default=str))
-    return out
+    return job.out
+
+
+def _select_rows(args: PruneArgs, job: _Job, values: np.ndarray, keep: float, run_dir: Path):
+    """Embed, cluster, apply the quality rules and select: (result, emb, k, rank_by, quality)."""
+    from curation.cluster import default_k, spherical_kmeans
+    from curation.devices import faiss_gpu
+    from curation.embed import embed_run, prepare_for_similarity, run_token_ids
+    from curation.selection import token_shingles
+
+    df, is_target = job.df, job.is_target
+    emb = prepare_for_similarity(embed_run(run_dir, df, progress=args.progress, device=args.device))
+    k = args.clusters or default_k(int((~is_target).sum()) or job.n)
+    labels, _ = spherical_kmeans(emb, k, seed=args.seed, gpu=faiss_gpu(args.device))
+    shingles = None
+    if args.dedup_eps > 0:
+        shingles = [token_shingles(t) for t in run_token_ids(run_dir, df)]
+    rank_by = resolve_rank_by(args.rank_by, job.held_out, _plain_texts(df) is not None)
+    quality, losses, quality_summary = _quality(
+        args, df, run_dir, rank_by != "value", is_target, job.target_df
+    )
+    ranking = ranking_scores(rank_by, values, losses, quality)
+    res = select(
+        job.ids,
+        ranking,
+        labels,
+        emb,
+        keep,
+        args.floor,
+        dedup_eps=args.dedup_eps,
+        is_target=is_target,
+        shingles=shingles,
+        dedup_jaccard=args.dedup_jaccard,
+        max_dedup_frac=args.max_dedup_frac,
+        quality=quality,
+    )
+    return res, emb, k, rank_by, quality_summary

@@ -48,6 +48,18 @@ def map_projection(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.nda
     return xy if xy.shape[1] == 2 else np.column_stack([xy, np.zeros(n)])
 
 
+def _map_sources(sources: list[str] | None, n: int) -> tuple[np.ndarray, list[str]]:
+    """Each document's source (the smallest merged into "other"), and the sources by size."""
+    src = np.array(sources if sources is not None else ["corpus"] * n, dtype=object)
+    names, counts = np.unique(src, return_counts=True)
+    order = [str(s) for s in names[np.argsort(-counts, kind="stable")]]
+    if len(order) > MAP_MAX_SOURCES:
+        order, rest = order[: MAP_MAX_SOURCES - 1], set(order[MAP_MAX_SOURCES - 1 :])
+        src = np.where(np.isin(src, list(rest)), "other", src)
+        order.append("other")
+    return src, order
+
+
 def cluster_map_png(
     emb: np.ndarray, res: SelectionResult, sources: list[str] | None = None, seed: int = 0
 ) -> bytes:
@@ -56,24 +68,19 @@ def cluster_map_png(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
     n = len(res.ids)
     xy = map_projection(emb, res.labels, seed)
-    src = np.array(sources if sources is not None else ["corpus"] * n, dtype=object)
-    names, counts = np.unique(src, return_counts=True)
-    order = [str(s) for s in names[np.argsort(-counts, kind="stable")]]
-    if len(order) > MAP_MAX_SOURCES:
-        order, rest = order[: MAP_MAX_SOURCES - 1], set(order[MAP_MAX_SOURCES - 1 :])
-        src = np.where(np.isin(src, list(rest)), "other", src)
-        order.append("other")
+    src, order = _map_sources(sources, n)
     shown = np.arange(n)
     if n > MAP_MAX_POINTS:
         shown = np.sort(np.random.default_rng(seed).choice(n, MAP_MAX_POINTS, replace=False))
-    reason = np.array(res.reason)
-    target = reason == "target"
-    kept = np.asarray(res.kept, bool) & ~target
-    excluded = ~np.asarray(res.kept, bool)
+    target = np.array(res.reason) == "target"
+    status = {
+        "kept": np.asarray(res.kept, bool) & ~target,
+        "excluded": ~np.asarray(res.kept, bool),
+        "target": target,
+    }
     palette = plt.get_cmap("tab10" if len(order) <= 10 else "tab20").colors
     colour = {s: palette[i % len(palette)] for i, s in enumerate(order)}
 
@@ -82,14 +89,7 @@ def cluster_map_png(
     for s in order:
         m = np.zeros(n, bool)
         m[shown] = True
-        m &= src == s
-        c = colour[s]
-        if (m & excluded).any():
-            ax.scatter(*xy[m & excluded].T, s=size, facecolors="none", edgecolors=[c], lw=0.8)
-        if (m & kept).any():
-            ax.scatter(*xy[m & kept].T, s=size, c=[c], edgecolors="none", alpha=0.85)
-        if (m & target).any():
-            ax.scatter(*xy[m & target].T, s=size * 1.6, c=[c], marker="+", lw=1.0)
+        _scatter_source(ax, xy, m & (src == s), status, colour[s], size)
     for c in np.unique(res.labels):
         cx, cy = xy[res.labels == c].mean(axis=0)
         ax.annotate(
@@ -100,6 +100,35 @@ def cluster_map_png(
             va="center",
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "#999", "alpha": 0.8},
         )
+    _map_legends(ax, src, order, colour, status)
+    sample = f"; {len(shown)} of {n} documents shown" if len(shown) < n else ""
+    ax.set_title(f"documents on the plane of the cluster centroids (boxed: cluster ids{sample})")
+    ax.set_xlabel("centroid direction 1")
+    ax.set_ylabel("centroid direction 2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _scatter_source(ax: Any, xy: np.ndarray, m: np.ndarray, status: dict, c: Any, size: float):
+    """One source's shown documents: hollow excluded, filled kept, + target."""
+    excluded, kept, target = status["excluded"], status["kept"], status["target"]
+    if (m & excluded).any():
+        ax.scatter(*xy[m & excluded].T, s=size, facecolors="none", edgecolors=[c], lw=0.8)
+    if (m & kept).any():
+        ax.scatter(*xy[m & kept].T, s=size, c=[c], edgecolors="none", alpha=0.85)
+    if (m & target).any():
+        ax.scatter(*xy[m & target].T, s=size * 1.6, c=[c], marker="+", lw=1.0)
+
+
+def _map_legends(ax: Any, src: np.ndarray, order: list[str], colour: dict, status: dict) -> None:
+    """The two legends right of the map: by source, by decision."""
+    from matplotlib.lines import Line2D
+
+    kept, excluded, target = status["kept"], status["excluded"], status["target"]
     by_source = [
         Line2D([], [], ls="", marker="o", color=colour[s], label=f"{s} ({int((src == s).sum())})")
         for s in order
@@ -126,16 +155,6 @@ def cluster_map_png(
     ax.add_artist(first)
     ax.legend(handles=by_status, title="decision", fontsize=8, loc="lower left",
               bbox_to_anchor=(1.01, 0.0))  # fmt: skip
-    sample = f"; {len(shown)} of {n} documents shown" if len(shown) < n else ""
-    ax.set_title(f"documents on the plane of the cluster centroids (boxed: cluster ids{sample})")
-    ax.set_xlabel("centroid direction 1")
-    ax.set_ylabel("centroid direction 2")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _snippet(text: str, n: int = 140) -> str:
@@ -176,35 +195,7 @@ def prune_page(
 ) -> Page:
     """The pruning report: what was kept first, then the rule's details, tables and the map."""
     s = summary
-    dd = s.get("dedup") or {}
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items()))
-    answer = [
-        f"kept **{s['n_kept']}** of {s['n_input']} documents (requested {s['n_requested']}),"
-        f" excluded {s['n_excluded']}; target documents (kept, marked `target`): {s['n_target']}",
-        f"reasons: {reasons}",
-    ]
-    by_src = s["by_source"]
-    if by_src:
-        share = sorted(by_src, key=lambda r: (-r["kept_share"], r["source"]))
-        lo, hi = share[-1], share[0]
-        answer.append(
-            f"highest kept share: `{hi['source']}` ({hi['kept']} of {hi['n']}); "
-            f"lowest: `{lo['source']}` ({lo['kept']} of {lo['n']})"
-        )
-    details = [
-        f"ranked by: {s.get('ranked_by', 'value')}",
-        f"estimator `{s.get('estimator')}`; clusters: {s['clusters']};"
-        f" floor share per cluster: {s['floor_frac']:.3f}",
-        f"global value threshold (lowest value kept by ranking): {s['global_threshold']}",
-        f"scores: `{s.get('scores')}`; target: `{s.get('target')}`",
-    ]
-    if dd:
-        details.append(
-            f"near-duplicates: {dd.get('n_removed', 0)} excluded "
-            f"({dd.get('removed_frac', 0.0):.1%} of the non-target documents; "
-            f"{dd.get('candidate_pairs', 0)} embedding candidate pairs, "
-            f"{dd.get('confirmed_pairs', 0)} confirmed); rule: {dd.get('rule')}"
-        )
+    answer, details = _answer(s), _details(s)
     q = s.get("quality") or {}
     if q.get("enabled"):
         flagged = ", ".join(f"{k}: {v}" for k, v in q.get("flagged", {}).items())
@@ -212,18 +203,7 @@ def prune_page(
             f"quality rules excluded **{q.get('n_flagged', 0)}** documents before value ranking"
             f" ({flagged})"
         )
-        thr = q.get("order_gain_threshold")
-        details.append(
-            f"quality rules (curation/quality.py): {q.get('rules')}; word-order threshold "
-            f"{thr if thr is None else round(thr, 4)} nats/token (median gain "
-            f"{q.get('order_gain_median') and round(q['order_gain_median'], 4)}); dominant "
-            f"script {q.get('dominant_script')}; corpus function words "
-            f"{', '.join(q.get('function_words', []))}"
-        )
-        for rule, why in (q.get("not_applied") or {}).items():
-            details.append(f"quality rule `{rule}` not applied: {why}")
-    elif q:
-        details.append(f"quality rules: {q.get('note')}")
+    details += _quality_details(q)
     details += [f"**warning**: {w}" for w in s.get("warnings", [])]
     cl = [
         dict(
@@ -241,7 +221,7 @@ def prune_page(
         sections=[
             Section(
                 "Kept share per source",
-                table=_dict_table(by_src, ["source", "n", "kept", "kept_share"]),
+                table=_dict_table(s["by_source"], ["source", "n", "kept", "kept_share"]),
             ),
             Section(
                 "Cluster map",
@@ -260,6 +240,64 @@ def prune_page(
             *_excluded_sections(df, res),
         ],
     )
+
+
+def _answer(s: dict[str, Any]) -> list[str]:
+    """The report's opening lines: counts, reasons, the highest and lowest kept share."""
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items()))
+    answer = [
+        f"kept **{s['n_kept']}** of {s['n_input']} documents (requested {s['n_requested']}),"
+        f" excluded {s['n_excluded']}; target documents (kept, marked `target`): {s['n_target']}",
+        f"reasons: {reasons}",
+    ]
+    by_src = s["by_source"]
+    if by_src:
+        share = sorted(by_src, key=lambda r: (-r["kept_share"], r["source"]))
+        lo, hi = share[-1], share[0]
+        answer.append(
+            f"highest kept share: `{hi['source']}` ({hi['kept']} of {hi['n']}); "
+            f"lowest: `{lo['source']}` ({lo['kept']} of {lo['n']})"
+        )
+    return answer
+
+
+def _details(s: dict[str, Any]) -> list[str]:
+    """Ranking, clusters, thresholds, inputs and the near-duplicate rule."""
+    dd = s.get("dedup") or {}
+    details = [
+        f"ranked by: {s.get('ranked_by', 'value')}",
+        f"estimator `{s.get('estimator')}`; clusters: {s['clusters']};"
+        f" floor share per cluster: {s['floor_frac']:.3f}",
+        f"global value threshold (lowest value kept by ranking): {s['global_threshold']}",
+        f"scores: `{s.get('scores')}`; target: `{s.get('target')}`",
+    ]
+    if dd:
+        details.append(
+            f"near-duplicates: {dd.get('n_removed', 0)} excluded "
+            f"({dd.get('removed_frac', 0.0):.1%} of the non-target documents; "
+            f"{dd.get('candidate_pairs', 0)} embedding candidate pairs, "
+            f"{dd.get('confirmed_pairs', 0)} confirmed); rule: {dd.get('rule')}"
+        )
+    return details
+
+
+def _quality_details(q: dict[str, Any]) -> list[str]:
+    """The quality rules' thresholds and the rules not applied (or why they were off)."""
+    if not q.get("enabled"):
+        return [f"quality rules: {q.get('note')}"] if q else []
+    thr = q.get("order_gain_threshold")
+    details = [
+        f"quality rules (curation/quality.py): {q.get('rules')}; word-order threshold "
+        f"{thr if thr is None else round(thr, 4)} nats/token (median gain "
+        f"{q.get('order_gain_median') and round(q['order_gain_median'], 4)}); dominant "
+        f"script {q.get('dominant_script')}; corpus function words "
+        f"{', '.join(q.get('function_words', []))}"
+    ]
+    details += [
+        f"quality rule `{rule}` not applied: {why}"
+        for rule, why in (q.get("not_applied") or {}).items()
+    ]
+    return details
 
 
 def write_prune_report(

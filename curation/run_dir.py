@@ -67,8 +67,8 @@ def _state_name(step: int) -> str:
 
 
 @dataclass(frozen=True)
-class RunDir:
-    """The layout of one scoring run directory: a path per file and folder, nothing created."""
+class _Layout:
+    """A folder whose file names one class knows (RunDir, PruneDir); usable as a path."""
 
     path: Path
 
@@ -77,6 +77,11 @@ class RunDir:
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+
+@dataclass(frozen=True)
+class RunDir(_Layout):
+    """The layout of one scoring run directory: a path per file and folder, nothing created."""
 
     # files
     @property
@@ -215,16 +220,8 @@ SCORES_DIR = "scores"
 
 
 @dataclass(frozen=True)
-class PruneDir:
+class PruneDir(_Layout):
     """The layout of one prune output directory: a path per file and folder, nothing created."""
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-
-    def __fspath__(self) -> str:
-        return str(self.path)
 
     @property
     def prune_json(self) -> Path:

@@ -94,7 +94,8 @@ class ScoreArgs:
     estimators: tuple[str, ...] = DEFAULT_ORDER
     contraction: str = "exact"  # exact | lowrank | gram | auto (benchmarks/results/speed.md)
     rank: int = 8
-    target_chunk: int = 8  # target examples per gradient piece; 0 = the whole target batch
+    target_chunk: int = 8  # target examples per gradient piece; 0 = the whole target batch (as
+    # in InRunScorer and --target-chunk: one meaning at every layer)
     seed: int = 0
     checkpoint_every: int = 50
     fields: dict[str, str] | None = None
@@ -307,21 +308,15 @@ def _load_inputs(
     fields = FieldMap(**args.fields) if args.fields else FieldMap()
     extra = {"template": args.template} if args.template is not None else {}
     rejects = RunDir(run_dir).rejects
-    keep = args.on_bad_rows == "skip" and write_rejects
-    corpus = read_corpus(
-        args.corpus,
-        fields=fields,
-        on_bad_rows=args.on_bad_rows,
-        rejects_path=rejects / "corpus.jsonl" if keep else None,
-        **extra,
-    ).df
-    target = read_corpus(
-        args.target,
-        fields=fields,
-        on_bad_rows=args.on_bad_rows,
-        rejects_path=rejects / "target.jsonl" if keep else None,
-        **extra,
-    ).df
+    write = args.on_bad_rows == "skip" and write_rejects
+
+    def read(path: str, name: str) -> pl.DataFrame:
+        rejects_path = rejects / f"{name}.jsonl" if write else None
+        return read_corpus(
+            path, fields=fields, on_bad_rows=args.on_bad_rows, rejects_path=rejects_path, **extra
+        ).df
+
+    corpus, target = read(args.corpus, "corpus"), read(args.target, "target")
     if corpus.height == 0:
         raise UsageError(f"corpus {args.corpus} has no usable rows")
     if target.height == 0:
@@ -830,7 +825,7 @@ def _make_scorer(
         contraction=args.contraction,
         rank=args.rank,
         seed=args.seed,
-        target_chunk=args.target_chunk or None,
+        target_chunk=args.target_chunk,
         amp_dtype=amp_dtype(args.precision),
         momentum_window=args.momentum_window,
     )

@@ -17,6 +17,7 @@ prune.json and the report); dedup is never silent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from curation.errors import UsageError
+from curation.settings import validate_keep
 
 KEPT, LOW_VALUE, TARGET, NEAR_DUP = "kept", "low_value", "target", "near_duplicate_of:"
 QUALITY = "quality:"
@@ -73,17 +75,6 @@ class SelectionResult:
                 "cluster": pl.Int64,
             },
         )
-
-
-def validate_keep(keep: object) -> float:
-    """Parse and check a keep fraction: a number in (0, 1], else UsageError."""
-    try:
-        k = float(keep)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise UsageError(f"--keep must be a number in (0, 1] (e.g. 0.7), got {keep!r}") from None
-    if not math.isfinite(k) or k <= 0.0 or k > 1.0:
-        raise UsageError(f"--keep must be in (0, 1] (e.g. 0.7 keeps 70%), got {keep!r}")
-    return k
 
 
 def _rank_key(values: np.ndarray) -> np.ndarray:
@@ -189,6 +180,42 @@ def near_duplicates(
     return dups
 
 
+@dataclass(frozen=True)
+class SelectionOptions:
+    """Everything `select` takes besides the ranked documents, the keep rate and the floor.
+
+    `is_target` (bool per document: always kept), `shingles` (one `token_shingles` array per
+    document: confirm near-duplicate candidates), `quality` (one reason per document, `""` =
+    passes; `curation.quality`): per-document inputs; the rest are the near-duplicate rule's
+    thresholds (module docstring).
+    """
+
+    dedup_eps: float = 0.02
+    is_target: np.ndarray | None = None
+    shingles: Sequence[np.ndarray] | None = None
+    dedup_jaccard: float = DEDUP_JACCARD
+    max_dedup_frac: float = MAX_DEDUP_FRAC
+    quality: Sequence[str] | None = None
+
+
+@dataclass
+class _Pool:
+    """The working state of one selection: who competes, who is out and why."""
+
+    ids: list[str]
+    values: np.ndarray
+    target: np.ndarray
+    failed: np.ndarray  # fails a quality rule
+    eligible: np.ndarray  # competes for the budget
+    reason: list[str]
+    members: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_pool(self) -> int:
+        """Non-target documents that pass the quality rules."""
+        return int((~self.target & ~self.failed).sum())
+
+
 def select(
     ids: Sequence[str],
     values: np.ndarray,
@@ -196,118 +223,172 @@ def select(
     emb: np.ndarray | None,
     keep: float,
     floor_frac: float | None = None,
-    dedup_eps: float = 0.02,
-    is_target: np.ndarray | None = None,
-    shingles: Sequence[np.ndarray] | None = None,
-    dedup_jaccard: float = DEDUP_JACCARD,
-    max_dedup_frac: float = MAX_DEDUP_FRAC,
-    quality: Sequence[str] | None = None,
+    options: SelectionOptions | None = None,
+    **settings: object,
 ) -> SelectionResult:
     """Keep exactly round(keep*N) docs: targets, then per-cluster floors by value, then top values.
 
     `emb` should already be centred and re-normalised (`curation.embed.prepare_for_similarity`);
-    `shingles` (one `token_shingles` array per document) confirm near-duplicate candidates;
-    `quality` (one reason per document, `""` = passes; `curation.quality`) excludes the documents
-    that fail a quality rule before anything else, with reason `quality:<rule>`.
+    `settings` are `SelectionOptions` fields by keyword (they override `options`): `shingles`
+    confirm near-duplicate candidates; `quality` excludes the documents that fail a quality rule
+    before anything else, with reason `quality:<rule>`. `floor_frac` None is half of `keep`.
     """
+    opts = dataclasses.replace(options or SelectionOptions(), **settings)  # type: ignore[arg-type]
     keep = validate_keep(keep)
     ids = [str(i) for i in ids]
     n = len(ids)
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    floor_frac = keep / 2 if floor_frac is None else floor_frac
+    _check_inputs(n, values, labels, emb, floor_frac, opts, ids)
+    pool = _start_pool(ids, values, opts)
+    n_requested = round(keep * n)
+    budget = n_requested - int(pool.target.sum())
+    if budget < 0:
+        raise UsageError(
+            f"the target set ({int(pool.target.sum())} docs) is larger than the kept budget "
+            f"({n_requested}); raise --keep or use a separate --target file"
+        )
+    pool.members = _members(labels, ~pool.target & ~pool.failed)
+    dedup = _remove_near_duplicates(pool, emb, opts)
+    alerts = _dedup_alerts(dedup, pool.n_pool)
+    warnings: list[str] = []
+    budget = _eligible_budget(pool, budget, n_requested, warnings)
+    kept, by_floor, floors, chosen = _fill(pool, budget, floor_frac, alerts)
+    for i in np.flatnonzero(kept & ~pool.target):
+        pool.reason[i] = KEPT
+    gthr = float(_rank_key(values[chosen]).min()) if len(chosen) else float("nan")
+    return SelectionResult(
+        ids=ids,
+        kept=kept,
+        reason=pool.reason,
+        values=values,
+        labels=labels,
+        by_floor=by_floor,
+        n_requested=n_requested,
+        global_threshold=gthr,
+        cluster_floor=floors,
+        cluster_threshold=_cluster_thresholds(pool.members, values, kept),
+        floor_frac=float(floor_frac),
+        warnings=warnings,
+        alerts=alerts,
+        dedup=dedup,
+    )
+
+
+def _cluster_thresholds(members: dict, values: np.ndarray, kept: np.ndarray) -> dict[int, float]:
+    """Lowest kept value of each cluster (NaN where none is finite)."""
+    cthr = {}
+    for c, ix in members.items():
+        kv = values[ix[kept[ix]]]
+        cthr[c] = float(np.nanmin(kv)) if np.isfinite(kv).any() else float("nan")
+    return cthr
+
+
+def _check_inputs(n, values, labels, emb, floor_frac, opts: SelectionOptions, ids) -> None:
+    """UsageError for inputs of the wrong length or thresholds out of range."""
     if len(values) != n or len(labels) != n:
         raise UsageError(f"ids ({n}), values ({len(values)}) and labels ({len(labels)}) differ")
     if len(set(ids)) != n:
         raise UsageError("document ids must be unique")
-    if floor_frac is None:
-        floor_frac = keep / 2
     if not 0.0 <= floor_frac <= 1.0:
         raise UsageError(f"--floor must be in [0, 1], got {floor_frac!r}")
-    if dedup_eps < 0:
-        raise UsageError(f"--dedup-eps must be >= 0, got {dedup_eps!r}")
-    if dedup_eps > 0 and (emb is None or len(emb) != n):
+    if opts.dedup_eps < 0:
+        raise UsageError(f"--dedup-eps must be >= 0, got {opts.dedup_eps!r}")
+    if opts.dedup_eps > 0 and (emb is None or len(emb) != n):
         raise UsageError("near-duplicate removal needs one embedding per document")
-    if shingles is not None and len(shingles) != n:
-        raise UsageError(f"got {len(shingles)} token shingle sets for {n} documents")
-    if not 0.0 <= dedup_jaccard <= 1.0:
-        raise UsageError(f"--dedup-jaccard must be in [0, 1], got {dedup_jaccard!r}")
-    if quality is not None and len(quality) != n:
-        raise UsageError(f"got {len(quality)} quality reasons for {n} documents")
-    target = np.zeros(n, bool) if is_target is None else np.asarray(is_target, bool)
-    warnings: list[str] = []
+    if opts.shingles is not None and len(opts.shingles) != n:
+        raise UsageError(f"got {len(opts.shingles)} token shingle sets for {n} documents")
+    if not 0.0 <= opts.dedup_jaccard <= 1.0:
+        raise UsageError(f"--dedup-jaccard must be in [0, 1], got {opts.dedup_jaccard!r}")
+    if opts.quality is not None and len(opts.quality) != n:
+        raise UsageError(f"got {len(opts.quality)} quality reasons for {n} documents")
+
+
+def _start_pool(ids: list[str], values: np.ndarray, opts: SelectionOptions) -> _Pool:
+    """Targets (kept, reason target) and quality failures (reason quality:<rule>) set apart."""
+    n = len(ids)
+    target = np.zeros(n, bool) if opts.is_target is None else np.asarray(opts.is_target, bool)
     reason = [LOW_VALUE] * n
-    kept = np.zeros(n, bool)
-    by_floor = np.zeros(n, bool)
     for i in np.flatnonzero(target):
-        reason[i], kept[i] = TARGET, True
-    n_requested = round(keep * n)
-    budget = n_requested - int(target.sum())
-    if budget < 0:
-        raise UsageError(
-            f"the target set ({int(target.sum())} docs) is larger than the kept budget "
-            f"({n_requested}); raise --keep or use a separate --target file"
-        )
-    pool = ~target
+        reason[i] = TARGET
+    quality = opts.quality
     failed = np.zeros(n, bool) if quality is None else np.array([bool(q) for q in quality])
-    failed &= pool
+    failed &= ~target
     for i in np.flatnonzero(failed):
-        reason[i] = f"{QUALITY}{quality[i]}"
-    eligible = pool & ~failed
-    members = _members(labels, pool & ~failed)
+        reason[i] = f"{QUALITY}{quality[i]}"  # type: ignore[index]
+    return _Pool(ids, values, target, failed, ~target & ~failed, reason)
+
+
+def _remove_near_duplicates(pool: _Pool, emb, opts: SelectionOptions) -> dict:
+    """Exclude near-duplicates cluster by cluster; the rule, thresholds and counts (prune.json)."""
     stats: dict[str, int] = {"candidates": 0, "confirmed": 0}
-    for _c, idx in members.items():
-        for dup, rep in near_duplicates(
-            idx, values, emb, dedup_eps, shingles, dedup_jaccard, stats
-        ).items():
-            reason[dup] = f"{NEAR_DUP}{ids[rep]}"
-            eligible[dup] = False
-    n_pool = int((pool & ~failed).sum())
-    n_dup = n_pool - int(eligible.sum())
-    dup_frac = n_dup / n_pool if n_pool else 0.0
-    dedup = {
+    eps, shingles, jac = opts.dedup_eps, opts.shingles, opts.dedup_jaccard
+    for _c, idx in pool.members.items():
+        for dup, rep in near_duplicates(idx, pool.values, emb, eps, shingles, jac, stats).items():
+            pool.reason[dup] = f"{NEAR_DUP}{pool.ids[rep]}"
+            pool.eligible[dup] = False
+    n_pool = pool.n_pool
+    n_dup = n_pool - int(pool.eligible.sum())
+    confirmed = shingles is not None
+    return {
         "rule": (
             "off (dedup_eps = 0)"
-            if dedup_eps <= 0
-            else f"same cluster, cosine of centred embeddings > 1 - {dedup_eps:g}"
+            if eps <= 0
+            else f"same cluster, cosine of centred embeddings > 1 - {eps:g}"
             + (
-                f" AND Jaccard of token {NGRAM}-gram sets >= {dedup_jaccard:g}"
-                if shingles is not None
+                f" AND Jaccard of token {NGRAM}-gram sets >= {jac:g}"
+                if confirmed
                 else " (embeddings only: no token ids given)"
             )
             + "; the higher-valued document is kept"
         ),
-        "eps": float(dedup_eps),
-        "jaccard_min": float(dedup_jaccard) if shingles is not None else None,
-        "ngram": NGRAM if shingles is not None else None,
-        "token_confirmed": shingles is not None,
+        "eps": float(eps),
+        "jaccard_min": float(jac) if confirmed else None,
+        "ngram": NGRAM if confirmed else None,
+        "token_confirmed": confirmed,
         "candidate_pairs": stats["candidates"],
         "confirmed_pairs": stats["confirmed"],
         "n_removed": n_dup,
-        "removed_frac": dup_frac,
-        "max_frac": float(max_dedup_frac),
+        "removed_frac": n_dup / n_pool if n_pool else 0.0,
+        "max_frac": float(opts.max_dedup_frac),
     }
-    alerts: list[str] = []
-    if n_pool and dup_frac > max_dedup_frac:
-        alerts.append(
+
+
+def _dedup_alerts(dedup: dict, n_pool: int) -> list[str]:
+    """The loud warning when near-duplicate removal took more than its allowed share."""
+    n_dup, dup_frac, most = dedup["n_removed"], dedup["removed_frac"], dedup["max_frac"]
+    if n_pool and dup_frac > most:
+        return [
             f"LOUD WARNING: near-duplicate removal excluded {n_dup} of {n_pool} documents "
-            f"({dup_frac:.0%} > {max_dedup_frac:.0%}); check the embeddings (centred?) and the "
+            f"({dup_frac:.0%} > {most:.0%}); check the embeddings (centred?) and the "
             f"rule ({dedup['rule']}), or lower --dedup-eps (0 turns it off)."
-        )
-    n_elig = int(eligible.sum())
-    if n_elig < budget:
-        what = (
-            "quality rules and near-duplicate removal"
-            if failed.any()
-            else ("near-duplicate removal")
-        )
-        warnings.append(
-            f"only {n_elig} documents remain after {what}, fewer than the "
-            f"{budget} asked for; keeping all of them ({n_elig + int(target.sum())} of {n}, "
-            f"not {n_requested}). Lower --dedup-eps (0 turns it off)"
-            + (" or pass --quality off" if failed.any() else "")
-            + " to keep exactly --keep."
-        )
-        budget = n_elig
+        ]
+    return []
+
+
+def _eligible_budget(pool: _Pool, budget: int, n_requested: int, warnings: list[str]) -> int:
+    """The budget, cut to the eligible documents (with a warning) when fewer remain."""
+    n_elig = int(pool.eligible.sum())
+    if n_elig >= budget:
+        return budget
+    failed = pool.failed.any()
+    what = "quality rules and near-duplicate removal" if failed else "near-duplicate removal"
+    warnings.append(
+        f"only {n_elig} documents remain after {what}, fewer than the "
+        f"{budget} asked for; keeping all of them ({n_elig + int(pool.target.sum())} of "
+        f"{len(pool.ids)}, not {n_requested}). Lower --dedup-eps (0 turns it off)"
+        + (" or pass --quality off" if failed else "")
+        + " to keep exactly --keep."
+    )
+    return n_elig
+
+
+def _fill(pool: _Pool, budget: int, floor_frac: float, alerts: list[str]):
+    """Kept (targets included), kept-by-floor, the floors and the globally chosen documents."""
+    values, eligible, members = pool.values, pool.eligible, pool.members
+    kept = pool.target.copy()
+    by_floor = np.zeros(len(values), bool)
     # Floors: each cluster keeps floor(floor_frac * its pool size), by value, from its documents
     # of positive value only: a document that lowers the target's fit (value <= 0, or unscored)
     # is never protected by diversity, so junk-pure clusters can be emptied.
@@ -325,29 +406,6 @@ def select(
         kept[top] = True
         by_floor[top] = True
     rest = budget - int(by_floor.sum())
-    cand = np.flatnonzero(eligible & ~kept)
-    chosen = _order_desc(values, cand)[:rest]
+    chosen = _order_desc(values, np.flatnonzero(eligible & ~kept))[:rest]
     kept[chosen] = True
-    for i in np.flatnonzero(kept & ~target):
-        reason[i] = KEPT
-    gthr = float(_rank_key(values[chosen]).min()) if len(chosen) else float("nan")
-    cthr = {}
-    for c, ix in members.items():
-        kv = values[ix[kept[ix]]]
-        cthr[c] = float(np.nanmin(kv)) if np.isfinite(kv).any() else float("nan")
-    return SelectionResult(
-        ids=ids,
-        kept=kept,
-        reason=reason,
-        values=values,
-        labels=labels,
-        by_floor=by_floor,
-        n_requested=n_requested,
-        global_threshold=gthr,
-        cluster_floor=floors,
-        cluster_threshold=cthr,
-        floor_frac=float(floor_frac),
-        warnings=warnings,
-        alerts=alerts,
-        dedup=dedup,
-    )
+    return kept, by_floor, floors, chosen

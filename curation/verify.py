@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +75,19 @@ class VerifyArgs:
         if isinstance(self.baselines, str):
             self.baselines = tuple(b.strip() for b in self.baselines.split(",") if b.strip())
         self.baselines = tuple(dict.fromkeys(self.baselines))
+        self.validate()
+
+    def validate(self) -> None:
+        """UsageError for a setting that cannot work (the one check of each verify setting)."""
         bad = [b for b in self.baselines if b not in BASELINE_ARMS]
         if bad:
             raise UsageError(
                 f"unknown baseline(s) {', '.join(bad)}; choose from {','.join(BASELINE_ARMS)}"
             )
+        if self.seeds < 1:
+            raise UsageError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"steps must be >= 1, got {self.steps}")
 
 
 CURVE_FILE = "verify_curve.png"
@@ -156,6 +164,18 @@ def eval_points(steps: int, n_evals: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, steps, max(2, n_evals + 1))})
 
 
+@dataclass(frozen=True)
+class ProxyRun:
+    """One fresh proxy's training: steps, seed, model shape and how often to evaluate."""
+
+    steps: int
+    cfg: TrainConfig
+    seed: int
+    vocab_size: int
+    eos_token_id: int = 0
+    n_evals: int = 10
+
+
 def train_and_evaluate(
     train: Arrays,
     target: Arrays,
@@ -165,15 +185,24 @@ def train_and_evaluate(
     vocab_size: int,
     eos_token_id: int = 0,
     n_evals: int = 10,
-    pbar: Any = None,
-    keep_model: bool = False,
 ) -> dict[str, Any]:
     """Train a fresh proxy for `steps` AdamW steps on `train`; returns the target-loss curve."""
+    run = ProxyRun(steps, cfg, seed, vocab_size, eos_token_id, n_evals)
+    return train_proxy(train, target, run)[1]
+
+
+def train_proxy(
+    train: Arrays, target: Arrays, run: ProxyRun, pbar: Any = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained proxy and its result: seed, final target loss, perplexity, curve."""
     from adamshap_core import build_model, plain_step, warmup_cosine
 
     if len(train) == 0:
         raise UsageError("a training arm has no documents")
-    model = build_model(cfg.preset, vocab_size, cfg.seq_len, seed=seed, eos_token_id=eos_token_id)
+    cfg, seed, steps = run.cfg, run.seed, run.steps
+    model = build_model(
+        cfg.preset, run.vocab_size, cfg.seq_len, seed=seed, eos_token_id=run.eos_token_id
+    )
     model.to(cfg.device).train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
@@ -181,17 +210,13 @@ def train_and_evaluate(
     sched = warmup_cosine(opt, max(0, round(cfg.warmup_frac * steps)), steps)
     rng = np.random.default_rng(seed)
     order = np.empty(0, np.int64)
-    points = set(eval_points(steps, n_evals))
-    curve: list[tuple[int, float]] = []
-    if 0 in points:
-        curve.append(
-            (
-                0,
-                _check_finite(
-                    target_loss(model, target, cfg.eval_batch_size), "target loss", 0, seed
-                ),
-            )
-        )
+    points = set(eval_points(steps, run.n_evals))
+
+    def measure(step: int) -> tuple[int, float]:
+        loss = target_loss(model, target, cfg.eval_batch_size)
+        return step, _check_finite(loss, "target loss", step, seed)
+
+    curve: list[tuple[int, float]] = [measure(0)] if 0 in points else []
     for step in range(1, steps + 1):
         while len(order) < cfg.batch_size:
             order = np.concatenate([order, rng.permutation(len(train))])
@@ -200,21 +225,11 @@ def train_and_evaluate(
         sched.step()
         _check_finite(loss, "training loss", step, seed)
         if step in points:
-            curve.append(
-                (
-                    step,
-                    _check_finite(
-                        target_loss(model, target, cfg.eval_batch_size), "target loss", step, seed
-                    ),
-                )
-            )
+            curve.append(measure(step))
         if pbar is not None:
             pbar.update(1)
     final = curve[-1][1]
-    out = {"seed": seed, "final_loss": final, "perplexity": math.exp(final), "curve": curve}
-    if keep_model:
-        out["model"] = model
-    return out
+    return model, {"seed": seed, "final_loss": final, "perplexity": math.exp(final), "curve": curve}
 
 
 def _check_finite(x: float, what: str, step: int, seed: int) -> float:
@@ -319,9 +334,8 @@ def _reference_losses(
         data = Arrays.of(encode_corpus(full_df, load_tokenizer(ref.tokenizer), cfg.seq_len))
     else:
         probe = full.take(np.arange(min(8, len(full))))
-        model = train_and_evaluate(
-            full, probe, steps, cfg, args.seed, vocab, eos, n_evals=1, keep_model=True
-        )["model"].eval()
+        run = ProxyRun(steps, cfg, args.seed, vocab, eos, n_evals=1)
+        model = train_proxy(full, probe, run)[0].eval()
         data = full
     device = next(model.parameters()).device
     out = []
@@ -443,102 +457,29 @@ def check_subset(cur_df: Any, full_df: Any, curated: str, full: str) -> None:
 
 def run_verify(args: VerifyArgs) -> Path:
     """Train every arm for the same steps; write verify.json, verify.md/.html and verify_curve.png."""
-    import polars as pl
-    from tqdm.auto import tqdm
-
     from curation.atomic import atomic_write_text, staged_outputs
-    from curation.corpus import FieldMap, read_corpus
     from curation.devices import resolve_device
-    from curation.encode import encode_corpus
-    from curation.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    args.validate()
     args.device = resolve_device(args.device)
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"steps must be >= 1, got {args.steps}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in reversed(OUTPUT_FILES):  # a failed rerun must not leave the old results
         (out / name).unlink(missing_ok=True)
-    fields = FieldMap(**args.fields) if args.fields else FieldMap()
-    target_df = read_corpus(args.target, fields=fields).df
-    if target_df.height == 0:
-        raise UsageError(f"target {args.target} is empty")
-    tids = set(target_df["id"].to_list())
-    if args.selection_target:
-        sel_ids = read_corpus(args.selection_target, fields=fields).df["id"].cast(pl.Utf8)
-        tids |= set(sel_ids.to_list())
-    cur_df = read_corpus(args.curated, fields=fields).df
-    full_df = read_corpus(args.full, fields=fields).df
-    check_subset(cur_df, full_df, args.curated, args.full)
-    n_removed = int(cur_df["id"].is_in(list(tids)).sum() + full_df["id"].is_in(list(tids)).sum())
-    cur_df = cur_df.filter(~pl.col("id").is_in(list(tids)))
-    full_df = full_df.filter(~pl.col("id").is_in(list(tids)))
-    if cur_df.height == 0:
-        raise UsageError(f"{args.curated} has no documents outside the target set")
-    if cur_df.height > full_df.height:
-        raise UsageError("the curated set is larger than the full corpus; swap --curated/--full?")
-    if args.tokenizer:
-        tok = load_tokenizer(args.tokenizer)
-    else:
-        tok = train_tokenizer(full_df["text"].to_list(), args.vocab_size, seed=args.seed)
-        save_tokenizer(tok, out / "tokenizer")
-    kw = {} if args.template is None else {"template": args.template}
-
-    n_truncated: dict[str, int] = {}
-
-    def enc(df: pl.DataFrame, name: str) -> Arrays:
-        encoded = encode_corpus(df, tok, args.seq_len, **kw)
-        n_truncated[name] = int(np.asarray(encoded.truncated).sum())
-        return Arrays.of(encoded)
-
-    cur, full, target = enc(cur_df, "curated"), enc(full_df, "full"), enc(target_df, "target")
+    inputs = _read_inputs(args)
+    data = _encode_inputs(args, inputs, out)
+    cur, full, target = data.cur, data.full, data.target
     steps = args.steps or max(1, math.ceil(len(cur) / args.batch_size) * max(1, args.epochs))
-    cfg = TrainConfig(
-        preset=args.preset,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        warmup_frac=args.warmup_frac,
-        eval_batch_size=args.eval_batch_size,
-        device=args.device,
-    )
-    eos = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else 0
-    seeds = [args.seed + s for s in range(args.seeds)]
-    picks = _baseline_picks(args, full_df, full, len(cur), steps, cfg, len(tok), eos)
-    arms = ["curated", *args.baselines]
-    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
-    with tqdm(total=steps * len(seeds) * len(arms), desc="verify", disable=not args.progress) as pb:
-        for s in seeds:
-            for arm in arms:
-                if arm == "curated":
-                    data = cur
-                elif arm == "full":
-                    data = full
-                elif arm == "random":
-                    sub = np.random.default_rng(s).choice(len(full), size=len(cur), replace=False)
-                    data = full.take(np.sort(sub))
-                else:
-                    data = full.take(picks[arm])
-                runs[arm].append(
-                    train_and_evaluate(data, target, steps, cfg, s, len(tok), eos, args.n_evals, pb)
-                )
-    results = {a: summarise(r) for a, r in runs.items()}
-    ref = np.array([r["final_loss"] for r in runs["curated"]])
-    for r in results.values():
-        d = np.array([x["final_loss"] for x in r["runs"]]) - ref
-        r["paired_diff_vs_curated"] = d.tolist()
-        r["paired_diff_mean"] = float(d.mean())
-        r["paired_diff_std"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    picks = _baseline_picks(args, inputs.full_df, full, len(cur), steps, cfg, data.vocab, data.eos)
+    runs = _train_arms(args, data, picks, steps, cfg)
+    results = _paired(runs)
     from curation.baselines import counted_tokens, unigram_cross_entropy
 
     unigram = unigram_cross_entropy(
         counted_tokens(full.input_ids, full.attention_mask, full.loss_mask),
         counted_tokens(target.input_ids, target.attention_mask, target.loss_mask),
-        len(tok),
+        data.vocab,
     )
     meta = {
         "steps": steps,
@@ -548,11 +489,11 @@ def run_verify(args: VerifyArgs) -> Path:
         "n_curated": len(cur),
         "n_full": len(full),
         "n_target": len(target),
-        "n_target_removed": n_removed,
+        "n_target_removed": inputs.n_removed,
         # documents longer than seq_len tokens are truncated to it (policy: truncate; counted)
-        "n_truncated": n_truncated,
+        "n_truncated": data.n_truncated,
         "unigram_target_ce": unigram,
-        "untrained_ce": math.log(len(tok)),
+        "untrained_ce": math.log(data.vocab),
         "selection_target": args.selection_target,
         "reference": args.reference,
     }
@@ -565,3 +506,120 @@ def run_verify(args: VerifyArgs) -> Path:
         write_page(stage, "verify", verify_page(results, meta, curve.read_bytes()))
         atomic_write_text(stage / "verify.json", text)
     return out
+
+
+@dataclass
+class _Inputs:
+    """The three corpora, target documents removed from the training sets."""
+
+    target_df: Any
+    cur_df: Any
+    full_df: Any
+    n_removed: int
+
+
+def _read_inputs(args: VerifyArgs) -> _Inputs:
+    """Read target, curated and full; drop every target (and selection-target) id from training."""
+    import polars as pl
+
+    from curation.corpus import FieldMap, read_corpus
+
+    fmap = FieldMap(**args.fields) if args.fields else FieldMap()
+    target_df = read_corpus(args.target, fields=fmap).df
+    if target_df.height == 0:
+        raise UsageError(f"target {args.target} is empty")
+    tids = set(target_df["id"].to_list())
+    if args.selection_target:
+        sel_ids = read_corpus(args.selection_target, fields=fmap).df["id"].cast(pl.Utf8)
+        tids |= set(sel_ids.to_list())
+    cur_df = read_corpus(args.curated, fields=fmap).df
+    full_df = read_corpus(args.full, fields=fmap).df
+    check_subset(cur_df, full_df, args.curated, args.full)
+    n_removed = int(cur_df["id"].is_in(list(tids)).sum() + full_df["id"].is_in(list(tids)).sum())
+    cur_df = cur_df.filter(~pl.col("id").is_in(list(tids)))
+    full_df = full_df.filter(~pl.col("id").is_in(list(tids)))
+    if cur_df.height == 0:
+        raise UsageError(f"{args.curated} has no documents outside the target set")
+    if cur_df.height > full_df.height:
+        raise UsageError("the curated set is larger than the full corpus; swap --curated/--full?")
+    return _Inputs(target_df, cur_df, full_df, n_removed)
+
+
+@dataclass
+class _Encoded:
+    """The corpora as token arrays, with the tokenizer's size and end-of-text id."""
+
+    cur: Arrays
+    full: Arrays
+    target: Arrays
+    vocab: int
+    eos: int
+    n_truncated: dict[str, int]
+
+
+def _encode_inputs(args: VerifyArgs, inputs: _Inputs, out: Path) -> _Encoded:
+    """Encode every corpus with `--tokenizer` (or one trained on the full corpus, saved in out)."""
+    from curation.encode import encode_corpus
+    from curation.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+    else:
+        tok = train_tokenizer(inputs.full_df["text"].to_list(), args.vocab_size, seed=args.seed)
+        save_tokenizer(tok, out / "tokenizer")
+    kw = {} if args.template is None else {"template": args.template}
+    n_truncated: dict[str, int] = {}
+
+    def enc(df: Any, name: str) -> Arrays:
+        encoded = encode_corpus(df, tok, args.seq_len, **kw)
+        n_truncated[name] = int(np.asarray(encoded.truncated).sum())
+        return Arrays.of(encoded)
+
+    cur, full = enc(inputs.cur_df, "curated"), enc(inputs.full_df, "full")
+    target = enc(inputs.target_df, "target")
+    eos = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else 0
+    return _Encoded(cur, full, target, len(tok), eos, n_truncated)
+
+
+def _arm_data(arm: str, seed: int, data: _Encoded, picks: dict[str, np.ndarray]) -> Arrays:
+    """The training set of one arm for one seed."""
+    if arm == "curated":
+        return data.cur
+    if arm == "full":
+        return data.full
+    if arm == "random":
+        size = len(data.cur)
+        sub = np.random.default_rng(seed).choice(len(data.full), size=size, replace=False)
+        return data.full.take(np.sort(sub))
+    return data.full.take(picks[arm])
+
+
+def _train_arms(
+    args: VerifyArgs, data: _Encoded, picks: dict[str, np.ndarray], steps: int, cfg: TrainConfig
+) -> dict[str, list[dict[str, Any]]]:
+    """Every arm trained on every seed (paired: the same seeds for every arm)."""
+    from tqdm.auto import tqdm
+
+    seeds = [args.seed + s for s in range(args.seeds)]
+    arms = ["curated", *args.baselines]
+    runs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
+    with tqdm(total=steps * len(seeds) * len(arms), desc="verify", disable=not args.progress) as pb:
+        for s in seeds:
+            for arm in arms:
+                run = ProxyRun(steps, cfg, s, data.vocab, data.eos, args.n_evals)
+                runs[arm].append(
+                    train_proxy(_arm_data(arm, s, data, picks), data.target, run, pb)[1]
+                )
+    return runs
+
+
+def _paired(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each arm's summary with its paired difference to the curated arm, seed by seed."""
+    results = {a: summarise(r) for a, r in runs.items()}
+    ref = np.array([r["final_loss"] for r in runs["curated"]])
+    for r in results.values():
+        d = np.array([x["final_loss"] for x in r["runs"]]) - ref
+        r["paired_diff_vs_curated"] = d.tolist()
+        r["paired_diff_mean"] = float(d.mean())
+        r["paired_diff_std"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    return results

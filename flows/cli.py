@@ -29,64 +29,50 @@ EXIT_INTERRUPTED = 130
 # ----------------------------------------------------------------------------- argument types
 
 
-def keep_fraction(text: str) -> float:
-    """argparse type: a float in (0, 1]."""
+def argument_type(kind: type, rule: Callable[[Any], str | None] | None = None, example: str = ""):
+    """An argparse type: parse `text` as `kind` (int or float), then `rule(value)` says what is
+    wrong with it (a message with `{text}` for the typed text) or None. `example` follows the
+    not-a-number message."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}{example}") from None
+        problem = rule(value) if rule is not None else None
+        if problem:
+            raise argparse.ArgumentTypeError(problem.format(text=text))
+        return value
+
+    return parse
+
+
+def _keep_rule(value: float) -> str | None:
+    """What `validate_keep` (the one rule of a keep fraction) says, without its option name."""
+    from curation.errors import UsageError
+    from curation.settings import validate_keep
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r} (expected e.g. 0.7)") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+        validate_keep(value)
+    except UsageError as exc:
+        return str(exc).removeprefix("--keep ").replace(f"got {value}", "got {text}", 1)
+    return None
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _integer(text: str) -> int:
-    """argparse type: any integer; the range is checked with the run's settings (one line)."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a float > 0."""
-    value = non_negative_float(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+# argparse types; the ranges the stage settings (ScoreArgs, PruneArgs, VerifyArgs) also check
+keep_fraction = argument_type(float, _keep_rule, " (expected e.g. 0.7)")  # in (0, 1]
+positive_int = argument_type(int, lambda v: None if v >= 1 else "must be >= 1, got {text}")
+non_negative_int = argument_type(int, lambda v: None if v >= 0 else "must be >= 0, got {text}")
+# the range is checked with the run's settings (one line)
+_integer = argument_type(int)
+non_negative_float = argument_type(
+    float, lambda v: None if v >= 0.0 else "must be >= 0, got {text}"
+)
+positive_float = argument_type(
+    float,
+    lambda v: "must be >= 0, got {text}" if not v >= 0.0 else ("must be > 0" if v == 0 else None),
+)
 
 
 def estimator_list(text: str) -> tuple[str, ...]:
@@ -512,21 +498,18 @@ def check_run_settings(run: dict[str, Any], keep: float | None, where: str) -> f
     positive integer. Raises UsageError naming the manifest and the setting.
     """
     from curation.errors import UsageError
-    from curation.selection import validate_keep
+    from curation.settings import resolve_keep, validate_clusters
 
-    value = keep if keep is not None else run.get("keep", 0.7)
-    try:
-        fraction = validate_keep(value)
-    except UsageError as exc:
-        what = "--keep" if keep is not None else "run.keep"
-        raise UsageError(f"{where}: {what}: {exc} (set a fraction such as 0.7)") from None
+    fraction = resolve_keep(keep, run, where, " (set a fraction such as 0.7)")
     prune = run.get("prune") if isinstance(run.get("prune"), dict) else {}
     for key, v in (
         ("run.clusters", run.get("clusters")),
         ("run.prune.clusters", prune.get("clusters")),
     ):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise UsageError(f"{where}: {key}: expected a positive integer, got {v!r}")
+        try:
+            validate_clusters(v)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {key}: {exc}") from None
     from curation.devices import PRECISIONS, check_device
 
     try:
@@ -625,6 +608,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _add_score_command(sub)
+    _add_report_command(sub)
+    _add_prune_command(sub)
+    _add_verify_command(sub)
+    _add_curate_command(sub)
+    _add_serve_command(sub)
+    _add_corpus_command(sub)
+    return parser
+
+
+def _add_score_command(sub: Any) -> None:
+    """The `adamshap score` subcommand."""
     p = sub.add_parser(
         "score",
         help="scored training: value every example of CORPUS against TARGET",
@@ -638,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_field_options(p)
     p.set_defaults(handler=cmd_score)
 
+
+def _add_report_command(sub: Any) -> None:
+    """The `adamshap report` subcommand."""
     p = sub.add_parser(
         "report",
         help="write report.md/report.html for a scoring run",
@@ -646,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `adamshap score`")
     p.set_defaults(handler=cmd_report)
 
+
+def _add_prune_command(sub: Any) -> None:
+    """The `adamshap prune` subcommand."""
     p = sub.add_parser(
         "prune",
         help="keep the most valuable fraction of a corpus, with diversity quotas",
@@ -686,6 +687,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         help="minimum kept share of each FAISS cluster (default: half of --keep; 0: off)",
     )
+    _add_prune_ranking_options(p)
+    _add_field_options(p, bad_rows=False)
+    _add_device_option(p)
+    p.set_defaults(handler=cmd_prune)
+
+
+def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
+    """`adamshap prune`: quality rules, ranking, granularity and the near-duplicate rule."""
     p.add_argument(
         "--quality",
         choices=("on", "off"),
@@ -731,10 +740,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="share of the corpus held out as the target when no --target is given (0.05)",
     )
-    _add_field_options(p, bad_rows=False)
-    _add_device_option(p)
-    p.set_defaults(handler=cmd_prune)
 
+
+def _add_verify_command(sub: Any) -> None:
+    """The `adamshap verify` subcommand."""
     p = sub.add_parser(
         "verify",
         help="retrain on the curated set vs the baselines' selections and compare target loss",
@@ -779,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     p.set_defaults(handler=cmd_verify)
 
+
+def _add_curate_command(sub: Any) -> None:
+    """The `adamshap curate` subcommand."""
     p = sub.add_parser(
         "curate",
         help="run the whole pipeline from a data manifest (Prefect flow, cached)",
@@ -793,6 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p, precision=True)
     p.set_defaults(handler=cmd_curate)
 
+
+def _add_serve_command(sub: Any) -> None:
+    """The `adamshap serve` subcommand."""
     p = sub.add_parser(
         "serve",
         help="serve the curate flow on a schedule (needs `prefect server start`)",
@@ -810,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
     p.set_defaults(handler=cmd_serve)
 
+
+def _add_corpus_command(sub: Any) -> None:
+    """The `adamshap corpus` subcommand."""
     p = sub.add_parser("corpus", help="corpus utilities", description="Corpus utilities.")
     csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
     b = csub.add_parser(
@@ -833,7 +851,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of bible,fortunes,wordnet,devil,jargon,pydocs (default: all)",
     )
     b.set_defaults(handler=cmd_corpus_build)
-    return parser
 
 
 _INTERRUPTED = threading.Event()

@@ -30,8 +30,8 @@ from prefect.cache_policies import NO_CACHE
 
 from curation.errors import AdamshapError, ManifestError
 from curation.run_dir import PruneDir, RunDir
+from curation.settings import DEFAULT_KEEP as DEFAULT_KEEP  # kept importable from here
 
-DEFAULT_KEEP = 0.7
 CACHE_VERSION = "1"  # bump when a stage's outputs change meaning
 RESULTS_DIR = ".prefect-results"
 SUMMARY_FILE = "curate.json"
@@ -258,16 +258,12 @@ def curate_flow(
     `device` / `precision` override the manifest's `run.device` (default `auto`: CUDA when
     present) and `run.precision` (default fp32).
     """
-    from curation.errors import UsageError
-    from curation.prune import PruneArgs
-    from curation.scoring_run import ScoreArgs
-    from curation.verify import OUTPUT_FILES as VERIFY_OUTPUTS
-    from curation.verify import VerifyArgs
+    from curation.settings import resolve_keep, validate_keep
 
     t_start = time.perf_counter()
     manifest_path = str(Path(manifest_path).resolve())
-    if keep is not None and not 0 < keep <= 1:
-        raise UsageError(f"--keep must be in (0, 1], got {keep}")
+    if keep is not None:
+        validate_keep(keep)
     progress = _Progress(STAGES)
     if out:
         out_dir = resolve_out(manifest_path, None, out)
@@ -276,7 +272,6 @@ def curate_flow(
 
         out_dir = resolve_out(manifest_path, load_manifest(manifest_path).name, None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = out_dir / RESULTS_DIR  # a Path: Prefect uses a LocalFileSystem there
     print(f"curate {manifest_path} -> {out_dir}")
     # 1. validate: the materialised corpus and target land in OUT/data.
     info = progress.run(1, "validate", validate_stage, manifest_path, str(out_dir / "data"))
@@ -284,86 +279,14 @@ def curate_flow(
     settings["device"] = device or settings.get("device") or "auto"  # CUDA when present
     if precision:
         settings["precision"] = precision
-    keep = _checked_keep(keep, settings, manifest_path)
+    keep = resolve_keep(keep, settings, manifest_path)
     _check_clusters(settings, info["n_corpus"], manifest_path)
-
-    # 2. score (content-addressed run dir; run_scoring resumes from checkpoints).
-    common = {"corpus": info["corpus"], "target": info["target"]}
-    score_fields = dataclass_kwargs(ScoreArgs, settings, settings.get("score") or {}, common)
-    score_key = digest([score_fields, info["corpus_sha256"], info["target_sha256"]])
-    run = RunDir(out_dir / f"score-{score_key}")
-    run_dir = run.path
-    score_args = {**score_fields, "out": str(run_dir)}
-    score_task = score_stage.with_options(**_stage_options(results, not run.is_complete()))
-    progress.run(2, "score", score_task, score_args, info["corpus_sha256"], info["target_sha256"])
-
-    # 3-4. aggregate + value report (cached on the score key).
-    agg_task = aggregate_stage.with_options(
-        **_stage_options(results, not run.values_by_source.exists())
-    )
-    values = progress.run(3, "aggregate", agg_task, str(run_dir), score_key)
-    rep_task = report_stage.with_options(**_stage_options(results, not run.report_html.exists()))
-    report = progress.run(4, "report", rep_task, str(run_dir), score_key)
-
-    # 5. prune (embeddings are cached inside RUN_DIR by curation.embed).
-    prune_settings = {**settings, **(settings.get("prune") or {})}
-    prune_fields = dataclass_kwargs(
-        PruneArgs,
-        prune_settings,
-        {"corpus": info["corpus"], "target": info["target"], "scores": str(run_dir), "keep": keep},
-    )
-    prune_fields.pop("out", None)
-    prune_key = digest([prune_fields, score_key])
-    pruned = PruneDir(out_dir / f"prune-keep{keep:.2f}-{prune_key}")
-    prune_dir = pruned.path
-    prune_task = prune_stage.with_options(**_stage_options(results, not pruned.is_complete()))
-    prune_args = {**prune_fields, "out": str(prune_dir)}
-    progress.run(5, "prune", prune_task, prune_args, score_key)
-    kept = pruned.find_kept()
-
-    # 6. verify.
-    verify_settings = {**settings, **(settings.get("verify") or {})}
-    verify_fields = dataclass_kwargs(
-        VerifyArgs,
-        {"tokenizer": str(run.tokenizer)},  # the scoring run's tokenizer for every arm
-        verify_settings,
-        {
-            "curated": str(kept),
-            "full": info["corpus"],
-            "target": info["evaluation"],
-            "selection_target": info["target"],
-            "reference": str(run_dir),
-        },
-    )
-    verify_fields.pop("out", None)
-    verify_key = digest([verify_fields, prune_key, score_key])
-    verify_dir = out_dir / f"verify-keep{keep:.2f}-{verify_key}"
-    verify_task = verify_stage.with_options(
-        # every output must be there (a verify from before verify.html existed is redone)
-        **_stage_options(results, not all((verify_dir / f).exists() for f in VERIFY_OUTPUTS))
-    )
-    verify_args = {**verify_fields, "out": str(verify_dir)}
-    progress.run(6, "verify", verify_task, verify_args, prune_key)
-
-    outputs: dict[str, Any] = {
-        "out": str(out_dir),
-        "corpus": info["corpus"],
-        "target": info["target"],
-        "run_dir": str(run_dir),
-        **values,
-        **report,
-        "prune_dir": str(prune_dir),
-        "kept": str(kept),
-        "excluded": str(pruned.find_excluded()),
-        "prune_report_html": str(pruned.report_html),
-        "prune_report_md": str(pruned.report_md),
-        "verify_dir": str(verify_dir),
-        "verify_md": str(verify_dir / "verify.md"),
-        "verify_html": str(verify_dir / "verify.html"),
-        "verify_json": str(verify_dir / "verify.json"),
-        "summary": str(out_dir / SUMMARY_FILE),
-    }
-    estimator = str(prune_fields.get("estimator") or "ckpt")
+    # a Path: Prefect uses a LocalFileSystem there
+    ctx = _Curation(progress, out_dir, out_dir / RESULTS_DIR, info, settings, keep)
+    run, score_key, outputs = _score_and_report(ctx)
+    pruned, prune_key, estimator = _prune(ctx, run, score_key)
+    verify_dir = _verify(ctx, run, pruned.find_kept(), prune_key, score_key)
+    outputs.update(_outputs(ctx, pruned, verify_dir))
     progress.run(7, "publish", publish_stage, info["name"], outputs, estimator)
 
     outputs["keep"] = keep
@@ -378,29 +301,132 @@ def curate_flow(
     return outputs
 
 
-def _checked_keep(keep: float | None, settings: dict[str, Any], manifest_path: str) -> float:
-    """`keep`, else the manifest's `run.keep` (default 0.7), checked to lie in (0, 1]."""
-    from curation.errors import UsageError
-    from curation.selection import validate_keep
+@dataclasses.dataclass
+class _Curation:
+    """What every stage of one curate run reads: progress, folders, data, settings, keep."""
 
-    value = keep if keep is not None else settings.get("keep", DEFAULT_KEEP)
-    try:
-        return validate_keep(value)
-    except UsageError as exc:
-        what = "--keep" if keep is not None else "run.keep"
-        raise UsageError(f"{manifest_path}: {what}: {exc}") from None
+    progress: Any
+    out_dir: Path
+    results: Path
+    info: dict[str, Any]
+    settings: dict[str, Any]
+    keep: float
+
+
+def _score_and_report(ctx: _Curation) -> tuple[RunDir, str, dict[str, Any]]:
+    """2-4: score (content-addressed run dir; resumes from checkpoints), aggregate, report."""
+    from curation.scoring_run import ScoreArgs
+
+    info, results, progress = ctx.info, ctx.results, ctx.progress
+    common = {"corpus": info["corpus"], "target": info["target"]}
+    score_fields = dataclass_kwargs(
+        ScoreArgs, ctx.settings, ctx.settings.get("score") or {}, common
+    )
+    score_key = digest([score_fields, info["corpus_sha256"], info["target_sha256"]])
+    run = RunDir(ctx.out_dir / f"score-{score_key}")
+    run_dir = run.path
+    score_args = {**score_fields, "out": str(run_dir)}
+    score_task = score_stage.with_options(**_stage_options(results, not run.is_complete()))
+    progress.run(2, "score", score_task, score_args, info["corpus_sha256"], info["target_sha256"])
+
+    # 3-4. aggregate + value report (cached on the score key).
+    agg_task = aggregate_stage.with_options(
+        **_stage_options(results, not run.values_by_source.exists())
+    )
+    values = progress.run(3, "aggregate", agg_task, str(run_dir), score_key)
+    rep_task = report_stage.with_options(**_stage_options(results, not run.report_html.exists()))
+    report = progress.run(4, "report", rep_task, str(run_dir), score_key)
+    outputs: dict[str, Any] = {
+        "out": str(ctx.out_dir),
+        "corpus": info["corpus"],
+        "target": info["target"],
+        "run_dir": str(run_dir),
+        **values,
+        **report,
+    }
+    return run, score_key, outputs
+
+
+def _prune(ctx: _Curation, run: RunDir, score_key: str) -> tuple[PruneDir, str, str]:
+    """5: prune (embeddings are cached inside RUN_DIR by curation.embed)."""
+    from curation.prune import PruneArgs
+
+    info, keep = ctx.info, ctx.keep
+    prune_settings = {**ctx.settings, **(ctx.settings.get("prune") or {})}
+    prune_fields = dataclass_kwargs(
+        PruneArgs,
+        prune_settings,
+        {"corpus": info["corpus"], "target": info["target"], "scores": str(run.path), "keep": keep},
+    )
+    prune_fields.pop("out", None)
+    prune_key = digest([prune_fields, score_key])
+    pruned = PruneDir(ctx.out_dir / f"prune-keep{keep:.2f}-{prune_key}")
+    prune_task = prune_stage.with_options(**_stage_options(ctx.results, not pruned.is_complete()))
+    prune_args = {**prune_fields, "out": str(pruned.path)}
+    ctx.progress.run(5, "prune", prune_task, prune_args, score_key)
+    return pruned, prune_key, str(prune_fields.get("estimator") or "ckpt")
+
+
+def _verify(ctx: _Curation, run: RunDir, kept: Path, prune_key: str, score_key: str) -> Path:
+    """6: verify the kept set against the baselines on the evaluation half of the target."""
+    from curation.verify import OUTPUT_FILES as VERIFY_OUTPUTS
+    from curation.verify import VerifyArgs
+
+    info = ctx.info
+    verify_settings = {**ctx.settings, **(ctx.settings.get("verify") or {})}
+    verify_fields = dataclass_kwargs(
+        VerifyArgs,
+        {"tokenizer": str(run.tokenizer)},  # the scoring run's tokenizer for every arm
+        verify_settings,
+        {
+            "curated": str(kept),
+            "full": info["corpus"],
+            "target": info["evaluation"],
+            "selection_target": info["target"],
+            "reference": str(run.path),
+        },
+    )
+    verify_fields.pop("out", None)
+    verify_key = digest([verify_fields, prune_key, score_key])
+    verify_dir = ctx.out_dir / f"verify-keep{ctx.keep:.2f}-{verify_key}"
+    verify_task = verify_stage.with_options(
+        # every output must be there (a verify from before verify.html existed is redone)
+        **_stage_options(ctx.results, not all((verify_dir / f).exists() for f in VERIFY_OUTPUTS))
+    )
+    verify_args = {**verify_fields, "out": str(verify_dir)}
+    ctx.progress.run(6, "verify", verify_task, verify_args, prune_key)
+    return verify_dir
+
+
+def _outputs(ctx: _Curation, pruned: PruneDir, verify_dir: Path) -> dict[str, Any]:
+    """The prune and verify paths of curate.json."""
+    return {
+        "prune_dir": str(pruned.path),
+        "kept": str(pruned.find_kept()),
+        "excluded": str(pruned.find_excluded()),
+        "prune_report_html": str(pruned.report_html),
+        "prune_report_md": str(pruned.report_md),
+        "verify_dir": str(verify_dir),
+        "verify_md": str(verify_dir / "verify.md"),
+        "verify_html": str(verify_dir / "verify.html"),
+        "verify_json": str(verify_dir / "verify.json"),
+        "summary": str(ctx.out_dir / SUMMARY_FILE),
+    }
 
 
 def _check_clusters(settings: dict[str, Any], n_corpus: int, manifest_path: str) -> None:
     """Fail before scoring when the manifest asks for more clusters than there are documents."""
     from curation.errors import UsageError
+    from curation.settings import validate_clusters
 
     prune = settings.get("prune") if isinstance(settings.get("prune"), dict) else {}
     k = prune.get("clusters", settings.get("clusters"))
     if k is None:
         return
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise UsageError(f"{manifest_path}: run.clusters: expected a positive integer, got {k!r}")
+    try:
+        validate_clusters(k)
+    except UsageError as exc:
+        raise UsageError(f"{manifest_path}: run.clusters: {exc}") from None
     if k > n_corpus:
         raise UsageError(
             f"{manifest_path}: run.clusters {k} is more than the {n_corpus} training documents; "

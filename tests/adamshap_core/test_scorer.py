@@ -97,9 +97,13 @@ def oracle_val_loss(model, val):
         return per_example_loss(model, prepare_batch(val)).mean()
 
 
-def test_rejects_non_positive_target_chunk(gpt2):
+def test_rejects_negative_target_chunk_and_0_is_the_whole_batch(gpt2):
     with pytest.raises(ValueError, match="target_chunk"):
-        InRunScorer(gpt2, make_opt(gpt2), make_batch(3, 12, seed=1), target_chunk=0)
+        InRunScorer(gpt2, make_opt(gpt2), make_batch(3, 12, seed=1), target_chunk=-1)
+    # 0 means the whole target batch, as it does for ScoreArgs and --target-chunk
+    sc = InRunScorer(gpt2, make_opt(gpt2), make_batch(10, 12, seed=1), target_chunk=0)
+    assert sc.target_chunk is None and len(sc._val_chunks()) == 1
+    sc.close()
 
 
 def test_step_one_zero_second_moment(gpt2):

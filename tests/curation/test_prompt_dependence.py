@@ -9,7 +9,7 @@ import torch
 
 from adamshap_core import build_model, per_example_loss, prepare_batch
 from curation.encode import encode_corpus
-from curation.prompt_dependence import derangement, prompt_gains, run_prompt_gains
+from curation.prompt_dependence import LossModel, derangement, prompt_gains, run_prompt_gains
 from curation.tokenizer import train_tokenizer
 
 PROMPTS = [f"Define the word: {w}" for w in ("fox", "owl", "oak", "elm", "cat", "bee")]
@@ -50,7 +50,7 @@ def _direct(model, tok, prompts, responses):
 
 
 def test_gain_equals_direct_swapped_computation(model, tok):
-    res = prompt_gains(model, tok, 48, PROMPTS, RESPONSES, draws=2, seed=3, batch_size=4)
+    res = prompt_gains(LossModel(model, tok, 48, batch_size=4), PROMPTS, RESPONSES, draws=2, seed=3)
     own = _direct(model, tok, PROMPTS, RESPONSES).numpy()
     np.testing.assert_allclose(res.own_loss, own, rtol=1e-6)
     others = []
@@ -66,7 +66,7 @@ def test_gain_equals_direct_swapped_computation(model, tok):
 
 def test_swapping_identical_prompts_gains_nothing(model, tok):
     same = ["Define the word:"] * len(RESPONSES)
-    res = prompt_gains(model, tok, 48, same, RESPONSES, draws=2, seed=0)
+    res = prompt_gains(LossModel(model, tok, 48), same, RESPONSES, draws=2, seed=0)
     assert (res.perms != np.arange(len(same))).all()
     np.testing.assert_allclose(res.gain, 0.0, atol=1e-9)
 
@@ -90,7 +90,7 @@ def test_a_proxy_trained_on_the_pairs_gains_on_them(tok):
         opt.zero_grad()
         per_example_loss(m, batch).mean().backward()
         opt.step()
-    res = prompt_gains(m, tok, 48, PROMPTS, RESPONSES, draws=2, seed=0)
+    res = prompt_gains(LossModel(m, tok, 48), PROMPTS, RESPONSES, draws=2, seed=0)
     assert res.gain.mean() > 0.1
 
 
@@ -106,5 +106,5 @@ def test_derangement_avoids_same_text_and_run_reader(tmp_path, model, tok):
     tok.save_pretrained(run / "tokenizer")
     (run / "run.json").write_text('{"args": {"seq_len": 48}}')
     a = run_prompt_gains(run, PROMPTS, RESPONSES, draws=1, seed=5)
-    b = prompt_gains(model, tok, 48, PROMPTS, RESPONSES, draws=1, seed=5)
+    b = prompt_gains(LossModel(model, tok, 48), PROMPTS, RESPONSES, draws=1, seed=5)
     np.testing.assert_allclose(a.gain, b.gain, rtol=1e-5, atol=1e-7)

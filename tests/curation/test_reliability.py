@@ -114,7 +114,7 @@ def test_nothing_lost_input_equals_kept_excluded_rejected(
         is_target[rng.choice(n, size=int(rng.integers(0, budget + 1)), replace=False)] = True
     ids = data.df["id"].to_list()
     try:
-        res = select(ids, values, labels, emb, keep, None, dedup_eps, is_target)
+        res = select(ids, values, labels, emb, keep, None, dedup_eps=dedup_eps, is_target=is_target)
     except UsageError:
         return  # a refused selection is not a successful run
     kept = [i for i, m in zip(ids, res.kept) if m]

@@ -579,7 +579,7 @@ def test_nothing_lost_every_column_kept_and_failed_rerun_leaves_no_old_pair(
     emb = rng.normal(size=(n, 4)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     try:
-        res = select(ids, values, rng.integers(0, 2, n), emb, keep, None, 0.0, None)
+        res = select(ids, values, rng.integers(0, 2, n), emb, keep, None, dedup_eps=0.0)
     except UsageError:
         return
     clear_outputs(out)
