@@ -1027,6 +1027,8 @@ def main(argv: list[str] | None = None) -> None:
             keep=lambda p, b: (
                 (presets is None or p in presets) and (batches is None or b in batches)
             ),
+            parts=tuple(x.strip() for x in ns.parts.split(",") if x.strip()),
+            previous=previous.get("realistic"),  # rows this run does not redo are kept
         )
         print(realistic_markdown(res))
         return
