@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import resource
@@ -97,6 +98,33 @@ AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _median_seconds(
+    runners: dict,
+    batches: list,
+    rounds: int,
+    spr: int,
+    device: str,
+    *,
+    alternate: bool = True,
+    before=None,
+) -> dict[str, float]:
+    """Median s/step per variant, interleaved: every round times `spr` steps of each runner
+    (order reversed every other round when `alternate`, so drift hits all alike);
+    `before(v)` runs untimed before each variant's steps."""
+    times: dict[str, list[float]] = {v: [] for v in runners}
+    order = list(runners)
+    for r in range(rounds):
+        for v in order[::-1] if alternate and r % 2 else order:
+            if before is not None:
+                before(v)
+            t0 = time.perf_counter()
+            for k in range(spr):
+                runners[v](batches[(r + k) % len(batches)])
+            _sync(device)
+            times[v].append((time.perf_counter() - t0) / spr)
+    return {v: float(np.median(ts)) for v, ts in times.items()}
 
 
 def _data(vocab: int, n: int, T: int, seed: int) -> dict[str, torch.Tensor]:
@@ -202,17 +230,17 @@ def time_config(preset: str, T: int, rounds: int, a: ThroughputArgs) -> dict:
             getattr(run, "prepare", lambda: None)()
             run(batches[0])
     _sync(a.device)
-    times = {v: [] for v in runners}
     spr = 1 if preset == "gpt2" and a.device == "cpu" else a.steps_per_round  # ~2-20 s a step
-    for r in range(rounds):
-        for v, run in runners.items():
-            getattr(run, "prepare", lambda: None)()  # gpt2 on CPU: restore the snapshot, untimed
-            t0 = time.perf_counter()
-            for k in range(spr):
-                run(batches[(r + k) % len(batches)])
-            _sync(a.device)
-            times[v].append((time.perf_counter() - t0) / spr)
-    med = {v: float(np.median(ts)) for v, ts in times.items()}
+    med = _median_seconds(
+        runners,
+        batches,
+        rounds,
+        spr,
+        a.device,
+        alternate=False,
+        # gpt2 on CPU: restore the snapshot, untimed
+        before=lambda v: getattr(runners[v], "prepare", lambda: None)(),
+    )
     return {
         "preset": preset,
         "seq_len": T,
@@ -484,22 +512,20 @@ def time_realistic(preset: str, B: int, T: int, targets: tuple[int, ...], ra: Re
                 if val is not None and not big:  # a few-row warm-up is no step to compare
                     values[v].append(val)
         _sync(ra.device)
-        times: dict[str, list[float]] = {v: [] for v in timed}
-        for r in range(ra.rounds):
-            order = timed if r % 2 == 0 else timed[::-1]  # ABC CBA: drift hits all alike
-            for v in order:
-                restore()
-                _sync(ra.device)
-                t1 = time.perf_counter()
-                for k in range(spr):
-                    val = run(v, batches[(r + k) % len(batches)])
-                    if val is not None:
-                        values[v].append(val)
-                _sync(ra.device)
-                times[v].append((time.perf_counter() - t1) / spr)
+
+        def timed_step(b, v: str, run=run, values=values) -> None:
+            val = run(v, b)
+            if val is not None:
+                values[v].append(val)
+
+        def restored(_v: str, restore=restore) -> None:
+            restore()
+            _sync(ra.device)
+
+        runners = {v: functools.partial(timed_step, v=v) for v in timed}
+        med = _median_seconds(runners, batches, ra.rounds, spr, ra.device, before=restored)
         for sc in scorers.values():
             sc.close()
-        med = {v: float(np.median(ts)) for v, ts in times.items()}
         for v, other in same_as.items():
             med[v] = med[other]
             values[v] = values[other]
@@ -558,16 +584,7 @@ def time_momentum(preset: str, B: int, T: int, target: int, K: int, rounds: int,
         for i in range(K + 1):
             run(batches[i % len(batches)])
     _sync(ra.device)
-    times: dict[str, list[float]] = {v: [] for v in runners}
-    order = list(runners)
-    for r in range(rounds):
-        for v in order if r % 2 == 0 else order[::-1]:
-            t1 = time.perf_counter()
-            for k in range(ra.steps_per_round):
-                runners[v](batches[(r + k) % len(batches)])
-            _sync(ra.device)
-            times[v].append((time.perf_counter() - t1) / ra.steps_per_round)
-    med = {v: float(np.median(ts)) for v, ts in times.items()}
+    med = _median_seconds(runners, batches, rounds, ra.steps_per_round, ra.device)
     return {
         "preset": preset,
         "batch_size": B,
