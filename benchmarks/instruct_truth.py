@@ -14,7 +14,7 @@ appears in the mixture or the scoring target), response tokens only.
 
 Per source: delta = loss(without S) - loss(full), mean and paired sd over seeds (delta < 0: S
 hurts the target); Spearman correlation, over the sources, between each estimator's mean example
-value (the scoring run's `values_by_example.parquet`) and -delta (1: the values order the sources
+value (the scoring run's `values_by_example.parquet`) and delta (1: the values order the sources
 as removal does). Beside the arms: the evaluation split's cross-entropy under the add-one unigram
 model of the training mixture's counted (response) tokens: a proxy near it has only learnt token
 counts. `--epochs 3` retrains for 60 + 3 epochs of steps (the values stay those of the 1-epoch
@@ -29,6 +29,7 @@ import math
 import random
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,18 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+def value_correlations(
+    means: dict[str, dict[str, float]], arms: dict[str, Any], sources: list[str]
+) -> dict[str, float]:
+    """Per estimator, Spearman over `sources` between mean value and delta.
+
+    A helpful source has a high mean value and a positive delta (its removal raises the target
+    loss), so +1 means the values order the sources as removal does.
+    """
+    delta = [arms[s]["delta_mean"] for s in sources]
+    return {est: spearman([m[s] for s in sources], delta) for est, m in means.items()}
+
+
 def source_means(run_dir: Path) -> dict[str, dict[str, float]]:
     """Per estimator, each source's mean example value in the scoring run."""
     from curation.run_dir import RunDir
@@ -114,77 +127,54 @@ def source_means(run_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def measure(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Score (or reuse), retrain every arm on every seed, and summarise."""
-    from curation.baselines import counted_tokens, unigram_cross_entropy
-    from curation.encode import encode_corpus
-    from curation.instruct_corpus import instruct_frame
-    from curation.tokenizer import load_tokenizer
-    from curation.verify import Arrays, TrainConfig
+@dataclass(frozen=True)
+class Retraining:
+    """Retrain-and-evaluate arms (a set of kept rows each) on paired seeds, cached on disk."""
 
-    t0 = time.time()
-    work = Path(cfg.work)
-    run_dir = Path(cfg.scores) if cfg.scores else score(cfg, work)
-    from curation.run_dir import RunDir
+    folder: Path
+    arr: Any
+    ev: Any
+    steps: int
+    tcfg: Any
+    vocab: int
+    jobs: int
 
-    rec = RunDir(run_dir).run_args()
-    for k, v in SETTINGS.items():
-        if k in rec and rec[k] != v:
-            raise SystemExit(f"{run_dir} has {k}={rec[k]}, the benchmark's setting is {v}")
-    df = instruct_frame(cfg.per_source, cfg.seed)
-    train, target = split(df, 0.1, cfg.seed)
-    scored_ids = set(pl.read_parquet(RunDir(run_dir).examples)["id"].to_list())
-    if scored_ids != set(train["id"].to_list()):
-        raise SystemExit(f"{run_dir} was not scored on this mixture (per-source, seed)")
-    evaluation = evaluation_split(df, cfg.n_eval, cfg.seed)
-
-    tok = load_tokenizer(run_dir / "tokenizer")
-    seq_len = int(rec["seq_len"])
-    arr = Arrays.of(encode_corpus(train, tok, seq_len))
-    ev = Arrays.of(encode_corpus(evaluation, tok, seq_len))
-    tg = Arrays.of(encode_corpus(target, tok, seq_len))
-    tr_tokens = counted_tokens(arr.input_ids, arr.attention_mask, arr.loss_mask)
-    unigram_eval = unigram_cross_entropy(
-        tr_tokens, counted_tokens(ev.input_ids, ev.attention_mask, ev.loss_mask), len(tok)
-    )
-    unigram_target = unigram_cross_entropy(
-        tr_tokens, counted_tokens(tg.input_ids, tg.attention_mask, tg.loss_mask), len(tok)
-    )
-    batch = int(rec["batch_size"])
-    steps = int(rec["warm_start_steps"]) + cfg.epochs * math.ceil(len(train) / batch)
-    tcfg = TrainConfig(
-        preset=rec["preset"],
-        seq_len=seq_len,
-        batch_size=batch,
-        lr=float(rec["lr"]),
-        weight_decay=float(rec.get("weight_decay", 0.1)),
-        max_grad_norm=rec.get("max_grad_norm", 1.0),
-        warmup_frac=float(rec.get("warmup_frac", 0.05)),
-    )
-    sources = sorted(set(train["source"].to_list()))
-    src = np.asarray(train["source"].to_list())
-    seeds = [cfg.seed + s for s in range(cfg.seeds)]
-    keeps = {a: np.ones(len(src), bool) if a == FULL else src != a for a in [FULL, *sources]}
-    # full and shuffled on every seed first (the question of issue #15), then seed by seed
-    order = [(a, s) for s in seeds for a in (FULL, "shuffled")]
-    order += [(a, s) for s in seeds for a in sources if a != "shuffled"]
-    folder = work / "truth"
-    done: dict[tuple[str, int], dict] = {}
-    todo = []
-    for a, s in order:
-        f = _cache_file(folder, keeps[a], tcfg, steps, s)
-        if f.exists():
-            done[(a, s)] = json.loads(f.read_text())
-        else:
-            todo.append((a, s))
-    cached = len(done)
-    if todo and not cfg.cached_only:
+    def run(
+        self,
+        keeps: dict[str, np.ndarray],
+        order: list[tuple[str, int]],
+        cached_only: bool,
+        unigram_eval: float,
+        t0: float,
+    ) -> tuple[dict[tuple[str, int], dict], int]:
+        """Results per (arm, seed) in `order` (cached ones read, the rest run); and how many cached."""
+        done: dict[tuple[str, int], dict] = {}
+        todo = []
+        for a, s in order:
+            f = _cache_file(self.folder, keeps[a], self.tcfg, self.steps, s)
+            if f.exists():
+                done[(a, s)] = json.loads(f.read_text())
+            else:
+                todo.append((a, s))
+        cached = len(done)
+        if not todo or cached_only:
+            return done, cached
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn")) as pool:
             futs = {
-                pool.submit(_retrain, folder, keeps[a], arr, ev, steps, tcfg, s, len(tok)): (a, s)
+                pool.submit(
+                    _retrain,
+                    self.folder,
+                    keeps[a],
+                    self.arr,
+                    self.ev,
+                    self.steps,
+                    self.tcfg,
+                    s,
+                    self.vocab,
+                ): (a, s)
                 for a, s in todo
             }
             for fut in as_completed(futs):
@@ -195,9 +185,16 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
                     f"(unigram {unigram_eval:.3f}, {time.time() - t0:.0f} s)",
                     flush=True,
                 )
+        return done, cached
+
+
+def summarise_arms(
+    done: dict[tuple[str, int], dict], keeps: dict[str, np.ndarray], seeds: list[int]
+) -> dict[str, Any]:
+    """Per arm: losses over seeds and delta = loss(arm) - loss(full), paired by seed."""
     arms: dict[str, Any] = {}
     full_by_seed = {s: done[(FULL, s)]["final_loss"] for s in seeds if (FULL, s) in done}
-    for a in [FULL, *sources]:
+    for a in keeps:
         have = [s for s in seeds if (a, s) in done]
         if not have:
             continue
@@ -215,39 +212,124 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
             "delta_mean": float(d.mean()) if len(d) else float("nan"),
             "delta_sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
         }
+    return arms
+
+
+def removal_truth(
+    cfg: argparse.Namespace, run_dir: Path, frames: dict[str, pl.DataFrame], first: str
+) -> dict[str, Any]:
+    """Retrain the full mixture and the mixture minus each source on paired seeds; summarise.
+
+    `frames`: `train` (the scored mixture), `target` (the scoring target) and `evaluation` (the
+    evaluation split); `first` is the source whose removal is run first on every seed.
+    """
+    from curation.baselines import counted_tokens, unigram_cross_entropy
+    from curation.encode import encode_corpus
+    from curation.run_dir import RunDir
+    from curation.tokenizer import load_tokenizer
+    from curation.verify import Arrays, TrainConfig
+
+    t0 = time.time()
+    train = frames["train"]
+    rec = RunDir(run_dir).run_args()
+    scored_ids = set(pl.read_parquet(RunDir(run_dir).examples)["id"].to_list())
+    if scored_ids != set(train["id"].to_list()):
+        raise SystemExit(f"{run_dir} was not scored on this mixture (per-source, seed)")
+    tok = load_tokenizer(run_dir / "tokenizer")
+    seq_len = int(rec["seq_len"])
+    arr, ev, tg = (
+        Arrays.of(encode_corpus(frames[k], tok, seq_len)) for k in ("train", "evaluation", "target")
+    )
+    tr_tokens = counted_tokens(arr.input_ids, arr.attention_mask, arr.loss_mask)
+    unigram = {
+        k: unigram_cross_entropy(
+            tr_tokens, counted_tokens(a.input_ids, a.attention_mask, a.loss_mask), len(tok)
+        )
+        for k, a in (("eval", ev), ("target", tg))
+    }
+    batch = int(rec["batch_size"])
+    steps = int(rec["warm_start_steps"]) + cfg.epochs * math.ceil(len(train) / batch)
+    tcfg = TrainConfig(
+        preset=rec["preset"],
+        seq_len=seq_len,
+        batch_size=batch,
+        lr=float(rec["lr"]),
+        weight_decay=float(rec.get("weight_decay", 0.1)),
+        max_grad_norm=rec.get("max_grad_norm", 1.0),
+        warmup_frac=float(rec.get("warmup_frac", 0.05)),
+    )
+    sources = sorted(set(train["source"].to_list()))
+    src = np.asarray(train["source"].to_list())
+    seeds = [cfg.seed + s for s in range(cfg.seeds)]
+    keeps = {a: np.ones(len(src), bool) if a == FULL else src != a for a in [FULL, *sources]}
+    # full and the source in question on every seed first, then seed by seed
+    order = [(a, s) for s in seeds for a in (FULL, first)]
+    order += [(a, s) for s in seeds for a in sources if a != first]
+    retrain = Retraining(Path(cfg.work) / "truth", arr, ev, steps, tcfg, len(tok), cfg.jobs)
+    done, cached = retrain.run(keeps, order, cfg.cached_only, unigram["eval"], t0)
+    arms = summarise_arms(done, keeps, seeds)
     scored = [s for s in sources if s in arms and arms[s]["delta"]]
-    neg_delta = [-arms[s]["delta_mean"] for s in scored]
     means = source_means(run_dir)
-    corr = {est: spearman([m[s] for s in scored], neg_delta) for est, m in means.items()}
-    pg_file = RESULTS / "instruct.json"
-    pg = json.loads(pg_file.read_text()).get("prompt_gain") if pg_file.exists() else None
-    if pg and pg.get("run") == str(run_dir):
-        corr["prompt_gain"] = spearman([pg["by_source"][s]["mean"] for s in scored], neg_delta)
     return {
-        "command": "python -m benchmarks.instruct_truth"
-        + (f" --epochs {cfg.epochs}" if cfg.epochs != 1 else ""),
         "per_source": cfg.per_source,
         "seed": cfg.seed,
         "seeds": seeds,
         "epochs": cfg.epochs,
         "steps": steps,
-        "settings": ", ".join(f"{k} {rec[k]}" for k in SETTINGS),
         "n_train": len(train),
-        "n_target": target.height,
-        "n_eval": evaluation.height,
+        "n_target": frames["target"].height,
+        "n_eval": frames["evaluation"].height,
         "run": str(run_dir),
-        "unigram_eval_ce": unigram_eval,
-        "unigram_target_ce": unigram_target,
+        "unigram_eval_ce": unigram["eval"],
+        "unigram_target_ce": unigram["target"],
         "untrained_ce": math.log(len(tok)),
         "arms": arms,
         "value_means": {est: {s: m[s] for s in sources} for est, m in means.items()},
-        "spearman_vs_minus_delta": corr,
+        "spearman_vs_delta": value_correlations(means, arms, scored),
         "spearman_sources": scored,
         "complete": len(done) == len(order),
         "retrains_done": len(done),
         "retrains_planned": len(order),
         "cached_retrains": cached,
         "total_s": round(time.time() - t0, 1),
+    }
+
+
+def check_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Stop when the scoring run was made with other settings than the benchmark's."""
+    from curation.run_dir import RunDir
+
+    rec = RunDir(run_dir).run_args()
+    for k, v in settings.items():
+        if k in rec and rec[k] != v:
+            raise SystemExit(f"{run_dir} has {k}={rec[k]}, the benchmark's setting is {v}")
+
+
+def measure(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Score (or reuse), retrain every arm on every seed, and summarise."""
+    from curation.instruct_corpus import instruct_frame
+
+    run_dir = Path(cfg.scores) if cfg.scores else score(cfg, Path(cfg.work))
+    check_settings(run_dir, SETTINGS)
+    df = instruct_frame(cfg.per_source, cfg.seed)
+    train, target = split(df, 0.1, cfg.seed)
+    evaluation = evaluation_split(df, cfg.n_eval, cfg.seed)
+    frames = {"train": train, "target": target, "evaluation": evaluation}
+    res = removal_truth(cfg, run_dir, frames, first="shuffled")
+    scored = res["spearman_sources"]
+    delta = [res["arms"][s]["delta_mean"] for s in scored]
+    pg_file = RESULTS / "instruct.json"
+    pg = json.loads(pg_file.read_text()).get("prompt_gain") if pg_file.exists() else None
+    if pg and pg.get("run") == str(run_dir):
+        res["spearman_vs_delta"]["prompt_gain"] = spearman(
+            [pg["by_source"][s]["mean"] for s in scored], delta
+        )
+    rec_settings = ", ".join(f"{k} {v}" for k, v in SETTINGS.items())
+    return {
+        "command": "python -m benchmarks.instruct_truth"
+        + (f" --epochs {cfg.epochs}" if cfg.epochs != 1 else ""),
+        "settings": rec_settings,
+        **res,
     }
 
 
@@ -262,14 +344,16 @@ def to_markdown(res: dict[str, Any]) -> str:
         else ""
     )
     lines = [
-        f"# Instruction benchmark: source-removal truth ({res['epochs']} epoch"
+        f"# {res.get('title', 'Instruction benchmark')}: source-removal truth ({res['epochs']} epoch"
         f"{'s' if res['epochs'] != 1 else ''})",
         "",
-        f"`{res['command']}`: the mixture of `benchmarks.instruct` ({res['n_train']} training "
+        f"`{res['command']}`: the mixture of `{res.get('mixture', 'benchmarks.instruct')}` "
+        f"({res['n_train']} training "
         f"rows; {res['settings']}). Every arm retrains a fresh proxy for {res['steps']} steps "
         f"(the scoring run's warm start + {res['epochs']} epoch(s) of the full mixture: same "
         f"token budget), seeds {res['seeds']} (paired); loss = response-only loss on "
-        f"{res['n_eval']} `{TARGET_TASK}` pairs used nowhere in the mixture or the scoring "
+        f"{res['n_eval']} {res.get('eval_what', f'`{TARGET_TASK}` pairs')} used nowhere in the "
+        "mixture or the scoring "
         f"target. {res['total_s']:.0f} s on 2 shared CPU cores{cached}.",
         "",
         f"Evaluation split under the mixture's unigram model (response tokens): "
@@ -300,13 +384,14 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines.append("")
     if ranked:
         worst = ranked[0]
+        focus = res.get("focus", "shuffled")
         lines.append(
             f"Most harmful by removal: `{worst}` (delta {arms[worst]['delta_mean']:+.4f})"
             + (
-                f"; `shuffled`: delta {arms['shuffled']['delta_mean']:+.4f} ± "
-                f"{arms['shuffled']['delta_sd']:.4f}, rank {ranked.index('shuffled') + 1} of "
+                f"; `{focus}`: delta {arms[focus]['delta_mean']:+.4f} ± "
+                f"{arms[focus]['delta_sd']:.4f}, rank {ranked.index(focus) + 1} of "
                 f"{len(ranked)} from most harmful."
-                if "shuffled" in ranked
+                if focus in ranked
                 else "."
             )
         )
@@ -318,13 +403,13 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         f"Spearman correlation over the {len(res['spearman_sources'])} sources with a delta "
-        "between the source's mean value and -delta (+1: the values order the sources as "
+        "between the source's mean value and delta (+1: the values order the sources as "
         "removal does):",
         "",
-        "| estimator | Spearman vs -delta |",
+        "| estimator | Spearman vs delta |",
         "|---|---|",
     ]
-    for est, c in res["spearman_vs_minus_delta"].items():
+    for est, c in res["spearman_vs_delta"].items():
         lines.append(f"| {est} | {c:+.3f} |")
     return "\n".join(lines)
 
