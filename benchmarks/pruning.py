@@ -548,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd += f" --scenarios {a.scenarios}"
     if a.tag:
         cmd += f" --tag {a.tag}"
+    if a.steps != (40 if a.quick else 300):
+        cmd += f" --steps {a.steps}"
+    if a.arms != list(ARMS):
+        cmd += f" --arms {','.join(a.arms)}"
+    if a.results != "benchmarks/results":
+        cmd += f" --results {a.results}"
     meta = {
         "command": cmd,
         "n_pool": a.n_pool,
