@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,24 @@ class Rule:
             return int(text) if self.integer else float(text)
         except ValueError:
             return text
+
+    def cli_type(self, kind_only: bool = False) -> Callable[[str], Any]:
+        """An argparse type: the text parsed as this rule's kind, then checked by this rule.
+
+        `kind_only`: only the kind here; the stage model applies the range, so a bad value is
+        one error line (argparse adds its usage lines) naming the option (`flows.cli.main`).
+        Defined here, not in flows.cli, so parsing an option does not bounce between modules.
+        """
+        import argparse
+
+        def parse(text: str) -> Any:
+            value = self.parse(text)
+            problem = self.problem(value) if not kind_only or isinstance(value, str) else None
+            if problem:
+                raise argparse.ArgumentTypeError(problem)
+            return value
+
+        return parse
 
 
 def _shown(value: Any) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 # torch-free (adamshap_core imports lazily): `--help` stays fast
 from adamshap_core.estimators import DEFAULT_ORDER, preferred_order
-from curation.settings import POSITIVE, POSITIVE_INT, RULES, Rule
+from curation.settings import POSITIVE, POSITIVE_INT, RULES
 
 CORPUS_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".pq")
 EXIT_INTERRUPTED = 130
@@ -62,26 +62,9 @@ def _keep_rule(value: float) -> str | None:
     return None
 
 
-def rule_type(rule: Rule, kind_only: bool = False) -> Callable[[str], Any]:
-    """An argparse type that parses the text as `rule`'s kind and checks it with `rule`.
-
-    `kind_only`: only the kind here; the stage model applies the range, so a bad value is one
-    error line (argparse adds its usage lines) with the option's name (`main` names it).
-    """
-
-    def parse(text: str) -> Any:
-        value = rule.parse(text)
-        problem = rule.problem(value) if not kind_only or isinstance(value, str) else None
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
-        return value
-
-    return parse
-
-
 def setting_type(stage: str, name: str, kind_only: bool = False) -> Callable[[str], Any]:
     """The argparse type of `stage`'s setting `name`: its one rule (curation/settings.py)."""
-    return rule_type(RULES[stage][name], kind_only)
+    return RULES[stage][name].cli_type(kind_only)
 
 
 keep_fraction = argument_type(float, _keep_rule, " (expected e.g. 0.7)")  # in (0, 1]
@@ -852,7 +835,7 @@ def _add_serve_command(sub: Any) -> None:
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 3 * * *'")
     when.add_argument(
-        "--interval", type=rule_type(POSITIVE), metavar="SECONDS", help="run every N s"
+        "--interval", type=POSITIVE.cli_type(), metavar="SECONDS", help="run every N s"
     )
     p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
@@ -876,7 +859,7 @@ def _add_corpus_command(sub: Any) -> None:
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
     b.add_argument(
         "--per-source",
-        type=rule_type(POSITIVE_INT),
+        type=POSITIVE_INT.cli_type(),
         help="documents per source (demo 300, instruct/rag 200)",
     )
     b.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -162,9 +162,9 @@ def test_every_numeric_option_is_typed_by_its_rule():
             if name not in options:
                 continue
             parse = options[name].type
-            assert parse.__qualname__ == "rule_type.<locals>.parse", (stage, name)
+            assert parse.__qualname__ == "Rule.cli_type.<locals>.parse", (stage, name)
             cells = dict(zip(parse.__code__.co_freevars, parse.__closure__, strict=True))
-            assert cells["rule"].cell_contents is rule, (stage, name)
+            assert cells["self"].cell_contents is rule, (stage, name)
 
 
 def test_the_manifest_checks_prune_and_verify_settings_up_front():
