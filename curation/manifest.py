@@ -22,7 +22,7 @@ run: {preset: tiny, seq_len: 128}
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +98,17 @@ def _check_type(value: Any, default: Any, key: str) -> None:
 
 
 def check_run_settings(run: dict[str, Any]) -> None:
-    """Refuse `run:` keys that no stage takes (with the nearest valid one) and bad score values.
+    """Refuse `run:` keys that no stage takes (with the nearest valid one) and bad values, up front.
 
     The same models as the command line: ScoreArgs, PruneArgs and VerifyArgs fields, plus the
-    data settings and the per-stage sections `score:`, `prune:`, `verify:`.
+    data settings and the per-stage sections `score:`, `prune:`, `verify:`. A numeric setting is
+    checked by its rule (curation/settings.py RULES), the error naming its `run.<field>` (or
+    `run.<stage>.<field>`) key; then each stage's model checks the rest, as on the command line.
     """
-    import dataclasses
+    from curation.settings import validate_keep
 
     models = stage_models()
-    names = {
-        n: {f.name for f in dataclasses.fields(c)} - set(FLOW_OWNED) for n, c in models.items()
-    }
+    names = {n: {f.name for f in fields(c)} - set(FLOW_OWNED) for n, c in models.items()}
     check_keys(run, set().union(*names.values(), DATA_RUN_KEYS, STAGE_SECTIONS), "run")
     for sec in STAGE_SECTIONS:
         sub = run.get(sec)
@@ -117,15 +117,55 @@ def check_run_settings(run: dict[str, Any]) -> None:
         if not isinstance(sub, dict):
             raise ManifestError(f"run.{sec}: expected a mapping of {sec} settings")
         check_keys(sub, names[sec], f"run.{sec}")
+    if "keep" in run:
+        try:
+            validate_keep(run["keep"])
+        except AdamshapError as exc:
+            raise ManifestError(f"run.keep: {exc}") from None
     for sec, cls in models.items():
-        for f in dataclasses.fields(cls):
-            for where, d in (("run", run), (f"run.{sec}", run.get(sec) or {})):
-                if f.name in d and f.name not in FLOW_OWNED:
-                    _check_type(d[f.name], f.default, f"{where}.{f.name}")
-    score = {k: v for k, v in run.items() if k in names["score"]}
-    score.update({k: v for k, v in (run.get("score") or {}).items() if k in names["score"]})
+        _check_values(sec, cls, run)
+        values = {k: v for k, v in run.items() if k in names[sec]}
+        values.update({k: v for k, v in (run.get(sec) or {}).items() if k in names[sec]})
+        _check_model(cls, values)
+
+
+def _check_values(stage: str, cls: type, run: dict[str, Any]) -> None:
+    """ManifestError naming the `run.<field>` key of the first of `stage`'s values that is bad.
+
+    Numeric settings by their rule (the one the CLI's types and the stage model apply), the
+    others by the type of their default.
+    """
+    from curation.settings import RULES
+
+    rules = RULES[stage]
+    for f in fields(cls):
+        if f.name in FLOW_OWNED:
+            continue
+        for where, d in (("run", run), (f"run.{stage}", run.get(stage) or {})):
+            if f.name not in d:
+                continue
+            if f.name not in rules:
+                _check_type(d[f.name], f.default, f"{where}.{f.name}")
+            elif problem := rules[f.name].problem(d[f.name]):
+                # a run-wide key feeds every stage with the field; say whose rule it broke
+                whose = f" ({stage})" if where == "run" and _rules_differ(f.name) else ""
+                raise ManifestError(f"{where}.{f.name}{whose}: {problem}")
+
+
+def _rules_differ(name: str) -> bool:
+    """Whether the stages that have a setting `name` take different values for it."""
+    from curation.settings import RULES
+
+    return len({str(r[name]) for r in RULES.values() if name in r}) > 1
+
+
+def _check_model(cls: type, values: dict[str, Any]) -> None:
+    """ManifestError (`run: ...`) when the stage model refuses `values` (choices, combinations)."""
+    required = {
+        f.name: "-" for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    }
     try:
-        models["score"](corpus="-", target="-", out="-", **score).validate()
+        cls(**required, **values).validate()
     except ManifestError:
         raise
     except Exception as exc:  # UsageError from validate, TypeError from a value of a wrong type

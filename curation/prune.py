@@ -37,7 +37,7 @@ from curation.run_dir import (
     RunDir,
 )
 from curation.selection import SelectionResult, select
-from curation.settings import validate_clusters, validate_keep
+from curation.settings import check_settings, validate_keep
 
 __all__ = ["PruneArgs", "SelectionResult", "run_prune", "select", "validate_keep"]
 
@@ -94,16 +94,9 @@ class PruneArgs:
         the rows' kind) are checked where the data is read, in run_prune.
         """
         keep = validate_keep(self.keep)
-        try:
-            validate_clusters(self.clusters)
-        except UsageError as exc:
-            raise UsageError(f"--clusters: {exc}") from None
+        check_settings("prune", self)  # the numeric settings: curation/settings.py RULES
         if self.by not in ("row", "source"):
             raise UsageError(f"--by must be 'row' or 'source', got {self.by!r}")
-        if not 0 < self.target_frac < 1:
-            raise UsageError(f"--target-frac must be in (0, 1), got {self.target_frac!r}")
-        if not isinstance(self.min_chars, int) or self.min_chars < 0:
-            raise UsageError(f"--min-chars must be an integer >= 0, got {self.min_chars!r}")
         if self.rank_by not in RANK_BY:
             raise UsageError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {self.rank_by!r}")
         return keep

@@ -62,6 +62,7 @@ from .scoring_handlers import (
     run_steps,
 )
 from .scoring_handlers import NonFiniteError as NonFiniteError  # raised by the run
+from .settings import check_settings
 
 # Arguments that do not change the outputs; a resume may differ in them. The inputs are
 # identified by their contents (sha256), not by how their paths were typed.
@@ -133,37 +134,7 @@ class ScoreArgs:
                 f"contraction gram values {' and '.join(gram_estimators())} only; "
                 "pass --estimators adam (or adam,sgd)"
             )
-        for name in (
-            "seq_len",
-            "batch_size",
-            "target_batch_size",
-            "checkpoint_every",
-            "rank",
-            "sketch_dim",
-        ):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seq_len < 2:
-            raise UsageError("seq_len must be >= 2 (one input and one target token)")
-        if self.target_chunk < 0:
-            raise UsageError(
-                f"target_chunk must be >= 0 (0 = whole batch), got {self.target_chunk}"
-            )
-        if self.snapshots < 0:
-            raise UsageError(
-                f"snapshots must be >= 0 (0 = no checkpoint values), got {self.snapshots}"
-            )
-        k = self.momentum_window
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise UsageError(
-                f"momentum_window (--momentum-window) must be an integer >= 0 (0 = off), got {k!r}"
-            )
-        if self.epochs < 0 or self.warm_start_steps < 0:
-            raise UsageError("epochs and warm_start_steps must be >= 0")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"lr must be a positive number, got {self.lr}")
-        if not 0 <= self.warmup_frac < 1:
-            raise UsageError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        check_settings("score", self)  # the numeric settings: curation/settings.py RULES
         if self.on_bad_rows not in ("error", "skip"):
             raise UsageError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
         self.device = check_device(self.device)

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from curation.errors import UsageError
-from curation.settings import validate_keep
+from curation.settings import check_value, validate_keep
 
 KEPT, LOW_VALUE, TARGET, NEAR_DUP = "kept", "low_value", "target", "near_duplicate_of:"
 QUALITY = "quality:"
@@ -291,16 +291,17 @@ def _check_inputs(n, values, labels, emb, floor_frac, opts: SelectionOptions, id
         raise UsageError(f"ids ({n}), values ({len(values)}) and labels ({len(labels)}) differ")
     if len(set(ids)) != n:
         raise UsageError("document ids must be unique")
-    if not 0.0 <= floor_frac <= 1.0:
-        raise UsageError(f"--floor must be in [0, 1], got {floor_frac!r}")
-    if opts.dedup_eps < 0:
-        raise UsageError(f"--dedup-eps must be >= 0, got {opts.dedup_eps!r}")
+    # the prune settings' rules (curation/settings.py), for callers that skip PruneArgs
+    for name, v in (
+        ("floor", floor_frac),
+        ("dedup_eps", opts.dedup_eps),
+        ("dedup_jaccard", opts.dedup_jaccard),
+    ):
+        check_value("prune", name, v)
     if opts.dedup_eps > 0 and (emb is None or len(emb) != n):
         raise UsageError("near-duplicate removal needs one embedding per document")
     if opts.shingles is not None and len(opts.shingles) != n:
         raise UsageError(f"got {len(opts.shingles)} token shingle sets for {n} documents")
-    if not 0.0 <= opts.dedup_jaccard <= 1.0:
-        raise UsageError(f"--dedup-jaccard must be in [0, 1], got {opts.dedup_jaccard!r}")
     if opts.quality is not None and len(opts.quality) != n:
         raise UsageError(f"got {len(opts.quality)} quality reasons for {n} documents")
 

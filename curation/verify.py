@@ -22,6 +22,7 @@ import torch
 from curation.errors import UsageError
 from curation.render import Figure, Page, Section, Table, write_page
 from curation.run_dir import RunDir
+from curation.settings import check_settings
 
 ARMS = ("curated", "random", "full")
 BASELINE_ARMS = ("random", "perplexity", "dsir", "classifier", "full")
@@ -84,10 +85,7 @@ class VerifyArgs:
             raise UsageError(
                 f"unknown baseline(s) {', '.join(bad)}; choose from {','.join(BASELINE_ARMS)}"
             )
-        if self.seeds < 1:
-            raise UsageError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.steps is not None and self.steps < 1:
-            raise UsageError(f"steps must be >= 1, got {self.steps}")
+        check_settings("verify", self)  # the numeric settings: curation/settings.py RULES
 
 
 CURVE_FILE = "verify_curve.png"

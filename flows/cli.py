@@ -22,6 +22,7 @@ from typing import Any
 
 # torch-free (adamshap_core imports lazily): `--help` stays fast
 from adamshap_core.estimators import DEFAULT_ORDER, preferred_order
+from curation.settings import POSITIVE, POSITIVE_INT, RULES
 
 CORPUS_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".pq")
 EXIT_INTERRUPTED = 130
@@ -61,19 +62,12 @@ def _keep_rule(value: float) -> str | None:
     return None
 
 
-# argparse types; the ranges the stage settings (ScoreArgs, PruneArgs, VerifyArgs) also check
+def setting_type(stage: str, name: str, kind_only: bool = False) -> Callable[[str], Any]:
+    """The argparse type of `stage`'s setting `name`: its one rule (curation/settings.py)."""
+    return RULES[stage][name].cli_type(kind_only)
+
+
 keep_fraction = argument_type(float, _keep_rule, " (expected e.g. 0.7)")  # in (0, 1]
-positive_int = argument_type(int, lambda v: None if v >= 1 else "must be >= 1, got {text}")
-non_negative_int = argument_type(int, lambda v: None if v >= 0 else "must be >= 0, got {text}")
-# the range is checked with the run's settings (one line)
-_integer = argument_type(int)
-non_negative_float = argument_type(
-    float, lambda v: None if v >= 0.0 else "must be >= 0, got {text}"
-)
-positive_float = argument_type(
-    float,
-    lambda v: "must be >= 0, got {text}" if not v >= 0.0 else ("must be > 0" if v == 0 else None),
-)
 
 
 def estimator_list(text: str) -> tuple[str, ...]:
@@ -216,10 +210,8 @@ def _add_field_options(p: argparse.ArgumentParser, bad_rows: bool = True) -> Non
 def _add_score_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--preset", choices=("tiny", "cpu-small", "gpt2"), help="proxy GPT-2 size")
-    g.add_argument("--epochs", type=positive_int, help="scored passes over the corpus")
-    g.add_argument(
-        "--warm-start-steps", type=non_negative_int, help="plain AdamW steps before scoring"
-    )
+    _add_setting(g, "score", "--epochs", "scored passes over the corpus (1; 0: warm start only)")
+    _add_setting(g, "score", "--warm-start-steps", "plain AdamW steps before scoring (50)")
     g.add_argument(
         "--estimators",
         type=estimator_list,
@@ -234,44 +226,58 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
         "auto (the cheaper forms only where they pay); speed and fidelity in "
         "benchmarks/results/speed.md",
     )
-    g.add_argument("--rank", type=positive_int, help="rank of the low-rank contraction (8)")
-    g.add_argument(
+    _add_setting(g, "score", "--rank", "rank of the low-rank contraction (8)")
+    _add_setting(
+        g,
+        "score",
         "--target-chunk",
-        type=non_negative_int,
+        "take target gradients K examples at a time to cap peak memory (8; 0 = whole batch)",
         metavar="K",
-        help="take target gradients K examples at a time to cap peak memory (8; 0 = whole batch)",
     )
-    g.add_argument(
+    _add_setting(
+        g,
+        "score",
         "--snapshots",
-        type=non_negative_int,
-        metavar="C",
-        help="shared snapshots at which every document is re-valued (checkpoint values, the "
+        "shared snapshots at which every document is re-valued (checkpoint values, the "
         "`ckpt` estimator of prune; 3; 0 = in-run values only)",
+        metavar="C",
     )
-    g.add_argument(
+    _add_setting(
+        g,
+        "score",
         "--sketch-dim",
-        type=positive_int,
+        "K x K gradient sketch per weight for the checkpoint values (16)",
         metavar="K",
-        help="K x K gradient sketch per weight for the checkpoint values (16)",
     )
     g.add_argument(
         "--momentum-window",
-        type=_integer,
+        type=setting_type("score", "momentum_window", kind_only=True),
         metavar="K",
         help="also value each example by its carry-over through Adam's momentum over the K "
         "steps after it was drawn (value_<est>_prop columns; 0 = off, the default)",
     )
-    g.add_argument("--seed", type=int, help="random seed")
-    g.add_argument("--batch-size", type=positive_int, help="training examples per step")
-    g.add_argument("--target-batch-size", type=positive_int, help="target examples per step")
-    g.add_argument("--seq-len", type=positive_int, help="tokens per example (longer: truncated)")
-    g.add_argument("--vocab-size", type=positive_int, help="BPE vocabulary size when training one")
-    g.add_argument("--lr", type=positive_float, help="peak AdamW learning rate")
-    g.add_argument(
-        "--max-grad-norm", type=positive_float, help="clip the gradient norm to this value (1.0)"
-    )
+    _add_training_options(g)
+
+
+def _add_training_options(g: Any) -> None:
+    """`adamshap score`: the proxy's training settings, its tokenizer and starting model."""
+    for flag, text in (
+        ("--seed", "random seed"),
+        ("--batch-size", "training examples per step"),
+        ("--target-batch-size", "target examples per step"),
+        ("--seq-len", "tokens per example (longer: truncated)"),
+        ("--vocab-size", "BPE vocabulary size when training one"),
+        ("--lr", "peak AdamW learning rate"),
+        ("--max-grad-norm", "clip the gradient norm to this value (1.0)"),
+    ):
+        _add_setting(g, "score", flag, text)
     g.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer folder")
     g.add_argument("--model", metavar="DIR", help="start from this local GPT-2 checkpoint folder")
+
+
+def _add_setting(g: Any, stage: str, flag: str, text: str, **kw: Any) -> None:
+    """Option `flag` for `stage`'s setting of that name (`--seq-len`: `seq_len`), by its rule."""
+    g.add_argument(flag, type=setting_type(stage, flag[2:].replace("-", "_")), help=text, **kw)
 
 
 def _add_device_option(p: argparse.ArgumentParser, precision: bool = False) -> None:
@@ -495,22 +501,13 @@ def cmd_curate(args: argparse.Namespace) -> int:
 def check_run_settings(run: dict[str, Any], keep: float | None, where: str) -> float:
     """Check a manifest's `run` settings that would otherwise fail late; return the keep fraction.
 
-    `--keep` (or `run.keep`) must be in (0, 1]; `run.clusters` (also under `run.prune`) a
-    positive integer. Raises UsageError naming the manifest and the setting.
+    `--keep` (or `run.keep`) must be in (0, 1]. Raises UsageError naming the manifest and the
+    setting. The stages' numeric settings were checked by the manifest loader (their rules).
     """
     from curation.errors import UsageError
-    from curation.settings import resolve_keep, validate_clusters
+    from curation.settings import resolve_keep
 
     fraction = resolve_keep(keep, run, where, " (set a fraction such as 0.7)")
-    prune = run.get("prune") if isinstance(run.get("prune"), dict) else {}
-    for key, v in (
-        ("run.clusters", run.get("clusters")),
-        ("run.prune.clusters", prune.get("clusters")),
-    ):
-        try:
-            validate_clusters(v)
-        except UsageError as exc:
-            raise UsageError(f"{where}: {key}: {exc}") from None
     from curation.devices import PRECISIONS, check_device
 
     try:
@@ -669,10 +666,15 @@ def _add_prune_command(sub: Any) -> None:
     )
     p.add_argument("--scores", metavar="RUN_DIR", help="existing scoring run to take values from")
     p.add_argument("--target", metavar="T", help="target set (used when scoring runs here)")
-    p.add_argument("--clusters", type=positive_int, metavar="K", help="number of FAISS clusters")
+    p.add_argument(
+        "--clusters",
+        type=setting_type("prune", "clusters"),
+        metavar="K",
+        help="number of FAISS clusters",
+    )
     p.add_argument(
         "--dedup-eps",
-        type=non_negative_float,
+        type=setting_type("prune", "dedup_eps"),
         metavar="E",
         help="near-duplicate threshold: cosine > 1-E (0 turns it off)",
     )
@@ -685,7 +687,7 @@ def _add_prune_command(sub: Any) -> None:
     )
     p.add_argument(
         "--floor",
-        type=non_negative_float,
+        type=setting_type("prune", "floor"),
         help="minimum kept share of each FAISS cluster (default: half of --keep; 0: off)",
     )
     _add_prune_ranking_options(p)
@@ -713,7 +715,7 @@ def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--min-chars",
-        type=non_negative_int,
+        type=setting_type("prune", "min_chars"),
         metavar="N",
         help="quality rule too_short: fewer than N non-blank characters (50)",
     )
@@ -722,22 +724,22 @@ def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
         choices=("row", "source"),
         help="row: rank rows under cluster quotas (default); source: keep or drop whole sources",
     )
-    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--seed", type=setting_type("prune", "seed"), help="random seed")
     p.add_argument(
         "--dedup-jaccard",
-        type=non_negative_float,
+        type=setting_type("prune", "dedup_jaccard"),
         metavar="J",
         help="a near-duplicate needs token 3-gram Jaccard >= J too (0.8)",
     )
     p.add_argument(
         "--max-dedup-frac",
-        type=non_negative_float,
+        type=setting_type("prune", "max_dedup_frac"),
         metavar="F",
         help="warn loudly when near-duplicates exceed this share of the corpus (0.3)",
     )
     p.add_argument(
         "--target-frac",
-        type=positive_float,
+        type=setting_type("prune", "target_frac"),
         metavar="F",
         help="share of the corpus held out as the target when no --target is given (0.05)",
     )
@@ -759,14 +761,25 @@ def _add_verify_command(sub: Any) -> None:
     p.add_argument("--full", required=True, metavar="F", help="the full corpus")
     p.add_argument("--target", required=True, metavar="T", help="target set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--seeds", type=positive_int, default=3, help="random subsets / seeds (3)")
+    p.add_argument(
+        "--seeds",
+        type=setting_type("verify", "seeds"),
+        default=3,
+        help="random subsets / seeds (3)",
+    )
     p.add_argument("--preset", choices=("tiny", "cpu-small", "gpt2"), help="proxy GPT-2 size")
-    p.add_argument("--epochs", type=positive_int, help="passes over the curated set")
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--seq-len", type=positive_int)
-    p.add_argument("--lr", type=positive_float)
-    p.add_argument("--seed", type=int, help="base random seed")
-    p.add_argument("--steps", type=positive_int, help="training steps per arm (default: 1 epoch)")
+    p.add_argument(
+        "--epochs", type=setting_type("verify", "epochs"), help="passes over the curated set"
+    )
+    p.add_argument("--batch-size", type=setting_type("verify", "batch_size"))
+    p.add_argument("--seq-len", type=setting_type("verify", "seq_len"))
+    p.add_argument("--lr", type=setting_type("verify", "lr"))
+    p.add_argument("--seed", type=setting_type("verify", "seed"), help="base random seed")
+    p.add_argument(
+        "--steps",
+        type=setting_type("verify", "steps"),
+        help="training steps per arm (default: 1 epoch)",
+    )
     p.add_argument(
         "--baselines",
         type=baseline_list,
@@ -821,7 +834,9 @@ def _add_serve_command(sub: Any) -> None:
     p.add_argument("manifest", metavar="MANIFEST")
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 3 * * *'")
-    when.add_argument("--interval", type=positive_float, metavar="SECONDS", help="run every N s")
+    when.add_argument(
+        "--interval", type=POSITIVE.cli_type(), metavar="SECONDS", help="run every N s"
+    )
     p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
     p.set_defaults(handler=cmd_serve)
@@ -843,7 +858,9 @@ def _add_corpus_command(sub: Any) -> None:
     )
     b.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl.gz)")
     b.add_argument(
-        "--per-source", type=positive_int, help="documents per source (demo 300, instruct/rag 200)"
+        "--per-source",
+        type=POSITIVE_INT.cli_type(),
+        help="documents per source (demo 300, instruct/rag 200)",
     )
     b.add_argument("--seed", type=int, default=0, help="sampling seed")
     b.add_argument(
@@ -918,6 +935,15 @@ def os_error_line(exc: OSError) -> str:
     return f"{where + ': ' if where else ''}{what} ({hint})"
 
 
+def _named(exc: BaseException, args: argparse.Namespace) -> str:
+    """The error's message; a stage setting that the command has an option for by that option."""
+    from curation.settings import SettingError
+
+    if isinstance(exc, SettingError) and hasattr(args, exc.name):
+        return f"--{exc.name.replace('_', '-')}: {exc.problem}"
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `adamshap` CLI; return the process exit code."""
     parser = build_parser()
@@ -951,7 +977,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + int(signum)
     except AdamshapError as exc:
-        print(f"adamshap {args.command}: error: {exc}", file=sys.stderr)
+        print(f"adamshap {args.command}: error: {_named(exc, args)}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     except Exception as exc:
         os_exc = os_error_of(exc)

@@ -417,17 +417,11 @@ def _outputs(ctx: _Curation, pruned: PruneDir, verify_dir: Path) -> dict[str, An
 def _check_clusters(settings: dict[str, Any], n_corpus: int, manifest_path: str) -> None:
     """Fail before scoring when the manifest asks for more clusters than there are documents."""
     from curation.errors import UsageError
-    from curation.settings import validate_clusters
 
+    # its rule (a positive integer) was applied when the manifest was loaded
     prune = settings.get("prune") if isinstance(settings.get("prune"), dict) else {}
     k = prune.get("clusters", settings.get("clusters"))
-    if k is None:
-        return
-    try:
-        validate_clusters(k)
-    except UsageError as exc:
-        raise UsageError(f"{manifest_path}: run.clusters: {exc}") from None
-    if k > n_corpus:
+    if k is not None and k > n_corpus:
         raise UsageError(
             f"{manifest_path}: run.clusters {k} is more than the {n_corpus} training documents; "
             "lower it or remove it (the default suits the corpus size)"

@@ -206,9 +206,9 @@ def test_demo_manifest_parses():
 @pytest.mark.parametrize(
     ("run", "words"),
     [
-        ({"momentum_window": -1}, r"run: momentum_window \(--momentum-window\) must be"),
+        ({"momentum_window": -1}, r"run.momentum_window: must be >= 0 \(0 = off\), got -1"),
         ({"score": {"momentum_window": -2}}, "got -2"),
-        ({"momentum_window": "3"}, "run.momentum_window: expected an integer"),
+        ({"momentum_window": "3"}, "run.momentum_window: not an integer: '3'"),
     ],
 )
 def test_momentum_window_is_checked_like_the_cli(run, words):

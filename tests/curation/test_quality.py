@@ -260,7 +260,7 @@ def test_prune_args_quality_defaults_and_bad_min_chars() -> None:
 
     args = PruneArgs(corpus="c.jsonl")
     assert args.quality is True and _quality_rules(args).min_chars == 50
-    with pytest.raises(UsageError, match="--min-chars"):
+    with pytest.raises(UsageError, match="min_chars: must be >= 0, got -1"):
         _quality_rules(PruneArgs(corpus="c.jsonl", min_chars=-1))
 
 

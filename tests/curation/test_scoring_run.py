@@ -89,12 +89,12 @@ def test_args_json_roundtrip(tmp_path) -> None:
         ScoreArgs(corpus="c", target="t", out="o", estimators=("adam3",)).validate()
     with pytest.raises(UsageError, match="contraction must be one of"):
         ScoreArgs(corpus="c", target="t", out="o", contraction="ghost").validate()
-    with pytest.raises(UsageError, match="rank must be >= 1"):
+    with pytest.raises(UsageError, match="rank: must be >= 1"):
         ScoreArgs(corpus="c", target="t", out="o", contraction="lowrank", rank=0).validate()
     with pytest.raises(UsageError, match="gram values sgd and adam only"):
         ScoreArgs(corpus="c", target="t", out="o", contraction="gram").validate()
     ScoreArgs(corpus="c", target="t", out="o", contraction="gram", estimators=("adam",)).validate()
-    with pytest.raises(UsageError, match="target_chunk must be >= 0"):
+    with pytest.raises(UsageError, match="target_chunk: must be >= 0"):
         ScoreArgs(corpus="c", target="t", out="o", target_chunk=-1).validate()
 
 

@@ -39,7 +39,7 @@ def test_no_command_is_a_usage_error(capsys):
         (["curate", "m.yaml", "--keep", "-1"], "argument --keep: must be in (0, 1]"),
         (["score", "c.jsonl", "--out", "r"], "the following arguments are required: --target"),
         (["score", "c", "--target", "t", "--out", "r", "--estimators", "adam3"], "adam3"),
-        (["score", "c", "--target", "t", "--out", "r", "--epochs", "0"], "must be >= 1"),
+        (["score", "c", "--target", "t", "--out", "r", "--epochs", "-1"], "must be >= 0"),
         (["score", "c", "--target", "t", "--out", "r", "--on-bad-rows", "x"], "invalid choice"),
         (["score", "c", "--target", "t", "--out", "r", "--contraction", "x"], "invalid choice"),
         (["score", "c", "--target", "t", "--out", "r", "--rank", "0"], "must be >= 1"),
