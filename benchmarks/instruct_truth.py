@@ -414,35 +414,44 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the measurement; write benchmarks/results/instruct_truth[_eN].{json,md}."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.instruct_truth")
+def truth_main(argv: list[str] | None, name: str, measure: Any, work: str, epochs: int) -> int:
+    """The command line of a source-removal truth benchmark `name` (instruct_truth, rag_truth).
+
+    Writes benchmarks/results/<name>[_eN].{json,md}, N = the retraining epochs when not `epochs`
+    (the scoring run's).
+    """
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}")
     p.add_argument("--per-source", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=1, help="retraining epochs (scoring stays 1)")
+    p.add_argument("--epochs", type=int, default=epochs, help="retraining epochs")
     p.add_argument("--n-eval", type=int, default=200)
-    p.add_argument("--jobs", type=int, default=3, help="retrainings run at once (1 thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="retrainings run at once (1 thread each)")
     p.add_argument(
         "--cached-only",
         action="store_true",
         help="report from the retrainings already on disk; run none (a partial table if some "
         "are missing)",
     )
-    p.add_argument("--scores", metavar="RUN_DIR", help="benchmarks.instruct's scoring run")
-    p.add_argument("--work", default=str(REPO / "runs" / "bench-instruct"))
+    p.add_argument("--scores", metavar="RUN_DIR", help="the benchmark's scoring run")
+    p.add_argument("--work", default=str(REPO / "runs" / work))
     cfg = p.parse_args(argv)
     from curation.run_dir import RunDir
 
     if cfg.scores is None and RunDir(Path(cfg.work) / "scores").run_json.exists():
         cfg.scores = str(Path(cfg.work) / "scores")
     res = measure(cfg)
-    stem = "instruct_truth" + (f"_e{cfg.epochs}" if cfg.epochs != 1 else "")
+    stem = name + (f"_e{cfg.epochs}" if cfg.epochs != epochs else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(to_markdown(res) + "\n")
     print(to_markdown(res))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurement; write benchmarks/results/instruct_truth[_eN].{json,md}."""
+    return truth_main(argv, "instruct_truth", measure, "bench-instruct", epochs=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ mixture's unigram model (answer tokens). Writes benchmarks/results/rag_truth[_eN
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,8 @@ from typing import Any
 import polars as pl
 
 from benchmarks.instruct import split
-from benchmarks.instruct_truth import check_settings, removal_truth, to_markdown
-from benchmarks.rag import RESULTS, SETTINGS, TARGET, score
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.instruct_truth import check_settings, removal_truth, truth_main
+from benchmarks.rag import SETTINGS, TARGET, score
 
 
 def evaluation_split(df: pl.DataFrame, n_eval: int, seed: int) -> pl.DataFrame:
@@ -96,28 +93,7 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the measurement; write benchmarks/results/rag_truth[_eN].{json,md}."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.rag_truth")
-    p.add_argument("--per-source", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=SETTINGS["epochs"], help="retraining epochs")
-    p.add_argument("--n-eval", type=int, default=200)
-    p.add_argument("--jobs", type=int, default=2, help="retrainings run at once (1 thread each)")
-    p.add_argument("--cached-only", action="store_true", help="report from retrainings on disk")
-    p.add_argument("--scores", metavar="RUN_DIR", help="benchmarks.rag's scoring run")
-    p.add_argument("--work", default=str(REPO / "runs" / "bench-rag"))
-    cfg = p.parse_args(argv)
-    from curation.run_dir import RunDir
-
-    if cfg.scores is None and RunDir(Path(cfg.work) / "scores").run_json.exists():
-        cfg.scores = str(Path(cfg.work) / "scores")
-    res = measure(cfg)
-    stem = "rag_truth" + (f"_e{cfg.epochs}" if cfg.epochs != SETTINGS["epochs"] else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(to_markdown(res) + "\n")
-    print(to_markdown(res))
-    return 0
+    return truth_main(argv, "rag_truth", measure, "bench-rag", epochs=SETTINGS["epochs"])
 
 
 if __name__ == "__main__":
