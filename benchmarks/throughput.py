@@ -762,7 +762,7 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def realistic_bars(res: dict) -> list[dict]:
-    """The issue's bars at gpt2 batch 64, target <= 4 (exact adam): measured vs goal."""
+    """The issue's bars at gpt2 batch 64, target <= 4 (exact adam, and auto): measured vs goal."""
     out = []
     for c in res.get("cells", []):
         if c["preset"] != "gpt2" or c["batch_size"] != 64 or c["target_rows"] > 4:
@@ -771,6 +771,8 @@ def realistic_bars(res: dict) -> list[dict]:
         row = {"seq_len": c["seq_len"], "target_rows": c["target_rows"]}
         row["adam_vs_plain"] = r.get("adam exact")
         row["adam_vs_sgd"] = c.get("adam_vs_sgd_exact")
+        row["auto_vs_plain"] = r.get("adam auto")
+        row["auto_r"] = c.get("fidelity_pearson_vs_exact", {}).get("adam auto")
         for m in res.get("memory", []):
             key = (m["preset"], m["batch_size"], m["seq_len"], m["target_rows"])
             if key == ("gpt2", 64, c["seq_len"], c["target_rows"]):
@@ -903,6 +905,14 @@ def realistic_markdown(res: dict | None) -> str:
                 f"({met(b['adam_vs_plain'], lambda x: x >= 0.90)})"
                 + (f", live peak {lp:.2f}x plain ({met(lp, lambda x: x <= 1.3)})" if lp else "")
             )
+            auto, r_auto = b.get("auto_vs_plain"), b.get("auto_r")
+            if auto is not None and r_auto is not None:
+                ok = auto >= 0.90 and r_auto >= 0.99
+                lines.append(
+                    f"  - with `auto` (the contraction it picks at this width): adam/plain "
+                    f"{_fmt(auto)}, R {r_auto:.4f} vs exact ({'met' if ok else 'not met'}: "
+                    ">= 0.90 of plain at R >= 0.99)"
+                )
     if res.get("partial"):
         lines += ["", "*Partial: the run stopped before every cell was measured.*"]
     return "\n".join(lines) + "\n"

@@ -121,13 +121,18 @@ def test_realistic_mode_writes_its_table_beside_the_grid(tmp_path):
 
 
 def test_realistic_bars_read_gpt2_batch_64_small_targets():
+    from dataclasses import asdict
+
     cell = {
         "preset": "gpt2",
         "batch_size": 64,
         "seq_len": 128,
         "target_rows": 4,
-        "ratio_vs_plain": {"plain": 1.0, "adam exact": 0.8},
+        "ratio_vs_plain": {"plain": 1.0, "adam exact": 0.8, "adam auto": 0.95},
+        "fidelity_pearson_vs_exact": {"adam auto": 0.999},
         "adam_vs_sgd_exact": 0.98,
+        "seconds_per_step": {"plain": 10.0, "adam exact": 12.5, "adam auto": 10.5},
+        "same_layout_as": {},
     }
     mem = {
         "preset": "gpt2",
@@ -144,5 +149,16 @@ def test_realistic_bars_read_gpt2_batch_64_small_targets():
         "target_rows": 4,
         "adam_vs_plain": 0.8,
         "adam_vs_sgd": 0.98,
+        "auto_vs_plain": 0.95,
+        "auto_r": 0.999,
         "live_peak_vs_plain": 1.2,
     }
+    md = throughput.realistic_markdown(
+        {
+            "cells": [cell],
+            "memory": [],
+            "args": asdict(throughput.RealisticArgs()),
+            "environment": throughput.environment(),
+        }
+    )
+    assert "with `auto`" in md and "adam/plain 0.950, R 0.9990 vs exact (met" in md
