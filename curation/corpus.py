@@ -28,6 +28,7 @@ import polars as pl
 
 from curation.atomic import atomic_path
 from curation.errors import CorpusError, UsageError
+from curation.settings import ON_BAD_ROWS, check_choice
 
 DEFAULT_TEMPLATE = "{prompt}\n{response}"
 OnBadRows = Literal["error", "skip"]
@@ -380,8 +381,7 @@ def _check_read(
     path: Path, on_bad_rows: str, rejects_path: str | Path | None, template: str
 ) -> tuple[str, Path | None]:
     """The corpus format and the rejects file; UsageError/CorpusError before any row is read."""
-    if on_bad_rows not in ("error", "skip"):
-        raise UsageError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
+    check_choice("on_bad_rows", on_bad_rows, ON_BAD_ROWS)
     split_template(template)
     if not path.exists():
         raise CorpusError(path, None, None, "file not found", hint="check the path")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 
 from curation.errors import UsageError
+from curation.settings import PRECISIONS, check_choice
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-PRECISIONS = ("fp32", "bf16")
 _SPEC = re.compile(r"^(auto|cpu|cuda(?::(\d+))?)$")
 
 
@@ -50,10 +50,14 @@ def resolve_device(spec: str) -> str:
     return text
 
 
+def validate_precision(precision: object) -> str:
+    """`precision` when it is one of PRECISIONS, else UsageError (the one place this is checked)."""
+    return check_choice("--precision", precision, PRECISIONS)
+
+
 def check_precision(precision: str, device: str) -> str:
     """Validate `--precision` for a resolved device: bf16 needs CUDA. Returns the precision."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    validate_precision(precision)
     if precision == "bf16" and not device.startswith("cuda"):
         raise UsageError(
             f"--precision bf16 needs a CUDA device (this run uses {device}); "

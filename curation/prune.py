@@ -37,7 +37,7 @@ from curation.run_dir import (
     RunDir,
 )
 from curation.selection import SelectionResult, select
-from curation.settings import check_settings, validate_keep
+from curation.settings import PRUNE_BY, RANK_BY, check_choice, check_settings, validate_keep
 
 __all__ = ["PruneArgs", "SelectionResult", "run_prune", "select", "validate_keep"]
 
@@ -95,10 +95,8 @@ class PruneArgs:
         """
         keep = validate_keep(self.keep)
         check_settings("prune", self)  # the numeric settings: curation/settings.py RULES
-        if self.by not in ("row", "source"):
-            raise UsageError(f"--by must be 'row' or 'source', got {self.by!r}")
-        if self.rank_by not in RANK_BY:
-            raise UsageError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {self.rank_by!r}")
+        check_choice("--by", self.by, PRUNE_BY)
+        validate_rank_by(self.rank_by)
         return keep
 
 
@@ -281,13 +279,14 @@ def _sig4(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.4g}")
 
 
-RANK_BY = ("auto", "value", "perplexity", "value+perplexity")
+def validate_rank_by(rank_by: object) -> str:
+    """`rank_by` when it is one of RANK_BY, else UsageError (the one place this is checked)."""
+    return check_choice("--rank-by", rank_by, RANK_BY)
 
 
 def resolve_rank_by(rank_by: str, held_out: bool, plain: bool) -> str:
     """What fills the kept budget after the quality rules (RANK_BY, 'auto' resolved)."""
-    if rank_by not in RANK_BY:
-        raise UsageError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    validate_rank_by(rank_by)
     if "perplexity" in rank_by and not plain:
         raise UsageError(f"--rank-by {rank_by} needs plain-text rows (no prompt/response columns)")
     if rank_by == "auto":

@@ -36,7 +36,13 @@ from .checkpoint_values import (
     snapshot_paths,
     snapshot_steps,
 )
-from .devices import PRECISIONS, amp_dtype, check_device, check_precision, resolve_device
+from .devices import (
+    amp_dtype,
+    check_device,
+    check_precision,
+    resolve_device,
+    validate_precision,
+)
 from .errors import AdamshapError, Interrupted, UsageError
 from .ledger import (
     LedgerWriter,
@@ -62,7 +68,7 @@ from .scoring_handlers import (
     run_steps,
 )
 from .scoring_handlers import NonFiniteError as NonFiniteError  # raised by the run
-from .settings import check_settings
+from .settings import ON_BAD_ROWS, check_choice, check_settings
 
 # Arguments that do not change the outputs; a resume may differ in them. The inputs are
 # identified by their contents (sha256), not by how their paths were typed.
@@ -135,13 +141,9 @@ class ScoreArgs:
                 "pass --estimators adam (or adam,sgd)"
             )
         check_settings("score", self)  # the numeric settings: curation/settings.py RULES
-        if self.on_bad_rows not in ("error", "skip"):
-            raise UsageError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
+        check_choice("on_bad_rows", self.on_bad_rows, ON_BAD_ROWS)
         self.device = check_device(self.device)
-        if self.precision not in PRECISIONS:
-            raise UsageError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        validate_precision(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of the arguments."""

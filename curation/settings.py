@@ -22,6 +22,20 @@ from curation.errors import UsageError
 
 DEFAULT_KEEP = 0.7
 
+# the word-valued settings' allowed values, spelled once (the CLI's `choices` and the stage
+# models' checks both read these)
+ON_BAD_ROWS = ("error", "skip")
+PRECISIONS = ("fp32", "bf16")
+RANK_BY = ("auto", "value", "perplexity", "value+perplexity")
+PRUNE_BY = ("row", "source")
+
+
+def check_choice(option: str, value: object, choices: tuple[str, ...]) -> str:
+    """`value` when it is one of `choices`, else UsageError naming `option` (e.g. `--by`)."""
+    if value not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
 
 @dataclass(frozen=True)
 class Rule:

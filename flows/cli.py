@@ -22,7 +22,15 @@ from typing import Any
 
 # torch-free (adamshap_core imports lazily): `--help` stays fast
 from adamshap_core.estimators import DEFAULT_ORDER, preferred_order
-from curation.settings import POSITIVE, POSITIVE_INT, RULES
+from curation.settings import (
+    ON_BAD_ROWS,
+    POSITIVE,
+    POSITIVE_INT,
+    PRECISIONS,
+    PRUNE_BY,
+    RANK_BY,
+    RULES,
+)
 
 CORPUS_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".pq")
 EXIT_INTERRUPTED = 130
@@ -202,7 +210,7 @@ def _add_field_options(p: argparse.ArgumentParser, bad_rows: bool = True) -> Non
         return
     g.add_argument(
         "--on-bad-rows",
-        choices=("error", "skip"),
+        choices=ON_BAD_ROWS,
         help="stop at the first bad row (error, default) or write it to a rejects file (skip)",
     )
 
@@ -290,7 +298,7 @@ def _add_device_option(p: argparse.ArgumentParser, precision: bool = False) -> N
     if precision:
         p.add_argument(
             "--precision",
-            choices=("fp32", "bf16"),
+            choices=PRECISIONS,
             help="scored steps in fp32 (default) or under bf16 autocast (CUDA only)",
         )
 
@@ -508,17 +516,15 @@ def check_run_settings(run: dict[str, Any], keep: float | None, where: str) -> f
     from curation.settings import resolve_keep
 
     fraction = resolve_keep(keep, run, where, " (set a fraction such as 0.7)")
-    from curation.devices import PRECISIONS, check_device
+    from curation.devices import check_device, validate_precision
 
     try:
         check_device(run.get("device") or "auto")
+        if run.get("precision") is not None:
+            validate_precision(run["precision"])
     except UsageError as exc:
-        raise UsageError(f"{where}: run.device: {exc}") from None
-    if run.get("precision") not in (None, *PRECISIONS):
-        raise UsageError(
-            f"{where}: run.precision: expected one of {', '.join(PRECISIONS)}, "
-            f"got {run.get('precision')!r}"
-        )
+        name = "run.device" if "--device" in str(exc) else "run.precision"
+        raise UsageError(f"{where}: {name}: {exc}") from None
     return fraction
 
 
@@ -707,7 +713,7 @@ def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rank-by",
-        choices=("auto", "value", "perplexity", "value+perplexity"),
+        choices=RANK_BY,
         help="what fills the kept budget after the quality rules: value (--estimator), "
         "perplexity (lowest proxy loss first), value+perplexity (mean of the two ranks) or auto "
         "(default): perplexity when the target is held out of the corpus itself (no --target, "
@@ -721,7 +727,7 @@ def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--by",
-        choices=("row", "source"),
+        choices=PRUNE_BY,
         help="row: rank rows under cluster quotas (default); source: keep or drop whole sources",
     )
     p.add_argument("--seed", type=setting_type("prune", "seed"), help="random seed")

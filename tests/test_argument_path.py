@@ -24,10 +24,12 @@ import pytest
 
 PACKAGES = ("adamshap_core", "curation", "flows")
 MAX_ARGUMENT_PATH = 3  # measured 2: curation.settings (rules) and curation.scoring_run
-MAX_EVERY_CALL = 77
-# measured 77 (76 before the settings' rules moved to curation/settings.py): the data
-# preparation's helpers (corpus, run_dir, ranks, encode, tokenizer, atomic) are called from
-# curation.scoring_run in turn, each call a re-entry; a ceiling, not a goal
+MAX_EVERY_CALL = 84
+# measured 84 (76 before the numeric rules moved to curation/settings.py, 77 after; 84 once the
+# word-valued settings' lists and check_choice joined them there: scoring_run, corpus and devices
+# each call into it): the data preparation's helpers (corpus, run_dir, ranks, encode, tokenizer,
+# atomic, settings) are called from curation.scoring_run in turn, each call a re-entry; a
+# ceiling against regressions, not a goal
 
 
 class _Built(Exception):

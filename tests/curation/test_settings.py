@@ -178,7 +178,7 @@ def test_the_manifest_checks_prune_and_verify_settings_up_front():
         ({"n_evals": 0}, "run.n_evals: must be >= 1, got 0"),
         ({"epochs": 0}, r"run.epochs \(verify\): must be >= 1, got 0"),
         ({"keep": 1.5}, r"run.keep: --keep must be in \(0, 1\]"),
-        ({"prune": {"by": "doc"}}, "run: --by must be 'row' or 'source'"),
+        ({"prune": {"by": "doc"}}, "run: --by must be one of row, source"),
         ({"verify": {"baselines": ["coin"]}}, "run: unknown baseline"),
     ):
         with pytest.raises(ManifestError, match=words):
@@ -198,3 +198,22 @@ def test_rule_words():
     )
     assert RULES["verify"]["steps"].problem(None) is None
     assert RULES["score"]["seed"].problem(-1) is None and RULES["score"]["seed"].parse("7") == 7
+
+
+def test_word_valued_settings_have_one_list_each():
+    from curation import devices, prune
+    from curation import settings as s
+    from flows.cli import build_parser
+
+    assert s.check_choice("--by", "row", s.PRUNE_BY) == "row"
+    with pytest.raises(UsageError, match=r"--by must be one of row, source, got 'doc'"):
+        s.check_choice("--by", "doc", s.PRUNE_BY)
+    assert prune.RANK_BY is s.RANK_BY and devices.PRECISIONS is s.PRECISIONS
+    choices = {}
+    parser = build_parser()
+    for sub in parser._subparsers._group_actions[0].choices.values():
+        for action in sub._actions:
+            if action.choices is not None and action.option_strings:
+                choices.setdefault(action.option_strings[0], set()).add(tuple(action.choices))
+    assert choices["--rank-by"] == {s.RANK_BY} and choices["--by"] == {s.PRUNE_BY}
+    assert choices["--on-bad-rows"] == {s.ON_BAD_ROWS} and choices["--precision"] == {s.PRECISIONS}

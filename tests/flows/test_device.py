@@ -161,7 +161,9 @@ def test_kmeans_on_gpu_agrees_with_cpu_or_refuses():
 def test_manifest_device_is_checked_before_any_work(tmp_path):
     with pytest.raises(UsageError, match=r"m\.yaml: run\.device: --device must be"):
         cli.check_run_settings({"device": "tpu"}, None, where="m.yaml")
-    with pytest.raises(UsageError, match=r"run\.precision: expected one of fp32, bf16"):
+    with pytest.raises(
+        UsageError, match=r"m\.yaml: run\.precision: --precision must be one of fp32, bf16"
+    ):
         cli.check_run_settings({"precision": "fp16"}, None, where="m.yaml")
     assert cli.check_run_settings({"device": "cuda:0", "precision": "bf16"}, 0.5, "m") == 0.5
 
