@@ -37,18 +37,16 @@ def evaluation_split(df: pl.DataFrame, n_eval: int, seed: int) -> pl.DataFrame:
     used_terms = {t.lower() for t in df["term"].to_list()}
     used_terms |= {p.split(": ", 1)[0].lower() for p in df["passage"].to_list()}
     used_text = "\n".join(df["passage"].to_list() + df["response"].to_list())
-    fresh: dict[str, str] = {}
+    fresh: dict[str, tuple[str, str]] = {}  # lower-cased term -> (term, answer)
     for task in TERM_TASKS:
         for p, r in sorted(set(READERS[task]())):
             term, answer = _term(p), _clip(r, ANSWER_CHARS)
             if term.lower() in used_terms or term.lower() in fresh or answer in used_text:
                 continue
-            fresh[term.lower()] = f"{term}\t{answer}"
+            fresh[term.lower()] = (term, answer)
     if len(fresh) < n_eval:
         raise SystemExit(f"only {len(fresh)} unused terms; ask for fewer")
-    picked = [
-        fresh[k].split("\t", 1) for k in random.Random(f"{seed}:eval").sample(sorted(fresh), n_eval)
-    ]
+    picked = [fresh[k] for k in random.Random(f"{seed}:eval").sample(sorted(fresh), n_eval)]
     prompts = [f"Context: [{TARGET}] {t}: {a}\nQuestion: What does '{t}' mean?" for t, a in picked]
     answers = [a for _, a in picked]
     return pl.DataFrame(

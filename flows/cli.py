@@ -518,13 +518,14 @@ def check_run_settings(run: dict[str, Any], keep: float | None, where: str) -> f
     fraction = resolve_keep(keep, run, where, " (set a fraction such as 0.7)")
     from curation.devices import check_device, validate_precision
 
-    try:
-        check_device(run.get("device") or "auto")
-        if run.get("precision") is not None:
-            validate_precision(run["precision"])
-    except UsageError as exc:
-        name = "run.device" if "--device" in str(exc) else "run.precision"
-        raise UsageError(f"{where}: {name}: {exc}") from None
+    # device: unset or empty means auto; precision: unset means the stage's default
+    values = {"device": run.get("device") or "auto", "precision": run.get("precision")}
+    for name, check in (("device", check_device), ("precision", validate_precision)):
+        try:
+            if values[name] is not None:
+                check(values[name])
+        except UsageError as exc:
+            raise UsageError(f"{where}: run.{name}: {exc}") from None
     return fraction
 
 
