@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-CONTRACTIONS: tuple[str, ...] = ("exact", "lowrank", "gram", "auto")
+from .choices import CONTRACTIONS
+
+__all__ = ["CONTRACTIONS", "LowRank", "randomized_lowrank", "use_lowrank"]
 
 
 @dataclass

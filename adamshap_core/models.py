@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from .choices import PRESETS, Preset
 
-@dataclass(frozen=True)
-class Preset:
-    """Shape of a proxy GPT-2."""
-
-    n_layer: int
-    n_embd: int
-    n_head: int
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(n_layer=2, n_embd=128, n_head=4),
-    "cpu-small": Preset(n_layer=4, n_embd=256, n_head=4),
-    "gpt2": Preset(n_layer=12, n_embd=768, n_head=12),
-}
+__all__ = ["PRESETS", "Preset", "build_model"]
 
 
 def build_model(

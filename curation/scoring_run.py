@@ -24,8 +24,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from adamshap_core.choices import CONTRACTIONS, PRESETS
 from adamshap_core.estimators import DEFAULT_ORDER, ESTIMATORS, gram_estimators, preferred_order
-from adamshap_core.lowrank import CONTRACTIONS
 
 from .aggregate import aggregate_run
 from .atomic import atomic_dir, atomic_path, atomic_write_parquet
@@ -131,10 +131,8 @@ class ScoreArgs:
             raise UsageError(
                 f"unknown estimators {bad}; choose from {', '.join(preferred_order())}"
             )
-        if self.contraction not in CONTRACTIONS:
-            raise UsageError(
-                f"contraction must be one of {', '.join(CONTRACTIONS)}, got {self.contraction!r}"
-            )
+        check_choice("contraction", self.contraction, CONTRACTIONS)
+        check_choice("preset", self.preset, tuple(PRESETS))
         if self.contraction == "gram" and set(self.estimators) - set(gram_estimators()):
             raise UsageError(
                 f"contraction gram values {' and '.join(gram_estimators())} only; "

@@ -19,10 +19,11 @@ import numpy as np
 import polars as pl
 import torch
 
+from adamshap_core.choices import PRESETS
 from curation.errors import UsageError
 from curation.render import Figure, Page, Section, Table, write_page
 from curation.run_dir import RunDir
-from curation.settings import check_settings
+from curation.settings import check_choice, check_settings
 
 ARMS = ("curated", "random", "full")
 BASELINE_ARMS = ("random", "perplexity", "dsir", "classifier", "full")
@@ -86,6 +87,7 @@ class VerifyArgs:
                 f"unknown baseline(s) {', '.join(bad)}; choose from {','.join(BASELINE_ARMS)}"
             )
         check_settings("verify", self)  # the numeric settings: curation/settings.py RULES
+        check_choice("preset", self.preset, tuple(PRESETS))
 
 
 CURVE_FILE = "verify_curve.png"

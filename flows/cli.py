@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 # torch-free (adamshap_core imports lazily): `--help` stays fast
+from adamshap_core.choices import CONTRACTIONS, PRESETS
 from adamshap_core.estimators import DEFAULT_ORDER, preferred_order
 from curation.settings import (
     ON_BAD_ROWS,
@@ -217,7 +218,7 @@ def _add_field_options(p: argparse.ArgumentParser, bad_rows: bool = True) -> Non
 
 def _add_score_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
-    g.add_argument("--preset", choices=("tiny", "cpu-small", "gpt2"), help="proxy GPT-2 size")
+    g.add_argument("--preset", choices=tuple(PRESETS), help="proxy GPT-2 size")
     _add_setting(g, "score", "--epochs", "scored passes over the corpus (1; 0: warm start only)")
     _add_setting(g, "score", "--warm-start-steps", "plain AdamW steps before scoring (50)")
     g.add_argument(
@@ -228,7 +229,7 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--contraction",
-        choices=("auto", "lowrank", "gram", "exact"),
+        choices=CONTRACTIONS,
         help="ghost contraction: exact (default), lowrank (rank-r target side), gram (token x "
         "token with a rank-1 preconditioner; adam/sgd only, pays for small target batches) or "
         "auto (the cheaper forms only where they pay); speed and fidelity in "
@@ -774,7 +775,7 @@ def _add_verify_command(sub: Any) -> None:
         default=3,
         help="random subsets / seeds (3)",
     )
-    p.add_argument("--preset", choices=("tiny", "cpu-small", "gpt2"), help="proxy GPT-2 size")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="proxy GPT-2 size")
     p.add_argument(
         "--epochs", type=setting_type("verify", "epochs"), help="passes over the curated set"
     )

@@ -89,6 +89,8 @@ def test_args_json_roundtrip(tmp_path) -> None:
         ScoreArgs(corpus="c", target="t", out="o", estimators=("adam3",)).validate()
     with pytest.raises(UsageError, match="contraction must be one of"):
         ScoreArgs(corpus="c", target="t", out="o", contraction="ghost").validate()
+    with pytest.raises(UsageError, match="preset must be one of tiny, cpu-small, gpt2"):
+        ScoreArgs(corpus="c", target="t", out="o", preset="gpt3").validate()
     with pytest.raises(UsageError, match="rank: must be >= 1"):
         ScoreArgs(corpus="c", target="t", out="o", contraction="lowrank", rank=0).validate()
     with pytest.raises(UsageError, match="gram values sgd and adam only"):

@@ -72,6 +72,7 @@ def test_verify_args_are_checked_on_construction():
         ({"seeds": 0}, "seeds: must be >= 1"),
         ({"steps": 0}, "steps"),
         ({"baselines": "x"}, "x"),
+        ({"preset": "gpt3"}, "preset must be one of tiny, cpu-small, gpt2, got 'gpt3'"),
     ):
         with pytest.raises(UsageError, match=words):
             VerifyArgs(curated="k", full="f", target="t", out="o", **kw)
@@ -180,6 +181,7 @@ def test_the_manifest_checks_prune_and_verify_settings_up_front():
         ({"keep": 1.5}, r"run.keep: --keep must be in \(0, 1\]"),
         ({"prune": {"by": "doc"}}, "run: --by must be one of row, source"),
         ({"verify": {"baselines": ["coin"]}}, "run: unknown baseline"),
+        ({"preset": "huge"}, "run: preset must be one of tiny, cpu-small, gpt2, got 'huge'"),
     ):
         with pytest.raises(ManifestError, match=words):
             check_run_settings(run)

@@ -213,3 +213,27 @@ def test_offline_defaults_do_not_override_user_settings(monkeypatch):
 
     assert os.environ["DO_NOT_TRACK"] == "0" and os.environ["HF_HUB_OFFLINE"] == "1"
     assert "DO_NOT_TRACK" not in applied
+
+
+def _choices(parser, dest: str) -> set[tuple[str, ...]]:
+    """Every `choices` of option `dest` across the parser's subcommands."""
+    found = set()
+    for sub in parser._subparsers._group_actions[0].choices.values():  # noqa: SLF001
+        for action in sub._actions:  # noqa: SLF001
+            if action.dest == dest and action.choices is not None:
+                found.add(tuple(action.choices))
+    return found
+
+
+def test_preset_and_contraction_choices_are_the_cores_lists():
+    from adamshap_core.lowrank import CONTRACTIONS
+    from adamshap_core.models import PRESETS
+
+    parser = cli.build_parser()
+    assert _choices(parser, "preset") == {tuple(PRESETS)}
+    assert _choices(parser, "contraction") == {CONTRACTIONS}
+
+
+def test_command_line_module_does_not_import_torch():
+    code = "import sys, flows.cli; sys.exit(int('torch' in sys.modules))"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
