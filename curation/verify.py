@@ -30,8 +30,26 @@ BASELINE_ARMS = ("random", "perplexity", "dsir", "classifier", "full")
 
 
 @dataclass
-class VerifyArgs:
-    """Arguments of `adamshap verify` (saved in verify.json)."""
+class TrainConfig:
+    """Hyper-parameters shared by every arm."""
+
+    preset: str = "tiny"
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    max_grad_norm: float | None = 1.0
+    warmup_frac: float = 0.05
+    eval_batch_size: int = 64
+    device: str = "cpu"
+
+
+@dataclass(kw_only=True)
+class VerifyArgs(TrainConfig):
+    """Arguments of `adamshap verify` (saved in verify.json): the arms' TrainConfig plus its inputs.
+
+    `device`: auto | cpu | cuda | cuda:N (curation/devices.py).
+    """
 
     curated: str
     full: str
@@ -40,21 +58,12 @@ class VerifyArgs:
     seeds: int = 3
     steps: int | None = None  # default: ceil(n_curated / batch_size) * epochs, for every arm
     epochs: int = 1
-    preset: str = "tiny"
-    seq_len: int = 128
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    max_grad_norm: float | None = 1.0
-    warmup_frac: float = 0.05
     n_evals: int = 10
-    eval_batch_size: int = 64
     tokenizer: str | None = None
     vocab_size: int = 4096
     template: str | None = None
     seed: int = 0
     progress: bool = True
-    device: str = "cpu"  # auto | cpu | cuda | cuda:N (curation/devices.py)
     baselines: tuple[str, ...] = ("random", "full")
     selection_target: str | None = None  # the target the curation used (dsir, classifier)
     reference: str | None = None  # a scoring run dir: its final proxy ranks `perplexity`
@@ -78,6 +87,10 @@ class VerifyArgs:
             self.baselines = tuple(b.strip() for b in self.baselines.split(",") if b.strip())
         self.baselines = tuple(dict.fromkeys(self.baselines))
         self.validate()
+
+    def train_config(self) -> TrainConfig:
+        """The hyper-parameters every arm trains with."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
 
     def validate(self) -> None:
         """UsageError for a setting that cannot work (the one check of each verify setting)."""
@@ -127,21 +140,6 @@ class Arrays:
             "attention_mask": torch.as_tensor(self.attention_mask[idx]).long(),
             "loss_mask": torch.as_tensor(self.loss_mask[idx]).long(),
         }
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters shared by every arm."""
-
-    preset: str = "tiny"
-    seq_len: int = 128
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    max_grad_norm: float | None = 1.0
-    warmup_frac: float = 0.05
-    eval_batch_size: int = 64
-    device: str = "cpu"
 
 
 @torch.no_grad()
@@ -470,7 +468,7 @@ def run_verify(args: VerifyArgs) -> Path:
     data = _encode_inputs(args, inputs, out)
     cur, full, target = data.cur, data.full, data.target
     steps = args.steps or max(1, math.ceil(len(cur) / args.batch_size) * max(1, args.epochs))
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    cfg = args.train_config()
     picks = _baseline_picks(args, inputs.full_df, full, len(cur), steps, cfg, data.vocab, data.eos)
     runs = _train_arms(args, data, picks, steps, cfg)
     results = _paired(runs)

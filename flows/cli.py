@@ -651,6 +651,19 @@ def _add_report_command(sub: Any) -> None:
     p.set_defaults(handler=cmd_report)
 
 
+# `adamshap prune`'s numeric settings (checked by curation/settings.py RULES["prune"])
+PRUNE_NUMBERS = (
+    ("--clusters", "K", "number of FAISS clusters"),
+    ("--floor", "F", "minimum kept share of each FAISS cluster (default: half of --keep; 0: off)"),
+    ("--min-chars", "N", "quality rule too_short: fewer than N non-blank characters (50)"),
+    ("--dedup-eps", "E", "near-duplicate threshold: cosine > 1-E (0 turns it off)"),
+    ("--dedup-jaccard", "J", "a near-duplicate needs token 3-gram Jaccard >= J too (0.8)"),
+    ("--max-dedup-frac", "F", "warn loudly when near-duplicates exceed this share (0.3)"),
+    ("--target-frac", "F", "share held out as the target when no --target is given (0.05)"),
+    ("--seed", "N", "random seed"),
+)
+
+
 def _add_prune_command(sub: Any) -> None:
     """The `adamshap prune` subcommand."""
     p = sub.add_parser(
@@ -675,30 +688,15 @@ def _add_prune_command(sub: Any) -> None:
     p.add_argument("--scores", metavar="RUN_DIR", help="existing scoring run to take values from")
     p.add_argument("--target", metavar="T", help="target set (used when scoring runs here)")
     p.add_argument(
-        "--clusters",
-        type=setting_type("prune", "clusters"),
-        metavar="K",
-        help="number of FAISS clusters",
-    )
-    p.add_argument(
-        "--dedup-eps",
-        type=setting_type("prune", "dedup_eps"),
-        metavar="E",
-        help="near-duplicate threshold: cosine > 1-E (0 turns it off)",
-    )
-    p.add_argument(
         "--estimator",
         choices=("ckpt", *preferred_order(), *(f"{e}_prop" for e in preferred_order())),
         help="value used for ranking: ckpt (checkpoint values, the default), an in-run "
         "estimator's run sum, or <estimator>_prop: its momentum-propagated sum (a run scored "
         "with --momentum-window K)",
     )
-    p.add_argument(
-        "--floor",
-        type=setting_type("prune", "floor"),
-        help="minimum kept share of each FAISS cluster (default: half of --keep; 0: off)",
-    )
     _add_prune_ranking_options(p)
+    for flag, metavar, text in PRUNE_NUMBERS:
+        _add_setting(p, "prune", flag, text, metavar=metavar)
     _add_field_options(p, bad_rows=False)
     _add_device_option(p)
     p.set_defaults(handler=cmd_prune)
@@ -722,34 +720,9 @@ def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
         "plain text), value otherwise",
     )
     p.add_argument(
-        "--min-chars",
-        type=setting_type("prune", "min_chars"),
-        metavar="N",
-        help="quality rule too_short: fewer than N non-blank characters (50)",
-    )
-    p.add_argument(
         "--by",
         choices=PRUNE_BY,
         help="row: rank rows under cluster quotas (default); source: keep or drop whole sources",
-    )
-    p.add_argument("--seed", type=setting_type("prune", "seed"), help="random seed")
-    p.add_argument(
-        "--dedup-jaccard",
-        type=setting_type("prune", "dedup_jaccard"),
-        metavar="J",
-        help="a near-duplicate needs token 3-gram Jaccard >= J too (0.8)",
-    )
-    p.add_argument(
-        "--max-dedup-frac",
-        type=setting_type("prune", "max_dedup_frac"),
-        metavar="F",
-        help="warn loudly when near-duplicates exceed this share of the corpus (0.3)",
-    )
-    p.add_argument(
-        "--target-frac",
-        type=setting_type("prune", "target_frac"),
-        metavar="F",
-        help="share of the corpus held out as the target when no --target is given (0.05)",
     )
 
 
