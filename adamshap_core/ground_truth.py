@@ -166,17 +166,10 @@ def monte_carlo_shapley(
     )
 
 
-def _replay(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[Mapping[str, torch.Tensor]],
-    val_batch: Mapping[str, torch.Tensor],
-    max_grad_norm: float | None,
-    lrs: Sequence[float] | None,
-    drop: int | None,
-    weight: float = 1.0,
-) -> float:
-    """Target loss after real optimizer steps on `batches` from deep copies of the live state."""
+def _copy_live(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[nn.Module, torch.optim.Optimizer, list[dict]]:
+    """Deep copies of a live model and its optimizer (state included); the copy's param groups."""
     m = copy.deepcopy(model)
     pmap = {id(p): q for p, q in zip(model.parameters(), m.parameters())}
     groups = [
@@ -188,12 +181,32 @@ def _replay(
     ]
     opt = type(optimizer)(groups)
     opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    return m, opt, groups
+
+
+def _set_lr(opt: torch.optim.Optimizer, lrs: Sequence[float] | None, j: int) -> None:
+    """Step j's learning rate in every group, where a schedule (`lrs`) moves it."""
+    if lrs is not None:
+        for g in opt.param_groups:
+            g["lr"] = float(lrs[j])
+
+
+def _replay(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    val_batch: Mapping[str, torch.Tensor],
+    max_grad_norm: float | None,
+    lrs: Sequence[float] | None,
+    drop: int | None,
+    weight: float = 1.0,
+) -> float:
+    """Target loss after real optimizer steps on `batches` from deep copies of the live state."""
+    m, opt, _ = _copy_live(model, optimizer)
     dev = next(m.parameters()).device
     for j, raw in enumerate(batches):
         b = prepare_batch(raw, dev)
-        if lrs is not None:
-            for g in opt.param_groups:
-                g["lr"] = float(lrs[j])
+        _set_lr(opt, lrs, j)
         opt.zero_grad(set_to_none=True)
         losses = per_example_loss(m, b)
         n = losses.shape[0]
@@ -272,19 +285,8 @@ class _CarryReplay:
         self.dev = next(model.parameters()).device
         self.opt_type = type(optimizer)
         self.max_grad_norm, self.lrs = max_grad_norm, lrs
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.m = copy.deepcopy(model)
-        pmap = {id(p): q for p, q in zip(model.parameters(), self.m.parameters())}
-        self.mp = [pmap[id(p)] for p in params]
-        self.groups = [
-            {
-                **{k: v for k, v in g.items() if k != "params"},
-                "params": [pmap[id(p)] for p in g["params"]],
-            }
-            for g in optimizer.param_groups
-        ]
-        self.opt = self.opt_type(self.groups)
-        self.opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        self.m, self.opt, self.groups = _copy_live(model, optimizer)
+        self.mp = [p for g in self.groups for p in g["params"]]
         self.vb = prepare_batch(val_batch, self.dev)
         # the real trajectory: state before each step, raw batch gradients, loss after each step
         self.snaps: list = []
@@ -302,11 +304,6 @@ class _CarryReplay:
         coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
         return [g * coef for g in grads]
 
-    def _set_lr(self, opt: torch.optim.Optimizer, j: int) -> None:
-        if self.lrs is not None:
-            for g in opt.param_groups:
-                g["lr"] = float(self.lrs[j])
-
     def _dense(self, grads) -> list[torch.Tensor]:
         return [g if g is not None else torch.zeros_like(p) for p, g in zip(self.mp, grads)]
 
@@ -315,7 +312,7 @@ class _CarryReplay:
         mp, opt, ex_grads = self.mp, self.opt, []
         for j, rb in enumerate(batches):
             b = prepare_batch(rb, self.dev)
-            self._set_lr(opt, j)
+            _set_lr(opt, self.lrs, j)
             self.snaps.append(([p.detach().clone() for p in mp], copy.deepcopy(opt.state_dict())))
             opt.zero_grad(set_to_none=True)
             losses = per_example_loss(self.m, b)
@@ -343,7 +340,7 @@ class _CarryReplay:
                 p.copy_(s)
         o = self.opt_type(self.groups)
         o.load_state_dict(copy.deepcopy(st))
-        self._set_lr(o, j)
+        _set_lr(o, self.lrs, j)
         if dm is not None:
             for p, a, c in zip(self.mp, dm, dv):
                 o.state[p]["exp_avg"].sub_(a)
