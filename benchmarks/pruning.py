@@ -42,7 +42,9 @@ import argparse
 import json
 import math
 import random
+import shlex
 import string
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -543,17 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Path(a.corpus) if a.corpus else build_corpus(600, a.seed)
     full = read_corpus(corpus).df
     scen = [run_scenario(s.strip(), full, a, work) for s in a.scenarios.split(",") if s.strip()]
-    cmd = "python -m benchmarks.pruning" + (" --quick" if a.quick else "")
-    if a.scenarios != "pydocs,wordnet,none":
-        cmd += f" --scenarios {a.scenarios}"
-    if a.tag:
-        cmd += f" --tag {a.tag}"
-    if a.steps != (40 if a.quick else 300):
-        cmd += f" --steps {a.steps}"
-    if a.arms != list(ARMS):
-        cmd += f" --arms {','.join(a.arms)}"
-    if a.results != "benchmarks/results":
-        cmd += f" --results {a.results}"
+    # the command as given (every option that was passed, in its order), so a rerun repeats it
+    given = sys.argv[1:] if argv is None else list(argv)
+    cmd = " ".join(["python -m benchmarks.pruning", *(shlex.quote(x) for x in given)])
     meta = {
         "command": cmd,
         "n_pool": a.n_pool,
