@@ -21,6 +21,7 @@ _WHERE = {
     "PRESETS": "models",
     "build_model": "models",
     "PropagatedStep": "momentum",
+    "ReplayWindow": "window",
     "DEFAULT_ORDER": "estimators",
     "ESTIMATORS": "estimators",
     "Estimator": "estimators",
@@ -42,6 +43,7 @@ __all__ = [
     "InRunScorer",
     "PRESETS",
     "PropagatedStep",
+    "ReplayWindow",
     "ShapleyTruth",
     "StepOutput",
     "Targets",
@@ -98,3 +100,4 @@ if TYPE_CHECKING:
     from .scorer import InRunScorer, StepOutput
     from .training import plain_step, warmup_cosine
     from .unrolled import UnrolledWindow, unrolled_window_values
+    from .window import ReplayWindow

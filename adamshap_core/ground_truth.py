@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .batch import per_example_loss, prepare_batch
+from .window import ReplayWindow
 
 
 @dataclass
@@ -191,22 +192,13 @@ def _set_lr(opt: torch.optim.Optimizer, lrs: Sequence[float] | None, j: int) -> 
             g["lr"] = float(lrs[j])
 
 
-def _replay(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[Mapping[str, torch.Tensor]],
-    val_batch: Mapping[str, torch.Tensor],
-    max_grad_norm: float | None,
-    lrs: Sequence[float] | None,
-    drop: int | None,
-    weight: float = 1.0,
-) -> float:
+def _replay(w: ReplayWindow, drop: int | None, weight: float = 1.0) -> float:
     """Target loss after real optimizer steps on `batches` from deep copies of the live state."""
-    m, opt, _ = _copy_live(model, optimizer)
+    m, opt, _ = _copy_live(w.model, w.optimizer)
     dev = next(m.parameters()).device
-    for j, raw in enumerate(batches):
+    for j, raw in enumerate(w.batches):
         b = prepare_batch(raw, dev)
-        _set_lr(opt, lrs, j)
+        _set_lr(opt, w.lrs, j)
         opt.zero_grad(set_to_none=True)
         losses = per_example_loss(m, b)
         n = losses.shape[0]
@@ -217,25 +209,17 @@ def _replay(
         else:
             loss = losses.mean()
         loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), max_grad_norm)
+        if w.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), w.max_grad_norm)
         opt.step()
     with torch.no_grad():
-        return float(per_example_loss(m, prepare_batch(val_batch, dev)).mean().double())
+        return float(per_example_loss(m, prepare_batch(w.val_batch, dev)).mean().double())
 
 
-def leave_one_out_window(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[Mapping[str, torch.Tensor]],
-    val_batch: Mapping[str, torch.Tensor],
-    max_grad_norm: float | None = None,
-    lrs: Sequence[float] | None = None,
-    removal_weight: float = 1.0,
-) -> np.ndarray:
+def leave_one_out_window(window: ReplayWindow, removal_weight: float = 1.0) -> np.ndarray:
     """K-step LOO of each example of `batches[0]`: l_val after K+1 real steps without it minus with it.
 
-    `batches` are steps t, t+1, ..., t+K (K = len(batches) - 1); example i is removed from step
+    `window.batches` are steps t, t+1, ..., t+K (K = len(batches) - 1); example i is removed from step
     t only (its gradient dropped, normaliser unchanged) and the same later batches are replayed
     with real optimizer steps from deep copies of the live state, so the change includes
     momentum carry-over and the later gradients' reaction to the moved weights. `lrs` sets each
@@ -243,25 +227,12 @@ def leave_one_out_window(
     `removal_weight` ε < 1 removes only ε·g_i (a scaled removal, to check first-order
     estimators where dropping a whole example is beyond first order); the result is not rescaled.
     """
-    n = prepare_batch(batches[0])["input_ids"].shape[0]
-    full = _replay(model, optimizer, batches, val_batch, max_grad_norm, lrs, None)
-    return np.array(
-        [
-            _replay(model, optimizer, batches, val_batch, max_grad_norm, lrs, i, removal_weight)
-            - full
-            for i in range(n)
-        ]
-    )
+    n = prepare_batch(window.batches[0])["input_ids"].shape[0]
+    full = _replay(window, None)
+    return np.array([_replay(window, i, removal_weight) - full for i in range(n)])
 
 
-def leave_one_out_carry(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[Mapping[str, torch.Tensor]],
-    val_batch: Mapping[str, torch.Tensor],
-    max_grad_norm: float | None = None,
-    lrs: Sequence[float] | None = None,
-) -> np.ndarray:
+def leave_one_out_carry(window: ReplayWindow) -> np.ndarray:
     """In-run K-step LOO: Σ_s of each step's real-step target-loss change when i's share is removed.
 
     The truth of the momentum-propagated values. The run follows its real trajectory over
@@ -272,22 +243,22 @@ def leave_one_out_carry(
     l_val(w_{s+1})]: per-step utilities on the realised trajectory (DESIGN §2.2), so, unlike
     `leave_one_out_window`, the later batches' reaction to the moved weights is not in it.
     """
-    rep = _CarryReplay(model, optimizer, val_batch, max_grad_norm, lrs)
-    ex_grads = rep.record(batches)
-    return np.array([rep.value(gi, len(batches)) for gi in ex_grads])
+    rep = _CarryReplay(window)
+    ex_grads = rep.record(window.batches)
+    return np.array([rep.value(gi, len(window.batches)) for gi in ex_grads])
 
 
 class _CarryReplay:
     """A copy of the model and optimizer that records the real trajectory over K+1 batches and
     replays each step from its saved state with one example's share removed."""
 
-    def __init__(self, model, optimizer, val_batch, max_grad_norm, lrs) -> None:
-        self.dev = next(model.parameters()).device
-        self.opt_type = type(optimizer)
-        self.max_grad_norm, self.lrs = max_grad_norm, lrs
-        self.m, self.opt, self.groups = _copy_live(model, optimizer)
+    def __init__(self, w: ReplayWindow) -> None:
+        self.dev = next(w.model.parameters()).device
+        self.opt_type = type(w.optimizer)
+        self.max_grad_norm, self.lrs = w.max_grad_norm, w.lrs
+        self.m, self.opt, self.groups = _copy_live(w.model, w.optimizer)
         self.mp = [p for g in self.groups for p in g["params"]]
-        self.vb = prepare_batch(val_batch, self.dev)
+        self.vb = prepare_batch(w.val_batch, self.dev)
         # the real trajectory: state before each step, raw batch gradients, loss after each step
         self.snaps: list = []
         self.raw: list[list[torch.Tensor]] = []

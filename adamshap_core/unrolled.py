@@ -25,7 +25,7 @@ benchmarks and small runs (docs/method.md §12), not for the scored training loo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .batch import per_example_loss, per_example_loss_from_logits, prepare_batch
 from .ghost import GhostCapture
 from .preconditioner import check_optimizer, group_hyper
+from .window import ReplayWindow
 
 
 @dataclass(frozen=True)
@@ -179,21 +180,16 @@ def batch_grad(
     return [g if g is not None else torch.zeros_like(w) for g, w in zip(gs, ws)]
 
 
-def unrolled_window_values(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[Mapping[str, torch.Tensor]],
-    val_batch: Mapping[str, torch.Tensor],
-    max_grad_norm: float | None = None,
-    lrs: Sequence[float] | None = None,
-) -> UnrolledWindow:
+def unrolled_window_values(window: ReplayWindow) -> UnrolledWindow:
     """First-order `leave_one_out_window`: -⟨∂l_val(w_{t+K+1})/∂G, g_i⟩ for each example of step t.
 
-    Same arguments and conventions as `leave_one_out_window` (`batches` = steps t..t+K from the
+    Same window and conventions as `leave_one_out_window` (`batches` = steps t..t+K from the
     live, pre-step-t state; `lrs` per step; clipping as `clip_grad_norm_` does it). The model
     and optimizer are left untouched. Attention runs on the math kernel of scaled dot-product
     attention, which supports the double backward.
     """
+    model, optimizer, batches = window.model, window.optimizer, window.batches
+    lrs, max_grad_norm = window.lrs, window.max_grad_norm
     check_optimizer(optimizer)
     if not batches:
         raise ValueError("batches must hold step t and the K steps after it")
@@ -225,7 +221,7 @@ def unrolled_window_values(
         for j in range(1, len(batches)):
             gj = batch_grad(model, names, st.w, prepare_batch(batches[j], dev), create_graph=True)
             st = adam_update(st, clip_by_norm(gj, max_grad_norm), hp[j])
-        l_val = example_losses(model, names, st.w, prepare_batch(val_batch, dev)).mean()
+        l_val = example_losses(model, names, st.w, prepare_batch(window.val_batch, dev)).mean()
         u = torch.autograd.grad(l_val, G, allow_unused=True)
     u = [(x if x is not None else torch.zeros_like(g)).detach() for x, g in zip(u, G)]
 

@@ -41,6 +41,7 @@ from scipy.stats import spearmanr
 
 from adamshap_core import (
     InRunScorer,
+    ReplayWindow,
     build_model,
     leave_one_out_carry,
     leave_one_out_window,
@@ -153,7 +154,7 @@ def unrolled_to_end(a: LdsArgs, model, opt, enc, val, order, t: int) -> np.ndarr
     target loss after the last step (or after step t + `unrolled_window`), from the live state."""
     end = len(order) if a.unrolled_window is None else min(len(order), t + a.unrolled_window + 1)
     window = [enc.batch(b) for b in order[t:end]]
-    return unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
+    return unrolled_window_values(ReplayWindow(model, opt, window, val, a.max_grad_norm)).values
 
 
 def scored_run(
@@ -200,11 +201,14 @@ def scored_run(
         if do_loo and t in a.loo_steps and t + K < len(order):
             tl = time.time()
             window = [enc.batch(b) for b in order[t : t + K + 1]]
-            replay = leave_one_out_window(model, opt, window, val, a.max_grad_norm)
-            carry = leave_one_out_carry(model, opt, window, val, a.max_grad_norm)
+            live = ReplayWindow(model, opt, window, val, a.max_grad_norm)
+            replay = leave_one_out_window(live)
+            carry = leave_one_out_carry(live)
             seconds = time.time() - tl
             tl = time.time()
-            unr_k = unrolled_window_values(model, opt, window, val, a.max_grad_norm).values
+            unr_k = unrolled_window_values(
+                ReplayWindow(model, opt, window, val, a.max_grad_norm)
+            ).values
             loo_rows.append(
                 {
                     "step": t,

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from adamshap_core import InRunScorer, leave_one_out_window, plain_step
+from adamshap_core import InRunScorer, ReplayWindow, leave_one_out_window, plain_step
 from adamshap_core.unrolled import unrolled_window_values
 
 from .common import environment, write_results
@@ -78,12 +78,13 @@ def measure_seed(a: LdsArgs, u: UnrolledArgs, enc, val, vocab: int, seed: int) -
     for t, idx in enumerate(order[: last + 1]):
         if t in steps:
             window = [enc.batch(b) for b in order[t : t + u.K + 1]]
+            live = ReplayWindow(model, opt, window, val, a.max_grad_norm)
             row: dict = {"seed": seed, "step": t}
             t0 = time.perf_counter()
-            uw = unrolled_window_values(model, opt, window, val, a.max_grad_norm)
+            uw = unrolled_window_values(live)
             row["seconds_unrolled"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            truth = leave_one_out_window(model, opt, window, val, a.max_grad_norm)
+            truth = leave_one_out_window(live)
             row["seconds_replay"] = time.perf_counter() - t0
             row["seconds_plain_step"] = _plain_seconds(
                 model, opt, window[0], a.max_grad_norm, u.plain_repeats
@@ -92,9 +93,7 @@ def measure_seed(a: LdsArgs, u: UnrolledArgs, enc, val, vocab: int, seed: int) -
             row["truth_replay"] = truth.tolist()
             row["unrolled_loss_full"] = uw.loss_full
             if u.eps is not None:
-                scaled = leave_one_out_window(
-                    model, opt, window, val, a.max_grad_norm, removal_weight=u.eps
-                )
+                scaled = leave_one_out_window(live, removal_weight=u.eps)
                 row["truth_scaled"] = (scaled / u.eps).tolist()
             rows[t] = row
             print(

@@ -17,6 +17,7 @@ from oracle import contract, per_example_grads, real_step_copy, val_grad
 
 from adamshap_core import (
     InRunScorer,
+    ReplayWindow,
     leave_one_out,
     leave_one_out_carry,
     leave_one_out_window,
@@ -195,8 +196,8 @@ def test_window_truths_with_no_later_steps_are_one_step_loo(trained):
     model, opt = trained
     batch, val = bigram_batch(5, seed=3), bigram_batch(4, seed=4)
     a = leave_one_out(model, opt, batch, val, 1.0)
-    b = leave_one_out_window(model, opt, [batch], val, 1.0)
-    c = leave_one_out_carry(model, opt, [batch], val, 1.0)
+    b = leave_one_out_window(ReplayWindow(model, opt, [batch], val, 1.0))
+    c = leave_one_out_carry(ReplayWindow(model, opt, [batch], val, 1.0))
     assert np.allclose(a, b, rtol=1e-6, atol=1e-12)
     assert np.allclose(a, c, rtol=1e-6, atol=1e-12)
 
@@ -205,7 +206,7 @@ def test_in_run_truth_of_a_later_step_matches_a_hand_made_step(trained):
     """K = 1: step t's LOO plus a real step t+1 from the realised state with i's share of m, v removed."""
     model, opt = trained
     batches, val = [bigram_batch(5, seed=60), bigram_batch(5, seed=61)], bigram_batch(4, seed=62)
-    got = leave_one_out_carry(model, opt, batches, val, 1.0)
+    got = leave_one_out_carry(ReplayWindow(model, opt, batches, val, 1.0))
     one = leave_one_out(model, opt, batches[0], val, 1.0)
     m1 = copy.deepcopy(model)
     o1 = torch.optim.AdamW(m1.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -248,7 +249,7 @@ def test_window_truth_matches_hand_made_replay_and_leaves_state(trained):
     before_o = copy.deepcopy(opt.state_dict())
     batches = [bigram_batch(5, seed=20 + j) for j in range(3)]
     val, lrs = bigram_batch(4, seed=9), [1e-3, 8e-4, 5e-4]
-    got = leave_one_out_window(model, opt, batches, val, 1.0, lrs=lrs)
+    got = leave_one_out_window(ReplayWindow(model, opt, batches, val, 1.0, lrs))
 
     def run(drop):
         m = copy.deepcopy(model)
@@ -292,7 +293,7 @@ def test_propagated_values_track_k_step_loo(trained):
     truths, own, prop = [], {}, {}
     for j, b in enumerate(batches):
         if j < windows:
-            loo = leave_one_out_carry(model, opt, batches[j : j + K + 1], val, 1.0)
+            loo = leave_one_out_carry(ReplayWindow(model, opt, batches[j : j + K + 1], val, 1.0))
             truths.append(loo)  # l_val without i minus with i: positive = i lowered it
         out = sc.step(b)
         if j < windows:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from oracle import per_example_grads
 
-from adamshap_core import InRunScorer, leave_one_out_window, plain_step
+from adamshap_core import InRunScorer, ReplayWindow, leave_one_out_window, plain_step
 from adamshap_core.batch import per_example_loss, prepare_batch
 from adamshap_core.ground_truth import _replay
 from adamshap_core.unrolled import (
@@ -93,16 +93,17 @@ def test_unrolled_values_are_the_first_order_replay_truth(trained, clip):
     val = bigram_batch(6, seed=12)
     lrs = [1e-3, 9e-4, 8e-4, 7e-4, 6e-4]
     before = copy.deepcopy(model.state_dict())
-    un = unrolled_window_values(model, opt, batches, val, clip, lrs=lrs)
+    window = ReplayWindow(model, opt, batches, val, clip, lrs)
+    un = unrolled_window_values(window)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert un.K == K
-    full = _replay(model, opt, batches, val, clip, lrs, None)
+    full = _replay(window, None)
     assert un.loss_full == pytest.approx(full, rel=1e-12)
-    scaled = leave_one_out_window(model, opt, batches, val, clip, lrs, removal_weight=eps) / eps
+    scaled = leave_one_out_window(window, removal_weight=eps) / eps
     rel = np.linalg.norm(un.values - scaled) / np.linalg.norm(scaled)
     assert _r(un.values, scaled) > 0.9999 and rel < 1e-2, (_r(un.values, scaled), rel)
-    whole = leave_one_out_window(model, opt, batches, val, clip, lrs)
+    whole = leave_one_out_window(window)
     assert _r(un.values, whole) > 0.95, _r(un.values, whole)
 
 
@@ -111,7 +112,7 @@ def test_ghost_contraction_equals_per_example_gradients(trained):
     model, opt = trained
     batch = make_batch(5, 12, pad_lengths=[12, 9, 12, 5, 11], seed=7)
     batches = [batch] + [bigram_batch(6, seed=40 + j) for j in range(2)]
-    un = unrolled_window_values(model, opt, batches, bigram_batch(4, seed=2), 1.0)
+    un = unrolled_window_values(ReplayWindow(model, opt, batches, bigram_batch(4, seed=2), 1.0))
     pe = per_example_grads(model, batch)
     want = -sum((pe[k].flatten(1) * u.flatten()[None]).sum(1) for k, u in un.u.items())
     want = want.detach().numpy()
@@ -124,7 +125,7 @@ def test_no_later_steps_is_one_step_adam_loo_with_second_moment(trained):
     Adam's second moment and the clip coefficient linearised (scorer.py)."""
     model, opt = trained
     batch, val = bigram_batch(6, seed=77), bigram_batch(4, seed=78)
-    un = unrolled_window_values(model, opt, [batch], val, 0.05)
+    un = unrolled_window_values(ReplayWindow(model, opt, [batch], val, 0.05))
     sc = InRunScorer(
         model, opt, val, estimators=("adam-loo",), max_grad_norm=0.05, loo_second_moment=True
     )
@@ -138,4 +139,4 @@ def test_no_later_steps_is_one_step_adam_loo_with_second_moment(trained):
 def test_rejects_other_optimizers(gpt2):
     opt = torch.optim.SGD(gpt2.parameters(), lr=0.1)
     with pytest.raises(TypeError, match="Adam"):
-        unrolled_window_values(gpt2, opt, [make_batch(2, 8)], make_batch(2, 8))
+        unrolled_window_values(ReplayWindow(gpt2, opt, [make_batch(2, 8)], make_batch(2, 8)))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from adamshap_core import build_model, leave_one_out_window, plain_step
+from adamshap_core import ReplayWindow, build_model, leave_one_out_window, plain_step
 from benchmarks.lds import LdsArgs, unrolled_to_end
 
 V, T = 53, 16
@@ -49,14 +49,18 @@ def test_unrolled_to_end_is_the_first_order_replay_to_the_end(window):
     got = unrolled_to_end(a, model, opt, enc, val, order, t)
     end = len(order) if window is None else t + window + 1
     replayed = [enc.batch(b) for b in order[t:end]]
-    scaled = leave_one_out_window(model, opt, replayed, val, a.max_grad_norm, removal_weight=eps)
+    scaled = leave_one_out_window(
+        ReplayWindow(model, opt, replayed, val, a.max_grad_norm), removal_weight=eps
+    )
     scaled = scaled / eps
     rel = np.linalg.norm(got - scaled) / np.linalg.norm(scaled)
     assert got.shape == (6,)
     assert _r(got, scaled) > 0.9999 and rel < 1e-2, (_r(got, scaled), rel)
     if window is not None:  # a shorter window is a different truth: the helper must not run on
         longer = [enc.batch(b) for b in order[t:]]
-        other = leave_one_out_window(model, opt, longer, val, a.max_grad_norm, removal_weight=eps)
+        other = leave_one_out_window(
+            ReplayWindow(model, opt, longer, val, a.max_grad_norm), removal_weight=eps
+        )
         assert np.linalg.norm(got - other / eps) / np.linalg.norm(other / eps) > 1e-2
 
 
