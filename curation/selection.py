@@ -5,7 +5,8 @@ from the highest value down, document B is excluded as `near_duplicate_of:A` whe
 already-kept (higher-valued) document of the same cluster and
 
 1. the cosine of their *centred* embeddings (`curation.embed.prepare_for_similarity`) exceeds
-   `1 - dedup_eps` (FAISS range search: cheap candidate proposal), and
+   `1 - dedup_eps` (FAISS range search: cheap candidate proposal; every pair of a cluster up to
+   EXACT_SEARCH_MAX documents, the nearest inverted lists of a larger one), and
 2. the Jaccard similarity of their token 3-gram sets (untruncated token ids) is at least
    `dedup_jaccard` (default 0.8: confirmation in the original token space).
 
@@ -31,6 +32,8 @@ from curation.settings import check_value, validate_keep
 
 KEPT, LOW_VALUE, TARGET, NEAR_DUP = "kept", "low_value", "target", "near_duplicate_of:"
 QUALITY = "quality:"
+# near-duplicate candidate search: every pair up to this group size, inverted lists above it
+EXACT_SEARCH_MAX, SEARCH_CELL, SEARCH_PROBES = 4096, 256, 4
 
 
 @dataclass
@@ -127,6 +130,30 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
+def _neighbours_within(x: np.ndarray, min_cos: float) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS range search of every row of `x` against all rows: (lims, neighbour positions).
+
+    Up to EXACT_SEARCH_MAX rows every pair is compared. A larger group is split into inverted
+    lists of ~SEARCH_CELL rows (k-means, seeded) and each row is compared with the rows of its
+    SEARCH_PROBES nearest lists, so the cost grows with the group's size, not its square; a pair
+    split across lists that are not probed is missed (recall in benchmarks/prune_scale).
+    """
+    d = x.shape[1]
+    flat = faiss.IndexFlatIP(d)
+    if len(x) <= EXACT_SEARCH_MAX:
+        index = flat
+    else:
+        index = faiss.IndexIVFFlat(
+            flat, d, math.ceil(len(x) / SEARCH_CELL), faiss.METRIC_INNER_PRODUCT
+        )
+        index.cp.seed = 0
+        index.train(x)
+        index.nprobe = SEARCH_PROBES
+    index.add(x)
+    lims, _, nbr = index.range_search(x, min_cos)
+    return lims, nbr
+
+
 def near_duplicates(
     idx: np.ndarray,
     values: np.ndarray,
@@ -146,9 +173,7 @@ def near_duplicates(
         return {}
     order = _order_desc(values, idx)
     x = np.ascontiguousarray(emb[order], dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    lims, _, nbr = index.range_search(x, float(1.0 - eps))
+    lims, nbr = _neighbours_within(x, float(1.0 - eps))
     # Only positions with an earlier (higher-valued) neighbour can be duplicates; every other
     # position is kept without a Python step, so the loop below runs over candidates only.
     m = len(order)
