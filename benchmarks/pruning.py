@@ -427,8 +427,8 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"+ 1 scored epoch, 3 snapshots; every arm retrains {meta['steps']} steps (batch 16), "
         f"seeds {meta['seeds']} (paired); {meta['total_s']:.0f} s on 2 shared CPU cores"
         + (
-            f" ({meta['cached_retrains']} of the retrainings reused from an earlier invocation "
-            "with the same kept set, config and seed)."
+            f" ({meta['cached_retrains']} of the retrainings reused: the same kept set, config "
+            "and seed as another arm or an earlier invocation)."
             if meta.get("cached_retrains")
             else "."
         ),
