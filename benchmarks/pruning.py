@@ -275,6 +275,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         seed=a.seed,
         estimators=("adam2", "adam"),
         warm_start_steps=a.warm_start_steps,
+        epochs=a.score_epochs,
         snapshots=3,
         progress=False,
     )
@@ -424,7 +425,7 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"`{meta['command']}`: pool of {meta['n_pool']} documents (20% injected junk of "
         f"{len(JUNK_KINDS)} kinds), keep {meta['keep']}; proxies `tiny`, seq {meta['seq_len']}, "
         f"vocab {meta['vocab']}, lr {meta['lr']}; scoring run {meta['warm_start_steps']} warm-start "
-        f"+ 1 scored epoch, 3 snapshots; every arm retrains {meta['steps']} steps (batch 16), "
+        f"+ {meta.get('score_epochs', 1)} scored epoch(s), 3 snapshots; every arm retrains {meta['steps']} steps (batch 16), "
         f"seeds {meta['seeds']} (paired); {meta['total_s']:.0f} s on 2 shared CPU cores"
         + (
             f" ({meta['cached_retrains']} of the retrainings reused: the same kept set, config "
@@ -524,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warm-start-steps", type=int, default=None)
+    p.add_argument(
+        "--score-epochs", type=int, default=1, help="scored passes of the scoring run (1)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared box)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/benchmarks")
@@ -556,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "vocab": a.vocab,
         "lr": a.lr,
         "warm_start_steps": a.warm_start_steps,
+        "score_epochs": a.score_epochs,
         "steps": a.steps,
         "seeds": [a.seed + s for s in range(a.seeds)],
         "torch_threads": torch.get_num_threads(),
