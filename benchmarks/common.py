@@ -92,6 +92,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average": round(os.getloadavg()[0], 2),  # 1-minute, when this was recorded
     }
 
 

@@ -798,8 +798,13 @@ def realistic_markdown(res: dict | None) -> str:
         f"{ra['target_chunk'] or 'all'} examples at a time, low-rank rank {ra['rank']}, precision "
         f"{ra['amp'] or 'fp32'}, {env['threads']} torch threads on {env['device']} "
         f"({env['cpu_count']} cores"
-        + (", shared with other heavy jobs: a loaded machine" if cpu else "")
-        + f"; {env['date']}). Each (preset, batch, seq) shares one model and optimizer, restored "
+        + (
+            f", load average {env['load_average']:.1f} after the last group"
+            if cpu and "load_average" in env
+            else ""
+        )
+        + f"; {env['date']}; rows added by separate `--presets`/`--batches` invocations keep "
+        "their own numbers, the date and load are the last invocation's). Each (preset, batch, seq) shares one model and optimizer, restored "
         "(untimed) to one snapshot after a plain step before every round, so every variant steps "
         "from the same state on the same batches. Per target size, plain and the variants run "
         f"interleaved in one process ({ra['warmup']} untimed warm-up step each, then "
