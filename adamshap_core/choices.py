@@ -23,5 +23,7 @@ PRESETS: dict[str, Preset] = {
     "cpu-small": Preset(n_layer=4, n_embd=256, n_head=4),
     "gpt2": Preset(n_layer=12, n_embd=768, n_head=12),
 }
+# the names alone, in the order above: what a command line or a settings check offers
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 CONTRACTIONS: tuple[str, ...] = ("exact", "lowrank", "gram", "auto")

@@ -219,10 +219,10 @@ def _replay(w: ReplayWindow, drop: int | None, weight: float = 1.0) -> float:
 def leave_one_out_window(window: ReplayWindow, removal_weight: float = 1.0) -> np.ndarray:
     """K-step LOO of each example of `batches[0]`: l_val after K+1 real steps without it minus with it.
 
-    `window.batches` are steps t, t+1, ..., t+K (K = len(batches) - 1); example i is removed from step
-    t only (its gradient dropped, normaliser unchanged) and the same later batches are replayed
-    with real optimizer steps from deep copies of the live state, so the change includes
-    momentum carry-over and the later gradients' reaction to the moved weights. `lrs` sets each
+    `window.batches` are steps t, t+1, ..., t+K (K = len(batches) - 1); example i is removed
+    from step t only (its gradient dropped, normaliser unchanged) and the same later batches
+    are replayed with real optimizer steps from deep copies of the live state, so the change
+    includes momentum carry-over and the later gradients' reaction to the moved weights. `lrs` sets each
     step's lr (all groups) where a schedule moves it. K = 0 is `leave_one_out`.
     `removal_weight` ε < 1 removes only ε·g_i (a scaled removal, to check first-order
     estimators where dropping a whole example is beyond first order); the result is not rescaled.

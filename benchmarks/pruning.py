@@ -425,7 +425,8 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"`{meta['command']}`: pool of {meta['n_pool']} documents (20% injected junk of "
         f"{len(JUNK_KINDS)} kinds), keep {meta['keep']}; proxies `tiny`, seq {meta['seq_len']}, "
         f"vocab {meta['vocab']}, lr {meta['lr']}; scoring run {meta['warm_start_steps']} warm-start "
-        f"+ {meta.get('score_epochs', 1)} scored epoch(s), 3 snapshots; every arm retrains {meta['steps']} steps (batch 16), "
+        f"+ {meta.get('score_epochs', 1)} scored epoch(s), 3 snapshots; "
+        f"every arm retrains {meta['steps']} steps (batch 16), "
         f"seeds {meta['seeds']} (paired); {meta['total_s']:.0f} s on 2 shared CPU cores"
         + (
             f" ({meta['cached_retrains']} of the retrainings reused: the same kept set, config "

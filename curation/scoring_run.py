@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from adamshap_core.choices import CONTRACTIONS, PRESETS
+from adamshap_core.choices import CONTRACTIONS, PRESET_NAMES
 from adamshap_core.estimators import DEFAULT_ORDER, ESTIMATORS, gram_estimators, preferred_order
 
 from .aggregate import aggregate_run
@@ -132,7 +132,7 @@ class ScoreArgs:
                 f"unknown estimators {bad}; choose from {', '.join(preferred_order())}"
             )
         check_choice("contraction", self.contraction, CONTRACTIONS)
-        check_choice("preset", self.preset, tuple(PRESETS))
+        check_choice("preset", self.preset, PRESET_NAMES)
         if self.contraction == "gram" and set(self.estimators) - set(gram_estimators()):
             raise UsageError(
                 f"contraction gram values {' and '.join(gram_estimators())} only; "

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from adamshap_core.choices import PRESETS
+from adamshap_core.choices import PRESET_NAMES
 from curation.errors import UsageError
 from curation.render import Figure, Page, Section, Table, write_page
 from curation.run_dir import RunDir
@@ -100,7 +100,7 @@ class VerifyArgs(TrainConfig):
                 f"unknown baseline(s) {', '.join(bad)}; choose from {','.join(BASELINE_ARMS)}"
             )
         check_settings("verify", self)  # the numeric settings: curation/settings.py RULES
-        check_choice("preset", self.preset, tuple(PRESETS))
+        check_choice("preset", self.preset, PRESET_NAMES)
 
 
 CURVE_FILE = "verify_curve.png"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 # torch-free (adamshap_core imports lazily): `--help` stays fast
-from adamshap_core.choices import CONTRACTIONS, PRESETS
+from adamshap_core.choices import CONTRACTIONS, PRESET_NAMES
 from adamshap_core.estimators import DEFAULT_ORDER, preferred_order
 from curation.settings import (
     ON_BAD_ROWS,
@@ -218,7 +218,7 @@ def _add_field_options(p: argparse.ArgumentParser, bad_rows: bool = True) -> Non
 
 def _add_score_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
-    g.add_argument("--preset", choices=tuple(PRESETS), help="proxy GPT-2 size")
+    g.add_argument("--preset", choices=PRESET_NAMES, help="proxy GPT-2 size")
     _add_setting(g, "score", "--epochs", "scored passes over the corpus (1; 0: warm start only)")
     _add_setting(g, "score", "--warm-start-steps", "plain AdamW steps before scoring (50)")
     g.add_argument(
@@ -748,7 +748,7 @@ def _add_verify_command(sub: Any) -> None:
         default=3,
         help="random subsets / seeds (3)",
     )
-    p.add_argument("--preset", choices=tuple(PRESETS), help="proxy GPT-2 size")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="proxy GPT-2 size")
     p.add_argument(
         "--epochs", type=setting_type("verify", "epochs"), help="passes over the curated set"
     )
