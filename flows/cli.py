@@ -389,7 +389,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """`adamshap prune`: keep the most valuable fraction of CORPUS under diversity quotas."""
-    from curation.errors import AdamshapError
     from curation.prune import PruneArgs, check_inputs_apart, clear_outputs, run_prune
     from curation.run_dir import PruneDir
 
@@ -422,22 +421,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "min_chars": args.min_chars,
         "rank_by": args.rank_by,
     }
-    prune_args = build_args(PruneArgs, values, OUT_ALIASES)
-    try:
-        out_dir = run_prune(prune_args)
-    except AdamshapError as exc:
-        raise _strict_corpus_hint("prune")(exc) from None
-    print(f"pruned corpus: {out_dir}")
+    out_dir = _run_stage("prune", run_prune, build_args(PruneArgs, values, OUT_ALIASES))
     pruned = PruneDir(out_dir)
-    for path in (pruned.report_html, pruned.prune_json):
-        if path.exists():
-            print(f"  {path}")
+    _print_outputs("pruned corpus", out_dir, (pruned.report_html, pruned.prune_json))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """`adamshap verify`: retrain on curated vs random-same-size vs full; compare target loss."""
-    from curation.errors import AdamshapError
     from curation.verify import OUTPUT_FILES, VerifyArgs, run_verify
 
     _check_out(args.out)
@@ -467,16 +458,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     }
     _require_path(args.selection_target, "selection target")
     _require_path(args.reference, "reference run")
-    verify_args = build_args(VerifyArgs, values, OUT_ALIASES)
-    try:
-        out_dir = run_verify(verify_args)
-    except AdamshapError as exc:
-        raise _strict_corpus_hint("verify")(exc) from None
-    print(f"verify results: {out_dir}")
-    for name in ("verify.html", "verify.md", "verify.json", "verify_curve.png"):
-        if (Path(out_dir) / name).exists():
-            print(f"  {Path(out_dir) / name}")
+    out_dir = _run_stage("verify", run_verify, build_args(VerifyArgs, values, OUT_ALIASES))
+    names = ("verify.html", "verify.md", "verify.json", "verify_curve.png")
+    _print_outputs("verify results", out_dir, [Path(out_dir) / n for n in names])
     return 0
+
+
+def _run_stage(command: str, run: Callable[[Any], Path], stage_args: Any) -> Path:
+    """`run(stage_args)`; a corpus error gets the hint for `command`'s strict-corpus option."""
+    from curation.errors import AdamshapError
+
+    try:
+        return run(stage_args)
+    except AdamshapError as exc:
+        raise _strict_corpus_hint(command)(exc) from None
+
+
+def _print_outputs(what: str, out_dir: Path, paths: Sequence[Path]) -> None:
+    """Print `what: out_dir`, then each of `paths` that exists."""
+    print(f"{what}: {out_dir}")
+    for path in paths:
+        if Path(path).exists():
+            print(f"  {path}")
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -614,41 +617,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    _add_score_command(sub)
-    _add_report_command(sub)
-    _add_prune_command(sub)
-    _add_verify_command(sub)
-    _add_curate_command(sub)
-    _add_serve_command(sub)
-    _add_corpus_command(sub)
+    for name, summary, description, handler, add_arguments in SUBCOMMANDS:
+        add_arguments(_subcommand(sub, name, summary, description, handler))
     return parser
 
 
-def _add_score_command(sub: Any) -> None:
-    """The `adamshap score` subcommand."""
-    p = sub.add_parser(
-        "score",
-        help="scored training: value every example of CORPUS against TARGET",
-        description="Train a proxy GPT-2 on CORPUS and value every example against TARGET.",
-    )
+def _subcommand(
+    sub: Any, name: str, summary: str, description: str, handler: Any = None
+) -> argparse.ArgumentParser:
+    """Subcommand `name`: its one-line `summary` (in `adamshap -h`), `description`, `handler`."""
+    p = sub.add_parser(name, help=summary, description=description)
+    if handler is not None:
+        p.set_defaults(handler=handler)
+    return p
+
+
+def _score_arguments(p: argparse.ArgumentParser) -> None:
+    """`adamshap score`'s arguments."""
     p.add_argument("corpus", metavar="CORPUS", help="JSONL(.gz), Parquet or local HF dataset")
     p.add_argument("--target", required=True, metavar="T", help="target (validation) set")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumable)")
     _add_score_options(p)
     _add_device_option(p, precision=True)
     _add_field_options(p)
-    p.set_defaults(handler=cmd_score)
 
 
-def _add_report_command(sub: Any) -> None:
-    """The `adamshap report` subcommand."""
-    p = sub.add_parser(
-        "report",
-        help="write report.md/report.html for a scoring run",
-        description="Aggregate RUN_DIR's ledger and write report.md and report.html (with plots).",
-    )
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    """`adamshap report`'s arguments."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `adamshap score`")
-    p.set_defaults(handler=cmd_report)
 
 
 # `adamshap prune`'s numeric settings (checked by curation/settings.py RULES["prune"])
@@ -664,18 +660,8 @@ PRUNE_NUMBERS = (
 )
 
 
-def _add_prune_command(sub: Any) -> None:
-    """The `adamshap prune` subcommand."""
-    p = sub.add_parser(
-        "prune",
-        help="keep the most valuable fraction of a corpus, with diversity quotas",
-        description=(
-            "Keep --keep of CORPUS ranked by value within FAISS clusters; write kept and excluded "
-            "rows (with a reason each), prune.json and prune_report.md/.html. Without --scores the "
-            "scoring stage runs first with defaults; without --target a small random sample of "
-            "the corpus is held out as the target (and kept)."
-        ),
-    )
+def _prune_arguments(p: argparse.ArgumentParser) -> None:
+    """`adamshap prune`'s arguments."""
     p.add_argument("corpus", metavar="CORPUS")
     p.add_argument(
         "--keep", type=keep_fraction, default=0.7, help="fraction to keep, in (0, 1] (0.7)"
@@ -699,7 +685,6 @@ def _add_prune_command(sub: Any) -> None:
         _add_setting(p, "prune", flag, text, metavar=metavar)
     _add_field_options(p, bad_rows=False)
     _add_device_option(p)
-    p.set_defaults(handler=cmd_prune)
 
 
 def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
@@ -726,41 +711,27 @@ def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_verify_command(sub: Any) -> None:
-    """The `adamshap verify` subcommand."""
-    p = sub.add_parser(
-        "verify",
-        help="retrain on the curated set vs the baselines' selections and compare target loss",
-        description=(
-            "Train fresh proxies on the curated set and on each baseline's selection of the same "
-            "size from the full corpus (random, perplexity, dsir, classifier) or the full corpus, "
-            "with paired seeds; report the evaluation loss (mean +- std), the paired difference "
-            "to curated per seed and the evaluation set's unigram cross-entropy."
-        ),
-    )
+# `adamshap verify`'s numeric settings (checked by curation/settings.py RULES["verify"])
+VERIFY_NUMBERS = (
+    ("--seeds", "random subsets / seeds (3)"),
+    ("--epochs", "passes over the curated set"),
+    ("--batch-size", "training examples per step"),
+    ("--seq-len", "tokens per example"),
+    ("--lr", "peak AdamW learning rate"),
+    ("--seed", "base random seed"),
+    ("--steps", "training steps per arm (default: 1 epoch)"),
+)
+
+
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    """`adamshap verify`'s arguments."""
     p.add_argument("--curated", required=True, metavar="F", help="curated corpus (kept.<ext>)")
     p.add_argument("--full", required=True, metavar="F", help="the full corpus")
     p.add_argument("--target", required=True, metavar="T", help="target set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--seeds",
-        type=setting_type("verify", "seeds"),
-        default=3,
-        help="random subsets / seeds (3)",
-    )
     p.add_argument("--preset", choices=PRESET_NAMES, help="proxy GPT-2 size")
-    p.add_argument(
-        "--epochs", type=setting_type("verify", "epochs"), help="passes over the curated set"
-    )
-    p.add_argument("--batch-size", type=setting_type("verify", "batch_size"))
-    p.add_argument("--seq-len", type=setting_type("verify", "seq_len"))
-    p.add_argument("--lr", type=setting_type("verify", "lr"))
-    p.add_argument("--seed", type=setting_type("verify", "seed"), help="base random seed")
-    p.add_argument(
-        "--steps",
-        type=setting_type("verify", "steps"),
-        help="training steps per arm (default: 1 epoch)",
-    )
+    for flag, text in VERIFY_NUMBERS:
+        _add_setting(p, "verify", flag, text, **({"default": 3} if flag == "--seeds" else {}))
     p.add_argument(
         "--baselines",
         type=baseline_list,
@@ -781,56 +752,40 @@ def _add_verify_command(sub: Any) -> None:
     )
     _add_field_options(p, bad_rows=False)
     _add_device_option(p)
-    p.set_defaults(handler=cmd_verify)
 
 
-def _add_curate_command(sub: Any) -> None:
-    """The `adamshap curate` subcommand."""
-    p = sub.add_parser(
-        "curate",
-        help="run the whole pipeline from a data manifest (Prefect flow, cached)",
-        description=(
-            "Validate, score, aggregate, prune, verify and report as one Prefect flow. Stages are "
-            "cached on their inputs: rerunning with another --keep reruns only pruning onwards."
-        ),
-    )
+def _curate_arguments(p: argparse.ArgumentParser) -> None:
+    """`adamshap curate`'s arguments."""
+    _add_manifest_options(p)
+    _add_device_option(p, precision=True)
+
+
+def _add_manifest_options(p: argparse.ArgumentParser) -> None:
+    """MANIFEST, --keep and --out: what `curate` and `serve` share."""
     p.add_argument("manifest", metavar="MANIFEST", help="YAML data manifest (data_manifests/)")
     p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
-    _add_device_option(p, precision=True)
-    p.set_defaults(handler=cmd_curate)
 
 
-def _add_serve_command(sub: Any) -> None:
-    """The `adamshap serve` subcommand."""
-    p = sub.add_parser(
-        "serve",
-        help="serve the curate flow on a schedule (needs `prefect server start`)",
-        description=(
-            "Register a scheduled deployment of the curate flow and serve it until Ctrl-C. Needs a "
-            "local Prefect server: `prefect server start --host 127.0.0.1` and "
-            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`."
-        ),
-    )
-    p.add_argument("manifest", metavar="MANIFEST")
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    """`adamshap serve`'s arguments."""
+    _add_manifest_options(p)
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 3 * * *'")
     when.add_argument(
         "--interval", type=POSITIVE.cli_type(), metavar="SECONDS", help="run every N s"
     )
-    p.add_argument("--keep", type=keep_fraction, help="fraction to keep (default: manifest, 0.7)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<manifest name>)")
-    p.set_defaults(handler=cmd_serve)
 
 
-def _add_corpus_command(sub: Any) -> None:
-    """The `adamshap corpus` subcommand."""
-    p = sub.add_parser("corpus", help="corpus utilities", description="Corpus utilities.")
+def _corpus_arguments(p: argparse.ArgumentParser) -> None:
+    """`adamshap corpus`'s actions (`build`)."""
     csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
-    b = csub.add_parser(
+    b = _subcommand(
+        csub,
         "build",
-        help="build a built-in corpus",
-        description="Build a built-in corpus (demo: real text from installed Debian packages).",
+        "build a built-in corpus",
+        "Build a built-in corpus (demo: real text from installed Debian packages).",
+        cmd_corpus_build,
     )
     b.add_argument(
         "name",
@@ -849,7 +804,63 @@ def _add_corpus_command(sub: Any) -> None:
         metavar="LIST",
         help="comma-separated subset of bible,fortunes,wordnet,devil,jargon,pydocs (default: all)",
     )
-    b.set_defaults(handler=cmd_corpus_build)
+
+
+# The subcommands in `adamshap -h` order: name, summary, description, handler, arguments.
+SUBCOMMANDS: tuple[tuple[str, str, str, Any, Any], ...] = (
+    (
+        "score",
+        "scored training: value every example of CORPUS against TARGET",
+        "Train a proxy GPT-2 on CORPUS and value every example against TARGET.",
+        cmd_score,
+        _score_arguments,
+    ),
+    (
+        "report",
+        "write report.md/report.html for a scoring run",
+        "Aggregate RUN_DIR's ledger and write report.md and report.html (with plots).",
+        cmd_report,
+        _report_arguments,
+    ),
+    (
+        "prune",
+        "keep the most valuable fraction of a corpus, with diversity quotas",
+        "Keep --keep of CORPUS ranked by value within FAISS clusters; write kept and excluded "
+        "rows (with a reason each), prune.json and prune_report.md/.html. Without --scores the "
+        "scoring stage runs first with defaults; without --target a small random sample of "
+        "the corpus is held out as the target (and kept).",
+        cmd_prune,
+        _prune_arguments,
+    ),
+    (
+        "verify",
+        "retrain on the curated set vs the baselines' selections and compare target loss",
+        "Train fresh proxies on the curated set and on each baseline's selection of the same "
+        "size from the full corpus (random, perplexity, dsir, classifier) or the full corpus, "
+        "with paired seeds; report the evaluation loss (mean +- std), the paired difference "
+        "to curated per seed and the evaluation set's unigram cross-entropy.",
+        cmd_verify,
+        _verify_arguments,
+    ),
+    (
+        "curate",
+        "run the whole pipeline from a data manifest (Prefect flow, cached)",
+        "Validate, score, aggregate, prune, verify and report as one Prefect flow. Stages are "
+        "cached on their inputs: rerunning with another --keep reruns only pruning onwards.",
+        cmd_curate,
+        _curate_arguments,
+    ),
+    (
+        "serve",
+        "serve the curate flow on a schedule (needs `prefect server start`)",
+        "Register a scheduled deployment of the curate flow and serve it until Ctrl-C. Needs a "
+        "local Prefect server: `prefect server start --host 127.0.0.1` and "
+        "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.",
+        cmd_serve,
+        _serve_arguments,
+    ),
+    ("corpus", "corpus utilities", "Corpus utilities.", None, _corpus_arguments),
+)
 
 
 _INTERRUPTED = threading.Event()

@@ -89,9 +89,18 @@ def _fake_handler(exc: BaseException):
     return handler
 
 
+def _report_raises(monkeypatch, exc: BaseException) -> None:
+    """Make `adamshap report`'s handler (in the subcommand table) raise `exc`."""
+    table = tuple(
+        (name, summary, text, _fake_handler(exc) if name == "report" else handler, add)
+        for name, summary, text, handler, add in cli.SUBCOMMANDS
+    )
+    monkeypatch.setattr(cli, "SUBCOMMANDS", table)
+
+
 def test_adamshap_error_prints_message_and_exit_code(monkeypatch, capsys):
     error = CorpusError("c.jsonl", 7, "text", "empty text")
-    monkeypatch.setattr(cli, "cmd_report", _fake_handler(error))
+    _report_raises(monkeypatch, error)
     assert cli.main(["report", "x"]) == 2
     err = capsys.readouterr().err
     assert err == f"adamshap report: error: {error}\n"
@@ -99,13 +108,13 @@ def test_adamshap_error_prints_message_and_exit_code(monkeypatch, capsys):
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "cmd_report", _fake_handler(KeyboardInterrupt()))
+    _report_raises(monkeypatch, KeyboardInterrupt())
     assert cli.main(["report", "x"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
 
 def test_bugs_are_not_swallowed(monkeypatch):
-    monkeypatch.setattr(cli, "cmd_report", _fake_handler(ZeroDivisionError("bug")))
+    _report_raises(monkeypatch, ZeroDivisionError("bug"))
     with pytest.raises(ZeroDivisionError):
         cli.main(["report", "x"])
 
