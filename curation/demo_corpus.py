@@ -97,6 +97,15 @@ def missing_inputs() -> list[str]:
     return missing
 
 
+def require_inputs(per_source: int) -> None:
+    """Refuse a build early: the Debian packages it reads are absent, or `per_source` < 1."""
+    if per_source < 1:
+        raise AdamshapError(f"per_source must be >= 1, got {per_source}")
+    missing = missing_inputs()
+    if missing:
+        raise DemoPackagesMissing(missing)
+
+
 # ---------------------------------------------------------------------------------- helpers
 
 
@@ -263,11 +272,7 @@ def demo_frame(
 ) -> pl.DataFrame:
     """The demo corpus as a frame (id, source, text); `per_source` sampled docs per source."""
     chosen = check_sources(sources)
-    if per_source < 1:
-        raise AdamshapError(f"per_source must be >= 1, got {per_source}")
-    missing = missing_inputs()
-    if missing:
-        raise DemoPackagesMissing(missing)
+    require_inputs(per_source)
     rows: dict[str, list[str]] = {"id": [], "source": [], "text": []}
     for source in chosen:
         docs = list(dict.fromkeys(d for d in READERS[source]() if d.strip()))  # de-duplicated

@@ -33,12 +33,10 @@ from curation.demo_corpus import (
     JARGON_TXT,
     PYDOCS_DIR,
     WORDNET_DIR,
-    DemoPackagesMissing,
     bible_chapters,
     devil_entries,
-    missing_inputs,
+    require_inputs,
 )
-from curation.errors import AdamshapError
 
 TASKS = ("define-wordnet", "define-devil", "jargon-term", "pydoc-function", "bible-verse")
 BROKEN = ("shuffled", "truncated")
@@ -167,11 +165,7 @@ def _truncate(response: str) -> str:
 
 def instruct_frame(per_source: int = 200, seed: int = 0) -> pl.DataFrame:
     """The instruction mixture as a frame (id, source, task, prompt, response)."""
-    missing = missing_inputs()
-    if missing:
-        raise DemoPackagesMissing(missing)
-    if per_source < 1:
-        raise AdamshapError(f"per_source must be >= 1, got {per_source}")
+    require_inputs(per_source)
     rows: dict[str, list[str]] = {k: [] for k in ("id", "source", "task", "prompt", "response")}
 
     def add(source: str, task: str, k: int, prompt: str, response: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from curation.corpus import DEFAULT_TEMPLATE, join_template, write_corpus
-from curation.demo_corpus import DemoPackagesMissing, missing_inputs
+from curation.demo_corpus import require_inputs
 from curation.errors import AdamshapError
 from curation.instruct_corpus import READERS, _clip
 
@@ -49,11 +49,7 @@ def _term(prompt: str) -> str:
 
 def rag_frame(per_source: int = 200, seed: int = 0) -> pl.DataFrame:
     """The RAG corpus as a frame (id, source, prompt, response, text, passage, term)."""
-    missing = missing_inputs()
-    if missing:
-        raise DemoPackagesMissing(missing)
-    if per_source < 1:
-        raise AdamshapError(f"per_source must be >= 1, got {per_source}")
+    require_inputs(per_source)
     rng = random.Random(f"{seed}:rag")
     entries: list[tuple[str, str]] = []  # (term, definition), one per term
     seen: set[str] = set()

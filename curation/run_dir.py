@@ -66,6 +66,17 @@ def _state_name(step: int) -> str:
     return f"step-{step:07d}.pt"
 
 
+class _Entry:
+    """A file or folder `name` inside a layout's folder: `RunDir(p).run_json` is `p / "run.json"`."""
+
+    def __init__(self, name: str, doc: str = "") -> None:
+        self.name = name
+        self.__doc__ = doc or f"The path of {name}."
+
+    def __get__(self, layout: _Layout | None, owner: type | None = None) -> Any:
+        return self if layout is None else layout.path / self.name
+
+
 @dataclass(frozen=True)
 class _Layout:
     """A folder whose file names one class knows (RunDir, PruneDir); usable as a path."""
@@ -84,78 +95,25 @@ class RunDir(_Layout):
     """The layout of one scoring run directory: a path per file and folder, nothing created."""
 
     # files
-    @property
-    def run_json(self) -> Path:
-        return self.path / RUN_JSON
-
-    @property
-    def complete_marker(self) -> Path:
-        return self.path / COMPLETE_MARKER
-
-    @property
-    def examples(self) -> Path:
-        return self.path / EXAMPLES_FILE
-
-    @property
-    def values_by_example(self) -> Path:
-        return self.path / BY_EXAMPLE_FILE
-
-    @property
-    def values_by_source(self) -> Path:
-        return self.path / BY_SOURCE_FILE
-
-    @property
-    def checkpoint_values(self) -> Path:
-        return self.path / CKPT_FILE
-
-    @property
-    def embeddings(self) -> Path:
-        return self.path / EMBED_FILE
-
-    @property
-    def embeddings_meta(self) -> Path:
-        return self.path / EMBED_META
-
-    @property
-    def report_md(self) -> Path:
-        return self.path / f"{REPORT_STEM}.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.path / f"{REPORT_STEM}.html"
-
+    run_json = _Entry(RUN_JSON)
+    complete_marker = _Entry(COMPLETE_MARKER)
+    examples = _Entry(EXAMPLES_FILE)
+    values_by_example = _Entry(BY_EXAMPLE_FILE)
+    values_by_source = _Entry(BY_SOURCE_FILE)
+    checkpoint_values = _Entry(CKPT_FILE)
+    embeddings = _Entry(EMBED_FILE)
+    embeddings_meta = _Entry(EMBED_META)
+    report_md = _Entry(f"{REPORT_STEM}.md")
+    report_html = _Entry(f"{REPORT_STEM}.html")
     # folders
-    @property
-    def tokenizer(self) -> Path:
-        return self.path / TOKENIZER_DIR
-
-    @property
-    def final_model(self) -> Path:
-        return self.path / FINAL_MODEL_DIR
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    @property
-    def snapshots(self) -> Path:
-        return self.path / SNAPSHOT_DIR
-
-    @property
-    def ledger(self) -> Path:
-        return self.path / LEDGER_DIR
-
-    @property
-    def momentum_ledger(self) -> Path:
-        return self.path / MOMENTUM_DIR
-
-    @property
-    def rejects(self) -> Path:
-        return self.path / REJECTS_DIR
-
-    @property
-    def report_plots(self) -> Path:
-        return self.path / PLOT_DIR
+    tokenizer = _Entry(TOKENIZER_DIR)
+    final_model = _Entry(FINAL_MODEL_DIR)
+    checkpoints = _Entry(CHECKPOINT_DIR)
+    snapshots = _Entry(SNAPSHOT_DIR)
+    ledger = _Entry(LEDGER_DIR)
+    momentum_ledger = _Entry(MOMENTUM_DIR)
+    rejects = _Entry(REJECTS_DIR)
+    report_plots = _Entry(PLOT_DIR)
 
     # numbered states
     def checkpoint(self, step: int) -> Path:
@@ -223,26 +181,11 @@ SCORES_DIR = "scores"
 class PruneDir(_Layout):
     """The layout of one prune output directory: a path per file and folder, nothing created."""
 
-    @property
-    def prune_json(self) -> Path:
-        return self.path / DONE_FILE
-
-    @property
-    def report_md(self) -> Path:
-        return self.path / f"{PRUNE_REPORT_STEM}.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.path / f"{PRUNE_REPORT_STEM}.html"
-
-    @property
-    def map_png(self) -> Path:
-        return self.path / MAP_FILE
-
-    @property
-    def work(self) -> Path:
-        """Inputs prune writes for its own scoring run (the training split)."""
-        return self.path / WORK_DIR
+    prune_json = _Entry(DONE_FILE)
+    report_md = _Entry(f"{PRUNE_REPORT_STEM}.md")
+    report_html = _Entry(f"{PRUNE_REPORT_STEM}.html")
+    map_png = _Entry(MAP_FILE)
+    work = _Entry(WORK_DIR, "Inputs prune writes for its own scoring run (the training split).")
 
     @property
     def scores(self) -> RunDir:
