@@ -234,3 +234,25 @@ class PruneDir(_Layout):
     def is_complete(self) -> bool:
         """Whether prune finished here (prune.json exists: it is written last)."""
         return self.prune_json.exists()
+
+
+# ----------------------------------------------------------------------------- verify output
+
+VERIFY_STEM = "verify"  # verify.json (written last), verify.md, verify.html
+CURVE_FILE = "verify_curve.png"
+VERIFY_TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class VerifyDir(_Layout):
+    """The layout of one verify output directory: a path per file and folder, nothing created."""
+
+    verify_json = _Entry(f"{VERIFY_STEM}.json", "The arms' results; written last (completion).")
+    report_md = _Entry(f"{VERIFY_STEM}.md")
+    report_html = _Entry(f"{VERIFY_STEM}.html")
+    curve_png = _Entry(CURVE_FILE)
+    tokenizer = _Entry(VERIFY_TOKENIZER_DIR, "The tokenizer every arm trained with.")
+
+    def outputs(self) -> tuple[Path, ...]:
+        """Every result file, verify.json (the completion marker) last."""
+        return (self.curve_png, self.report_md, self.report_html, self.verify_json)

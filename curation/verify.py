@@ -22,7 +22,7 @@ import torch
 from adamshap_core.choices import PRESET_NAMES
 from curation.errors import UsageError
 from curation.render import Figure, Page, Section, Table, write_page
-from curation.run_dir import RunDir
+from curation.run_dir import CURVE_FILE, VERIFY_STEM, RunDir, VerifyDir
 from curation.settings import check_choice, check_settings
 
 ARMS = ("curated", "random", "full")
@@ -101,11 +101,6 @@ class VerifyArgs(TrainConfig):
             )
         check_settings("verify", self)  # the numeric settings: curation/settings.py RULES
         check_choice("preset", self.preset, PRESET_NAMES)
-
-
-CURVE_FILE = "verify_curve.png"
-# verify.json, the completion marker, last
-OUTPUT_FILES = (CURVE_FILE, "verify.md", "verify.html", "verify.json")
 
 
 @dataclass(frozen=True)
@@ -462,8 +457,8 @@ def run_verify(args: VerifyArgs) -> Path:
     args.device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in reversed(OUTPUT_FILES):  # a failed rerun must not leave the old results
-        (out / name).unlink(missing_ok=True)
+    for path in reversed(VerifyDir(out).outputs()):  # a failed rerun leaves no old results
+        path.unlink(missing_ok=True)
     inputs = _read_inputs(args)
     data = _encode_inputs(args, inputs, out)
     cur, full, target = data.cur, data.full, data.target
@@ -498,11 +493,13 @@ def run_verify(args: VerifyArgs) -> Path:
     payload = {"args": asdict(args), "meta": meta, "arms": results}
     # allow_nan=False: a NaN or inf can never reach verify.json
     text = json.dumps(payload, indent=2, allow_nan=False)
-    with staged_outputs(out, last=("verify.json",)) as stage:
-        curve = stage / CURVE_FILE
+    done = VerifyDir(out).verify_json.name
+    with staged_outputs(out, last=(done,)) as stage:
+        staged = VerifyDir(stage)
+        curve = staged.curve_png
         plot_curves(results, curve, "target loss while training from scratch")
-        write_page(stage, "verify", verify_page(results, meta, curve.read_bytes()))
-        atomic_write_text(stage / "verify.json", text)
+        write_page(stage, VERIFY_STEM, verify_page(results, meta, curve.read_bytes()))
+        atomic_write_text(staged.verify_json, text)
     return out
 
 
@@ -564,7 +561,7 @@ def _encode_inputs(args: VerifyArgs, inputs: _Inputs, out: Path) -> _Encoded:
         tok = load_tokenizer(args.tokenizer)
     else:
         tok = train_tokenizer(inputs.full_df["text"].to_list(), args.vocab_size, seed=args.seed)
-        save_tokenizer(tok, out / "tokenizer")
+        save_tokenizer(tok, VerifyDir(out).tokenizer)
     kw = {} if args.template is None else {"template": args.template}
     n_truncated: dict[str, int] = {}
 

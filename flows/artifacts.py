@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.render import md_table
-from curation.run_dir import PruneDir
+from curation.run_dir import PruneDir, VerifyDir
 
 MAX_CHARS = 20_000
 _IMAGE = re.compile(r"!\[[^\]]*\]\((?:data:[^)]*|[^)]*\.(?:png|svg|jpg))\)")
@@ -54,9 +54,8 @@ def prune_markdown(prune_dir: str | Path) -> str:
 
 def verify_markdown(verify_dir: str | Path) -> str:
     """The verify result (verify.md, else verify.json as a code block)."""
-    folder = Path(verify_dir)
-    md = folder / "verify.md"
-    if md.exists():
-        return _strip(md.read_text(encoding="utf-8"))
-    body = (folder / "verify.json").read_text(encoding="utf-8")
+    folder = VerifyDir(verify_dir)
+    if folder.report_md.exists():
+        return _strip(folder.report_md.read_text(encoding="utf-8"))
+    body = folder.verify_json.read_text(encoding="utf-8")
     return f"# Verify\n\n```json\n{body[:MAX_CHARS]}\n```\n"

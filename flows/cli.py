@@ -429,11 +429,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """`adamshap verify`: retrain on curated vs random-same-size vs full; compare target loss."""
-    from curation.verify import OUTPUT_FILES, VerifyArgs, run_verify
+    from curation.run_dir import VerifyDir
+    from curation.verify import VerifyArgs, run_verify
 
     _check_out(args.out)
-    for name in reversed(OUTPUT_FILES):  # whatever fails below, no earlier result may remain
-        (Path(args.out) / name).unlink(missing_ok=True)
+    for path in reversed(VerifyDir(args.out).outputs()):  # whatever fails below, none may remain
+        path.unlink(missing_ok=True)
     for path, what in ((args.curated, "curated corpus"), (args.full, "full corpus")):
         _require_path(path, what)
     _require_path(args.target, "target")
@@ -459,8 +460,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     _require_path(args.selection_target, "selection target")
     _require_path(args.reference, "reference run")
     out_dir = _run_stage("verify", run_verify, build_args(VerifyArgs, values, OUT_ALIASES))
-    names = ("verify.html", "verify.md", "verify.json", "verify_curve.png")
-    _print_outputs("verify results", out_dir, [Path(out_dir) / n for n in names])
+    done = VerifyDir(out_dir)
+    _print_outputs("verify results", out_dir, (done.report_html, done.report_md, done.verify_json))
     return 0
 
 

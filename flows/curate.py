@@ -29,7 +29,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from curation.errors import AdamshapError, ManifestError
-from curation.run_dir import PruneDir, RunDir
+from curation.run_dir import PruneDir, RunDir, VerifyDir
 from curation.settings import DEFAULT_KEEP as DEFAULT_KEEP  # kept importable from here
 
 CACHE_VERSION = "1"  # bump when a stage's outputs change meaning
@@ -369,7 +369,6 @@ def _prune(ctx: _Curation, run: RunDir, score_key: str) -> tuple[PruneDir, str, 
 
 def _verify(ctx: _Curation, run: RunDir, kept: Path, prune_key: str, score_key: str) -> Path:
     """6: verify the kept set against the baselines on the evaluation half of the target."""
-    from curation.verify import OUTPUT_FILES as VERIFY_OUTPUTS
     from curation.verify import VerifyArgs
 
     info = ctx.info
@@ -391,7 +390,7 @@ def _verify(ctx: _Curation, run: RunDir, kept: Path, prune_key: str, score_key: 
     verify_dir = ctx.out_dir / f"verify-keep{ctx.keep:.2f}-{verify_key}"
     verify_task = verify_stage.with_options(
         # every output must be there (a verify from before verify.html existed is redone)
-        **_stage_options(ctx.results, not all((verify_dir / f).exists() for f in VERIFY_OUTPUTS))
+        **_stage_options(ctx.results, not all(f.exists() for f in VerifyDir(verify_dir).outputs()))
     )
     verify_args = {**verify_fields, "out": str(verify_dir)}
     ctx.progress.run(6, "verify", verify_task, verify_args, prune_key)
@@ -407,9 +406,9 @@ def _outputs(ctx: _Curation, pruned: PruneDir, verify_dir: Path) -> dict[str, An
         "prune_report_html": str(pruned.report_html),
         "prune_report_md": str(pruned.report_md),
         "verify_dir": str(verify_dir),
-        "verify_md": str(verify_dir / "verify.md"),
-        "verify_html": str(verify_dir / "verify.html"),
-        "verify_json": str(verify_dir / "verify.json"),
+        "verify_md": str(VerifyDir(verify_dir).report_md),
+        "verify_html": str(VerifyDir(verify_dir).report_html),
+        "verify_json": str(VerifyDir(verify_dir).verify_json),
         "summary": str(ctx.out_dir / SUMMARY_FILE),
     }
 

@@ -138,7 +138,8 @@ def _verify_results() -> tuple[dict, dict]:
 
 def _verify_page(out: Path) -> Path:
     from curation.render import write_page
-    from curation.verify import CURVE_FILE, plot_curves, verify_page
+    from curation.run_dir import CURVE_FILE
+    from curation.verify import plot_curves, verify_page
 
     results, meta = _verify_results()
     out.mkdir(parents=True, exist_ok=True)
