@@ -367,6 +367,7 @@ class RealisticArgs:
     # run last, after the momentum row (if time allows)
     extra_groups: tuple[tuple[str, int, int, tuple[int, ...]], ...] = (
         ("gpt2", 16, 128, (1, 4, 16)),
+        ("gpt2", 16, 256, (1, 4, 16)),
         ("gpt2", 64, 256, (4,)),
     )
     contractions: tuple[str, ...] = ("exact", "lowrank", "auto")
@@ -1005,6 +1006,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--batches", default=None, help="--realistic: comma list of training batches")
     ap.add_argument("--targets", default=None, help="--realistic: comma list of target rows")
+    ap.add_argument("--seqs", default=None, help="--realistic: comma list of sequence lengths")
     ap.add_argument(
         "--parts",
         default="groups,momentum,memory",
@@ -1047,6 +1049,13 @@ def main(argv: list[str] | None = None) -> None:
                 (p, b, t, tuple(x for x in ts if x in want)) for p, b, t, ts in gs
             )
             ra = replace(ra, groups=pick(ra.groups), extra_groups=pick(ra.extra_groups))
+        if ns.seqs:
+            seqs = {int(t) for t in ns.seqs.split(",")}
+            ra = replace(
+                ra,
+                groups=tuple(g for g in ra.groups if g[2] in seqs),
+                extra_groups=tuple(g for g in ra.extra_groups if g[2] in seqs),
+            )
         payload = previous or {"args": asdict(a), "rows": [], "memory": {}}
 
         def on_update(res: dict) -> None:
