@@ -989,7 +989,14 @@ def entry() -> None:
     130: measured 3 of 7 prunes interrupted 1.5-1.8 s in. So an interrupted run flushes, runs
     the atexit handlers and ends there, without the interpreter's shutdown.
     """
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main() took the signals over: start-up, parsing
+        _INTERRUPTED.set()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        print("\nadamshap: interrupted (SIGINT) before it started", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     if _INTERRUPTED.is_set():
         try:
             atexit._run_exitfuncs()

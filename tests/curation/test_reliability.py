@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,6 +294,10 @@ def test_prune_sigint_during_lazy_imports_still_exits_130(scored):
     out = scored["dir"] / "interrupted_early"
     statuses = []
     for i, delay in enumerate((0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.1)):
+        # each run starts without the folder, so "ready" means this run created it (a folder
+        # left by the run before made the delay count from start-up instead: a loaded machine
+        # was still parsing arguments 0.6 s in)
+        shutil.rmtree(out, ignore_errors=True)
         rc, log = _interrupt(
             _prune_args(scored, out),
             scored["dir"],
