@@ -508,6 +508,8 @@ def cmd_curate(args: argparse.Namespace) -> int:
         )
     except AdamshapError as exc:
         raise _strict_corpus_hint("curate")(exc) from None
+    finally:
+        prefect_env.quiet_server_shutdown()  # its shutdown noise must not follow our last line
     return 0
 
 

@@ -114,3 +114,22 @@ def tie_temporary_server_to_this_process() -> None:
     os.close(read_end)
     _HELD.append(write_end)
     SubprocessASGIServer().start()  # the instance Prefect's own client then uses
+
+
+SERVER_LOGGER = "prefect.server"
+
+
+def quiet_server_shutdown() -> None:
+    """Silence the temporary Prefect server's own loggers once the flow has ended.
+
+    When the process exits, the temporary server is shut down and its services are cancelled; on
+    a loaded machine one of them (the task-run recorder) can still be flushing events into the
+    throw-away database and logs an ERROR with a long asyncio traceback after the CLI's own
+    one-line result. Nothing it could report then reaches the user's results.
+    """
+    import logging
+
+    names = [SERVER_LOGGER]
+    names += [n for n in logging.root.manager.loggerDict if n.startswith(SERVER_LOGGER + ".")]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)

@@ -246,3 +246,30 @@ def test_preset_and_contraction_choices_are_the_cores_lists():
 def test_command_line_module_does_not_import_torch():
     code = "import sys, flows.cli; sys.exit(int('torch' in sys.modules))"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_server_shutdown_errors_are_silenced_after_the_flow(caplog):
+    """The temporary server's services may log errors while the process exits; after the flow
+    they are dropped (a loaded CI machine printed a task-run recorder traceback after curate's
+    one-line error)."""
+    import logging
+
+    from flows.prefect_env import quiet_server_shutdown
+
+    recorder = logging.getLogger("prefect.server.services.task_run_recorder")
+    other = logging.getLogger("prefect.flow_runs")
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("prefect")]
+    before = {n: logging.getLogger(n).level for n in [*names, "prefect.server"]}
+    try:
+        with caplog.at_level(logging.ERROR):
+            recorder.error("before")
+            quiet_server_shutdown()
+            recorder.error("after")
+            logging.getLogger("prefect.server.api.late").error("late child")
+            other.error("flow error")
+        messages = [r.getMessage() for r in caplog.records]
+        assert "before" in messages and "flow error" in messages
+        assert "after" not in messages and "late child" not in messages
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
