@@ -240,7 +240,6 @@ class PruneDir(_Layout):
 
 VERIFY_STEM = "verify"  # verify.json (written last), verify.md, verify.html
 CURVE_FILE = "verify_curve.png"
-VERIFY_TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -251,7 +250,7 @@ class VerifyDir(_Layout):
     report_md = _Entry(f"{VERIFY_STEM}.md")
     report_html = _Entry(f"{VERIFY_STEM}.html")
     curve_png = _Entry(CURVE_FILE)
-    tokenizer = _Entry(VERIFY_TOKENIZER_DIR, "The tokenizer every arm trained with.")
+    tokenizer = _Entry(TOKENIZER_DIR, "The tokenizer every arm trained with.")
 
     def outputs(self) -> tuple[Path, ...]:
         """Every result file, verify.json (the completion marker) last."""

@@ -939,6 +939,16 @@ def _named(exc: BaseException, args: argparse.Namespace) -> str:
     return str(exc)
 
 
+def _ignore_stop_signals() -> None:
+    """Ignore Ctrl-C/SIGTERM from here on (main thread only).
+
+    Once interrupted, a replayed or second signal during the exit would end the process by the
+    signal (status -2) instead of 130.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `adamshap` CLI; return the process exit code."""
     parser = build_parser()
@@ -957,10 +967,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         _INTERRUPTED.set()  # the message and the exit status must always get out:
         if threading.current_thread() is threading.main_thread():
-            # a replayed or second signal during the exit would end the process by the signal
-            # (status -2) instead of 130, so the interrupt is ignored from here on
-            for sig in STOP_SIGNALS:
-                signal.signal(sig, signal.SIG_IGN)
+            _ignore_stop_signals()
         signum = exc.signum if isinstance(exc, Interrupted) else _SIGNUM[0]
         try:
             print(
@@ -995,8 +1002,7 @@ def entry() -> None:
         code = main()
     except KeyboardInterrupt:  # before main() took the signals over: start-up, parsing
         _INTERRUPTED.set()
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
+        _ignore_stop_signals()
         print("\nadamshap: interrupted (SIGINT) before it started", file=sys.stderr)
         code = EXIT_INTERRUPTED
     if _INTERRUPTED.is_set():
