@@ -22,7 +22,8 @@ importance against the target), `classifier` (target-vs-pool logistic regression
 n-grams), `rules+random` / `rules+perplexity` (the quality rules of `curation.quality`, then a
 random / lowest-loss fill: what a user would build from heuristic filters alone),
 `rules+ckpt-topk` / `rules+ckpt+perplexity` (the rules, then checkpoint values / the mean of the
-checkpoint-value and perplexity ranks), `adam2-inrun`
+checkpoint-value and perplexity ranks), `rules+dsir` / `rules+ckpt+dsir` (the rules, then DSIR
+importance / the mean of the checkpoint-value and DSIR ranks), `adam2-inrun`
 (sum of the in-run `adam2` values, top 70%), `ckpt-topk` (checkpoint values, top 70%),
 `ckpt+select` (checkpoint values, cluster floors that never protect a non-positive value,
 near-duplicate removal), `adamshap` (the default recipe of `adamshap prune`: the quality rules,
@@ -46,6 +47,7 @@ import shlex
 import string
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,8 @@ ARMS = (
     "rules+perplexity",
     "rules+ckpt-topk",
     "rules+ckpt+perplexity",
+    "rules+dsir",
+    "rules+ckpt+dsir",
     "adam2-inrun",
     "ckpt-topk",
     "ckpt+select",
@@ -223,8 +227,8 @@ def _cached(folder: Path, key: tuple, compute: Any) -> dict:
     so a rerun (or a new arm) does not retrain the arms it already has."""
     import hashlib
 
-    m, cfg, steps, seed = key
-    h = hashlib.sha1(np.packbits(m).tobytes() + repr((cfg, steps, seed)).encode()).hexdigest()
+    m, *rest = key  # (mask, cfg, steps, seed[, "coupled"]): the plain key hashes as it always has
+    h = hashlib.sha1(np.packbits(m).tobytes() + repr(tuple(rest)).encode()).hexdigest()
     f = folder / f"{h[:16]}.json"
     if f.exists():
         CACHE_HITS.append(f.name)
@@ -250,12 +254,12 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     from curation.embed import embed_run, prepare_for_similarity, run_token_ids
     from curation.encode import encode_corpus
     from curation.proxy_loss import run_order_gains
-    from curation.prune import PruneArgs
+    from curation.prune import PruneArgs, ranking_scores, resolve_rank_by
     from curation.quality import QualityRules, check_quality, mean_rank
     from curation.scoring_run import ScoreArgs, run_scoring
     from curation.selection import select, token_shingles
     from curation.tokenizer import load_tokenizer
-    from curation.verify import Arrays, TrainConfig, summarise, train_and_evaluate
+    from curation.verify import Arrays, ProxyRun, TrainConfig, summarise, train_proxy
 
     t0 = time.time()
     wdir = work / scenario
@@ -311,8 +315,10 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     flagged = quality.flagged
     no_rules = select(ids, ckpt, labels, emb, a.keep, PruneArgs.floor, shingles=shingles)
     # what `prune` fills the budget with after the rules (`--rank-by auto`): checkpoint values
-    # against a target, the proxy's loss when the target is a held-out slice of the corpus
-    ranking = scores["perplexity"] if scenario == "none" else ckpt
+    # against a target, the proxy's loss when the target is a held-out slice of the corpus (the
+    # product's own functions, so the two cannot drift apart)
+    rank_by = resolve_rank_by("auto", held_out=scenario == "none", plain=True)
+    ranking = ranking_scores(rank_by, ckpt, losses, quality.reasons, scores["dsir"])
     default = select(
         ids,
         ranking,
@@ -328,6 +334,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     masks["rules+ckpt-topk"] = top_k_mask(np.where(flagged, np.nan, ckpt), a.keep)
     both = mean_rank(np.where(flagged, np.nan, ckpt), scores["perplexity"])
     masks["rules+ckpt+perplexity"] = top_k_mask(np.where(flagged, np.nan, both), a.keep)
+    masks["rules+dsir"] = top_k_mask(np.where(flagged, np.nan, scores["dsir"]), a.keep)
+    ckpt_dsir = mean_rank(np.where(flagged, np.nan, ckpt), scores["dsir"])
+    masks["rules+ckpt+dsir"] = top_k_mask(np.where(flagged, np.nan, ckpt_dsir), a.keep)
     masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
     masks["ckpt-topk"] = top_k_mask(ckpt, a.keep)  # the recipe's ranking without floors/dedup
     masks["ckpt+select"] = no_rules.kept
@@ -345,6 +354,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     seeds = [a.seed + s for s in range(a.seeds)]
     n_keep = int(masks["adamshap"].sum())
     np.savez(wdir / "scores.npz", ids=np.array(ids), kinds=kinds, losses=losses, **scores)
+    np.savez(
+        wdir / "masks.npz", flagged=flagged, **{k.replace("+", "_"): v for k, v in masks.items()}
+    )
     results: dict[str, Any] = {}
     for arm in a.arms:
         runs, stats = [], []
@@ -356,13 +368,16 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
                 pick = np.random.default_rng(1000 + s).choice(len(pool_ix), n_keep, replace=False)
                 m[pool_ix[pick]] = True
             stats.append(_junk_stats(m, kinds))
+            ix = np.flatnonzero(m)
+            run_ = ProxyRun(a.steps, cfg, s, len(tok), 0, n_evals=4)
+            if a.coupled_order:  # every arm visits its rows in one shared order of the pool
+                run_ = replace(run_, pool_rows=ix, pool_size=len(ids))
+            key = (m, cfg, a.steps, s) + (("coupled",) if a.coupled_order else ())
             runs.append(
                 _cached(
                     wdir / "arms",
-                    (m, cfg, a.steps, s),
-                    lambda m=m, s=s: train_and_evaluate(
-                        arr.take(np.flatnonzero(m)), ev, a.steps, cfg, s, len(tok), 0, n_evals=4
-                    ),
+                    key,
+                    lambda ix=ix, run_=run_: train_proxy(arr.take(ix), ev, run_)[1],
                 )
             )
         summ = summarise(runs)
@@ -427,7 +442,9 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"vocab {meta['vocab']}, lr {meta['lr']}; scoring run {meta['warm_start_steps']} warm-start "
         f"+ {meta.get('score_epochs', 1)} scored epoch(s), 3 snapshots; "
         f"every arm retrains {meta['steps']} steps (batch 16), "
-        f"seeds {meta['seeds']} (paired); {meta['total_s']:.0f} s on 2 shared CPU cores"
+        f"seeds {meta['seeds']} (paired"
+        + ("; one shared order of the pool for every arm" if meta.get("coupled_order") else "")
+        + f"); {meta['total_s']:.0f} s on 2 shared CPU cores"
         + (
             f" ({meta['cached_retrains']} of the retrainings reused: the same kept set, config "
             "and seed as another arm or an earlier invocation)."
@@ -530,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         "--score-epochs", type=int, default=1, help="scored passes of the scoring run (1)"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared box)")
+    p.add_argument(
+        "--coupled-order",
+        action="store_true",
+        help="every arm visits its kept rows in one seeded order of the whole pool (common "
+        "random numbers: arms that keep nearly the same rows see nearly the same batches)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/benchmarks")
     p.add_argument("--results", default="benchmarks/results")
@@ -563,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         "warm_start_steps": a.warm_start_steps,
         "score_epochs": a.score_epochs,
         "steps": a.steps,
+        "coupled_order": a.coupled_order,
         "seeds": [a.seed + s for s in range(a.seeds)],
         "torch_threads": torch.get_num_threads(),
         "total_s": round(time.time() - t0, 1),

@@ -287,7 +287,7 @@ def validate_rank_by(rank_by: object) -> str:
 def resolve_rank_by(rank_by: str, held_out: bool, plain: bool) -> str:
     """What fills the kept budget after the quality rules (RANK_BY, 'auto' resolved)."""
     validate_rank_by(rank_by)
-    if "perplexity" in rank_by and not plain:
+    if rank_by != "value" and rank_by != "auto" and not plain:
         raise UsageError(f"--rank-by {rank_by} needs plain-text rows (no prompt/response columns)")
     if rank_by == "auto":
         if not plain:
@@ -297,7 +297,11 @@ def resolve_rank_by(rank_by: str, held_out: bool, plain: bool) -> str:
 
 
 def ranking_scores(
-    rank_by: str, values: np.ndarray, losses: np.ndarray | None, quality: list[str] | None
+    rank_by: str,
+    values: np.ndarray,
+    losses: np.ndarray | None,
+    quality: list[str] | None,
+    dsir: np.ndarray | None = None,
 ) -> np.ndarray:
     """The score `select` ranks by (higher kept first; NaN for target rows). Ranks are taken
     among the rows that pass the quality rules, the rows that compete for the budget."""
@@ -305,11 +309,29 @@ def ranking_scores(
 
     if rank_by == "value":
         return values
-    neg = -np.asarray(losses, np.float64)
+    neg = -np.asarray(losses, np.float64) if losses is not None else None
     if rank_by == "perplexity":
         return np.where(np.isnan(values), np.nan, neg)
+    other = dsir if rank_by == "value+dsir" else neg
     failed = np.array([bool(q) for q in quality]) if quality else np.zeros(len(values), bool)
-    return mean_rank(np.where(failed, np.nan, values), neg)
+    return mean_rank(np.where(failed, np.nan, values), other)
+
+
+def _target_texts(
+    df: pl.DataFrame, is_target: np.ndarray, target_df: pl.DataFrame | None
+) -> tuple[list[str], list[str]]:
+    """(the target's texts inside the corpus, those of a separate --target file that are not)."""
+    texts = _plain_texts(df) or []
+    inside_texts = [t for t, m in zip(texts, is_target) if m]
+    extra: list[str] = []
+    if texts and target_df is not None and "text" in target_df.columns:
+        inside = set(df["id"].to_list())
+        extra = [
+            "" if t is None else str(t)
+            for i, t in zip(target_df["id"].cast(pl.Utf8), target_df["text"])
+            if i not in inside
+        ]
+    return inside_texts, extra
 
 
 def _quality(
@@ -330,14 +352,7 @@ def _quality(
     from curation.quality import check_quality
 
     texts = _plain_texts(df)
-    extra: list[str] = []
-    if texts is not None and target_df is not None and "text" in target_df.columns:
-        inside = set(df["id"].to_list())
-        extra = [
-            "" if t is None else str(t)
-            for i, t in zip(target_df["id"].cast(pl.Utf8), target_df["text"])
-            if i not in inside
-        ]
+    extra = _target_texts(df, is_target, target_df)[1]
     losses = gains = None
     if texts is not None and (args.quality or need_losses):
         losses, gains = run_losses_and_order_gains(
@@ -741,6 +756,8 @@ def _prune_rows(
             "value": f"value ({args.estimator})",
             "value+perplexity": f"value+perplexity (mean of the {args.estimator} value rank and "
             "the proxy-loss rank)",
+            "value+dsir": f"value+dsir (mean of the {args.estimator} value rank and the rank of "
+            "the DSIR hashed-n-gram importance against the target)",
         }[rank_by],
     )
     with staged_outputs(job.out, last=(DONE_FILE,)) as stage:
@@ -770,7 +787,13 @@ def _select_rows(args: PruneArgs, job: _Job, values: np.ndarray, keep: float, ru
     quality, losses, quality_summary = _quality(
         args, df, run_dir, rank_by != "value", is_target, job.target_df
     )
-    ranking = ranking_scores(rank_by, values, losses, quality)
+    dsir = None
+    if rank_by == "value+dsir":
+        from curation.baselines import dsir_scores
+
+        inside, extra = _target_texts(df, is_target, target_df=job.target_df)
+        dsir = dsir_scores(_plain_texts(df) or [], inside + extra)
+    ranking = ranking_scores(rank_by, values, losses, quality, dsir)
     res = select(
         job.ids,
         ranking,

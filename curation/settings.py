@@ -26,7 +26,7 @@ DEFAULT_KEEP = 0.7
 # models' checks both read these)
 ON_BAD_ROWS = ("error", "skip")
 PRECISIONS = ("fp32", "bf16")
-RANK_BY = ("auto", "value", "perplexity", "value+perplexity")
+RANK_BY = ("auto", "value", "perplexity", "value+perplexity", "value+dsir")
 PRUNE_BY = ("row", "source")
 
 

@@ -167,6 +167,22 @@ class ProxyRun:
     vocab_size: int
     eos_token_id: int = 0
     n_evals: int = 10
+    # coupled order (common random numbers across arms): each training row's index in a shared
+    # pool of `pool_size` rows; every epoch then visits the rows in the order of one seeded
+    # permutation of the whole pool, so two arms that keep nearly the same rows see nearly the
+    # same batches. None: each epoch is a permutation of this arm's own rows (the default)
+    pool_rows: np.ndarray | None = None
+    pool_size: int = 0
+
+
+def epoch_order(run: ProxyRun, n: int, epoch: int, rng: np.random.Generator) -> np.ndarray:
+    """The order in which epoch `epoch` visits the `n` training rows (see ProxyRun.pool_rows)."""
+    if run.pool_rows is None:
+        return rng.permutation(n)
+    perm = np.random.default_rng([run.seed, epoch]).permutation(run.pool_size)
+    rank = np.empty(run.pool_size, np.int64)
+    rank[perm] = np.arange(run.pool_size)
+    return np.argsort(rank[np.asarray(run.pool_rows, np.int64)], kind="stable")
 
 
 def train_and_evaluate(
@@ -202,7 +218,7 @@ def train_proxy(
     )
     sched = warmup_cosine(opt, max(0, round(cfg.warmup_frac * steps)), steps)
     rng = np.random.default_rng(seed)
-    order = np.empty(0, np.int64)
+    order, epoch = np.empty(0, np.int64), 0
     points = set(eval_points(steps, run.n_evals))
 
     def measure(step: int) -> tuple[int, float]:
@@ -212,7 +228,8 @@ def train_proxy(
     curve: list[tuple[int, float]] = [measure(0)] if 0 in points else []
     for step in range(1, steps + 1):
         while len(order) < cfg.batch_size:
-            order = np.concatenate([order, rng.permutation(len(train))])
+            order = np.concatenate([order, epoch_order(run, len(train), epoch, rng)])
+            epoch += 1
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         loss = plain_step(model, opt, train.batch(idx), cfg.max_grad_norm)
         sched.step()

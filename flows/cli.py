@@ -703,9 +703,10 @@ def _add_prune_ranking_options(p: argparse.ArgumentParser) -> None:
         "--rank-by",
         choices=RANK_BY,
         help="what fills the kept budget after the quality rules: value (--estimator), "
-        "perplexity (lowest proxy loss first), value+perplexity (mean of the two ranks) or auto "
-        "(default): perplexity when the target is held out of the corpus itself (no --target, "
-        "plain text), value otherwise",
+        "perplexity (lowest proxy loss first), value+perplexity or value+dsir (mean of the value "
+        "rank and the proxy-loss / DSIR hashed-n-gram importance rank) or auto (default): "
+        "perplexity when the target is held out of the corpus itself (no --target, plain text), "
+        "value otherwise",
     )
     p.add_argument(
         "--by",

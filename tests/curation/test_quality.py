@@ -270,10 +270,12 @@ def test_rank_by_auto_is_perplexity_only_for_a_self_target_of_plain_text() -> No
 
     assert resolve_rank_by("auto", held_out=True, plain=True) == "perplexity"
     assert resolve_rank_by("auto", held_out=False, plain=True) == "value"
+    assert resolve_rank_by("value+dsir", held_out=False, plain=True) == "value+dsir"
     assert resolve_rank_by("value+perplexity", held_out=False, plain=True) == "value+perplexity"
     assert resolve_rank_by("auto", held_out=True, plain=False) == "value"
+    assert resolve_rank_by("auto", held_out=False, plain=False) == "value"
     assert resolve_rank_by("value", held_out=True, plain=True) == "value"
-    for name in ("perplexity", "value+perplexity"):
+    for name in ("perplexity", "value+perplexity", "value+dsir"):
         with pytest.raises(UsageError, match="plain-text"):
             resolve_rank_by(name, held_out=True, plain=False)
     with pytest.raises(UsageError, match="--rank-by"):
@@ -300,6 +302,10 @@ def test_ranking_scores_ranks_among_rows_that_pass() -> None:
     assert np.allclose(ranking_scores("perplexity", values, losses, None)[1:], [-3, -2, -1])
     both = ranking_scores("value+perplexity", values, losses, ["", "", "", "quality:x"][:4])
     assert np.isnan(both[0]) and np.isnan(both[3]) and both[2] > both[1]
+    dsir = np.array([9.0, 5.0, -1.0, 0.0])  # row 1 most target-like, row 2 least
+    mixed = ranking_scores("value+dsir", values, None, ["", "", "", ""], dsir)
+    # ranks among rows 1-3: value -> [0, 1, 2], dsir -> [2, 0, 1]; mean / 2
+    assert np.isnan(mixed[0]) and np.allclose(mixed[1:], [0.5, 0.25, 0.75])
 
 
 def test_a_rule_the_target_fails_as_often_as_the_corpus_is_not_applied() -> None:
