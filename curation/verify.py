@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class VerifyArgs(TrainConfig):
     selection_target: str | None = None  # the target the curation used (dsir, classifier)
     reference: str | None = None  # a scoring run dir: its final proxy ranks `perplexity`
     fields: dict[str, str] | None = None
+    # one shared batch order (common random numbers): seed s visits every arm's rows in the order
+    # of one seeded permutation of the full corpus, so arms differ by their rows, not their luck
+    coupled_order: bool = True
 
     def __post_init__(self) -> None:
         # stored absolute: verify.json means the same files whatever the working directory
@@ -425,7 +428,14 @@ def verify_page(results: dict[str, dict[str, Any]], meta: dict[str, Any], curve:
         ],
         details=[
             f"{meta['steps']} steps per run, batch {meta['batch_size']}, preset `{meta['preset']}`,"
-            f" {meta['seeds']} paired seeds; curated {meta['n_curated']} docs, full {meta['n_full']}"
+            f" {meta['seeds']} paired seeds"
+            + (
+                " (each seed: the same initial weights and one shared order of the full corpus's"
+                " rows for every arm)"
+                if meta.get("coupled_order")
+                else " (each seed: the same initial weights; each arm its own batch order)"
+            )
+            + f"; curated {meta['n_curated']} docs, full {meta['n_full']}"
             f" docs, evaluation set {meta['n_target']} docs ({meta['n_target_removed']} target docs"
             " removed from training sets)"
         ],
@@ -506,6 +516,7 @@ def run_verify(args: VerifyArgs) -> Path:
         "untrained_ce": math.log(data.vocab),
         "selection_target": args.selection_target,
         "reference": args.reference,
+        "coupled_order": args.coupled_order,
     }
     payload = {"args": asdict(args), "meta": meta, "arms": results}
     # allow_nan=False: a NaN or inf can never reach verify.json
@@ -528,6 +539,7 @@ class _Inputs:
     cur_df: Any
     full_df: Any
     n_removed: int
+    cur_rows: np.ndarray  # each curated document's row in full_df
 
 
 def _read_inputs(args: VerifyArgs) -> _Inputs:
@@ -554,7 +566,9 @@ def _read_inputs(args: VerifyArgs) -> _Inputs:
         raise UsageError(f"{args.curated} has no documents outside the target set")
     if cur_df.height > full_df.height:
         raise UsageError("the curated set is larger than the full corpus; swap --curated/--full?")
-    return _Inputs(target_df, cur_df, full_df, n_removed)
+    row_of = {i: r for r, i in enumerate(full_df["id"].to_list())}
+    cur_rows = np.array([row_of[i] for i in cur_df["id"].to_list()], np.int64)
+    return _Inputs(target_df, cur_df, full_df, n_removed, cur_rows)
 
 
 @dataclass
@@ -567,6 +581,7 @@ class _Encoded:
     vocab: int
     eos: int
     n_truncated: dict[str, int]
+    cur_rows: np.ndarray  # each curated row's row in `full`
 
 
 def _encode_inputs(args: VerifyArgs, inputs: _Inputs, out: Path) -> _Encoded:
@@ -590,20 +605,24 @@ def _encode_inputs(args: VerifyArgs, inputs: _Inputs, out: Path) -> _Encoded:
     cur, full = enc(inputs.cur_df, "curated"), enc(inputs.full_df, "full")
     target = enc(inputs.target_df, "target")
     eos = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else 0
-    return _Encoded(cur, full, target, len(tok), eos, n_truncated)
+    return _Encoded(cur, full, target, len(tok), eos, n_truncated, inputs.cur_rows)
 
 
-def _arm_data(arm: str, seed: int, data: _Encoded, picks: dict[str, np.ndarray]) -> Arrays:
-    """The training set of one arm for one seed."""
+def _arm_data(
+    arm: str, seed: int, data: _Encoded, picks: dict[str, np.ndarray]
+) -> tuple[Arrays, np.ndarray]:
+    """The training set of one arm for one seed, and each of its rows' row in the full corpus."""
     if arm == "curated":
-        return data.cur
+        return data.cur, data.cur_rows
     if arm == "full":
-        return data.full
+        return data.full, np.arange(len(data.full))
     if arm == "random":
         size = len(data.cur)
         sub = np.random.default_rng(seed).choice(len(data.full), size=size, replace=False)
-        return data.full.take(np.sort(sub))
-    return data.full.take(picks[arm])
+        rows = np.sort(sub)
+    else:
+        rows = picks[arm]
+    return data.full.take(rows), rows
 
 
 def _train_arms(
@@ -618,10 +637,11 @@ def _train_arms(
     with tqdm(total=steps * len(seeds) * len(arms), desc="verify", disable=not args.progress) as pb:
         for s in seeds:
             for arm in arms:
+                train, rows = _arm_data(arm, s, data, picks)
                 run = ProxyRun(steps, cfg, s, data.vocab, data.eos, args.n_evals)
-                runs[arm].append(
-                    train_proxy(_arm_data(arm, s, data, picks), data.target, run, pb)[1]
-                )
+                if args.coupled_order:
+                    run = replace(run, pool_rows=rows, pool_size=len(data.full))
+                runs[arm].append(train_proxy(train, data.target, run, pb)[1])
     return runs
 
 

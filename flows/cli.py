@@ -454,6 +454,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "baselines": args.baselines,
         "selection_target": args.selection_target,
         "reference": args.reference,
+        "coupled_order": args.coupled_order,
         "fields": _field_map(args),
         **_device_values(args),
     }
@@ -753,6 +754,13 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="a finished `adamshap score` run whose proxy ranks the perplexity baseline "
         "(default: verify trains one on --full)",
+    )
+    p.add_argument(
+        "--coupled-order",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="every arm of a seed visits its rows in one shared order of the full corpus "
+        "(default; --no-coupled-order: each arm shuffles its own rows)",
     )
     _add_field_options(p, bad_rows=False)
     _add_device_option(p)

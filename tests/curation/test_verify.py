@@ -90,3 +90,43 @@ def test_run_verify_tiny(tmp_path: Path) -> None:
     assert (out / "verify.md").exists() and (out / "verify_curve.png").exists()
     page = (out / "verify.html").read_text()  # the same page, the curve embedded
     assert "Lowest evaluation loss" in page and page.count('src="data:image/png;base64,') == 1
+
+
+@pytest.mark.integration
+def test_shared_order_follows_the_full_corpus_rows_not_the_file_order(tmp_path: Path) -> None:
+    """The curated file holds every document of the full corpus in another order: with the
+    shared order its arm trains on the very batches of the full arm (equal losses, seed by seed);
+    with each arm's own order it does not."""
+    rng = np.random.default_rng(1)
+    words = "the cat sat on a mat dog ran far away".split()
+    rows = [(f"d{i}", "s", " ".join(rng.choice(words, 10))) for i in range(24)]
+    _write(tmp_path / "full.jsonl", rows)
+    _write(tmp_path / "cur.jsonl", [rows[i] for i in rng.permutation(20)])
+    _write(tmp_path / "target.jsonl", rows[20:])
+
+    def finals(coupled: bool) -> tuple[list[float], list[float]]:
+        out = run_verify(
+            VerifyArgs(
+                curated=str(tmp_path / "cur.jsonl"),
+                full=str(tmp_path / "full.jsonl"),
+                target=str(tmp_path / "target.jsonl"),
+                out=str(tmp_path / f"v{coupled}"),
+                seeds=2,
+                steps=6,
+                seq_len=16,
+                batch_size=4,
+                vocab_size=300,
+                n_evals=2,
+                baselines=("full",),
+                coupled_order=coupled,
+                progress=False,
+            )
+        )
+        rep = json.loads((out / "verify.json").read_text())
+        assert rep["meta"]["coupled_order"] is coupled and rep["args"]["coupled_order"] is coupled
+        return tuple([r["final_loss"] for r in rep["arms"][a]["runs"]] for a in ("curated", "full"))
+
+    cur, full = finals(True)
+    assert cur == full
+    cur, full = finals(False)
+    assert cur != full

@@ -273,3 +273,23 @@ def test_server_shutdown_errors_are_silenced_after_the_flow(caplog):
     finally:
         for name, level in before.items():
             logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--no-coupled-order"], False)])
+def test_verify_shared_batch_order_is_the_default(flag, expected, tmp_path, monkeypatch):
+    """`verify` pairs its arms with one shared batch order unless --no-coupled-order."""
+    import curation.verify
+
+    seen = []
+
+    def fake_run_verify(args):
+        seen.append(args)
+        return Path(args.out)
+
+    monkeypatch.setattr(curation.verify, "run_verify", fake_run_verify)
+    for name in ("k.jsonl", "f.jsonl", "t.jsonl"):
+        (tmp_path / name).write_text('{"id": "a", "text": "x"}\n')
+    argv = ["verify", "--curated", "k.jsonl", "--full", "f.jsonl", "--target", "t.jsonl"]
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*argv, "--out", "o", *flag]) == 0
+    assert [a.coupled_order for a in seen] == [expected]
