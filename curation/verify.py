@@ -70,7 +70,8 @@ class VerifyArgs(TrainConfig):
     fields: dict[str, str] | None = None
     # one shared batch order (common random numbers): seed s visits every arm's rows in the order
     # of one seeded permutation of the full corpus, so arms differ by their rows, not their luck
-    coupled_order: bool = True
+    # opt-in: on the demo it did not narrow the paired sd (README, pruning reading)
+    coupled_order: bool = False
 
     def __post_init__(self) -> None:
         # stored absolute: verify.json means the same files whatever the working directory

@@ -760,7 +760,7 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="every arm of a seed visits its rows in one shared order of the full corpus "
-        "(default; --no-coupled-order: each arm shuffles its own rows)",
+        "(default --no-coupled-order: each arm shuffles its own rows)",
     )
     _add_field_options(p, bad_rows=False)
     _add_device_option(p)

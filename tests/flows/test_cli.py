@@ -275,9 +275,12 @@ def test_server_shutdown_errors_are_silenced_after_the_flow(caplog):
             logging.getLogger(name).setLevel(level)
 
 
-@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--no-coupled-order"], False)])
-def test_verify_shared_batch_order_is_the_default(flag, expected, tmp_path, monkeypatch):
-    """`verify` pairs its arms with one shared batch order unless --no-coupled-order."""
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [([], False), (["--coupled-order"], True), (["--no-coupled-order"], False)],
+)
+def test_verify_shared_batch_order_is_opt_in(flag, expected, tmp_path, monkeypatch):
+    """`verify` pairs its arms with one shared batch order only with --coupled-order."""
     import curation.verify
 
     seen = []
