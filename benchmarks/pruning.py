@@ -26,10 +26,13 @@ checkpoint-value and perplexity ranks), `rules+dsir` / `rules+ckpt+dsir` (the ru
 importance / the mean of the checkpoint-value and DSIR ranks), `adam2-inrun`
 (sum of the in-run `adam2` values, top 70%), `ckpt-topk` (checkpoint values, top 70%),
 `ckpt+select` (checkpoint values, cluster floors that never protect a non-positive value,
-near-duplicate removal), `adamshap` (the default recipe of `adamshap prune`: the quality rules,
-then cluster floors and near-duplicate removal over a ranking by checkpoint values when there is
-a target, by the proxy's loss when the target is the pool's own held-out slice: `--rank-by
-auto`), and `full`. The scoring target of `none` keeps its junk here;
+near-duplicate removal), `value+dsir` (the default recipe with `--rank-by value+dsir`: the
+fill ranks by the mean of the checkpoint-value and DSIR ranks), `adamshap` (the default recipe
+of `adamshap prune`: the quality rules, then cluster floors and near-duplicate removal over a
+ranking by checkpoint values when there is a target, by the proxy's loss when the target is the
+pool's own held-out slice: `--rank-by auto`), and `full`. `--score-seed` reseeds the scoring run
+and the clustering alone (same pool, target and retraining seeds), to measure how much the
+value-based arms depend on one scoring run. The scoring target of `none` keeps its junk here;
 `adamshap prune` draws its held-out target from the rows that pass the text rules, so the
 product's target is cleaner than the benchmark's. Beside the arms: the evaluation split's
 cross-entropy under the pool's unigram model (same tokenizer): every arm should be well below
@@ -86,6 +89,7 @@ ARMS = (
     "adam2-inrun",
     "ckpt-topk",
     "ckpt+select",
+    "value+dsir",
     "adamshap",
     "full",
 )
@@ -276,7 +280,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         seq_len=a.seq_len,
         vocab_size=a.vocab,
         lr=a.lr,
-        seed=a.seed,
+        seed=a.score_seed,
         estimators=("adam2", "adam"),
         warm_start_steps=a.warm_start_steps,
         epochs=a.score_epochs,
@@ -301,13 +305,13 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         "ckpt": ckpt,
     }
     emb = prepare_for_similarity(embed_run(run, pool.select("id", "source", "text")))
-    labels, _ = spherical_kmeans(emb, default_k(len(ids)), seed=a.seed)
+    labels, _ = spherical_kmeans(emb, default_k(len(ids)), seed=a.score_seed)
     shingles = [token_shingles(t) for t in run_token_ids(run, pool)]
     # as `prune` does: the target's rows are judged too (a rule the target fails as often as
     # the pool is not applied); the `none` target is left out, because `prune` draws its
     # self-target from rows that pass the text rules while this one keeps its junk
     extra = [] if scenario == "none" else ttexts
-    gains = run_order_gains(run, texts + extra, seed=a.seed)
+    gains = run_order_gains(run, texts + extra, seed=a.score_seed)
     is_t = np.r_[np.zeros(len(texts), bool), np.ones(len(extra), bool)]
     quality = check_quality(texts + extra, QualityRules(), gains, target=is_t)
     quality.reasons = quality.reasons[: len(texts)]
@@ -329,6 +333,10 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         shingles=shingles,
         quality=quality.reasons,
     )
+    mixed = ranking_scores("value+dsir", ckpt, losses, quality.reasons, scores["dsir"])
+    value_dsir = select(
+        ids, mixed, labels, emb, a.keep, PruneArgs.floor, shingles=shingles, quality=quality.reasons
+    )
     masks = {m: top_k_mask(scores[m], a.keep) for m in ("perplexity", "dsir", "classifier")}
     masks["rules+perplexity"] = top_k_mask(np.where(flagged, np.nan, scores["perplexity"]), a.keep)
     masks["rules+ckpt-topk"] = top_k_mask(np.where(flagged, np.nan, ckpt), a.keep)
@@ -340,6 +348,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     masks["adam2-inrun"] = top_k_mask(adam2, a.keep)
     masks["ckpt-topk"] = top_k_mask(ckpt, a.keep)  # the recipe's ranking without floors/dedup
     masks["ckpt+select"] = no_rules.kept
+    masks["value+dsir"] = value_dsir.kept
     masks["adamshap"] = default.kept
     masks["full"] = np.ones(len(ids), bool)
 
@@ -444,6 +453,11 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"every arm retrains {meta['steps']} steps (batch 16), "
         f"seeds {meta['seeds']} (paired"
         + ("; one shared order of the pool for every arm" if meta.get("coupled_order") else "")
+        + (
+            f"; scoring run and clustering seeded {meta['score_seed']}"
+            if meta.get("score_seed", meta["seeds"][0]) != meta["seeds"][0]
+            else ""
+        )
         + f"); {meta['total_s']:.0f} s on 2 shared CPU cores"
         + (
             f" ({meta['cached_retrains']} of the retrainings reused: the same kept set, config "
@@ -554,11 +568,19 @@ def main(argv: list[str] | None = None) -> int:
         "random numbers: arms that keep nearly the same rows see nearly the same batches)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--score-seed",
+        type=int,
+        default=None,
+        help="seed of the scoring run and the clustering (default --seed): another scoring run "
+        "of the same pool, to see how much the selection depends on it",
+    )
     p.add_argument("--work", default="runs/benchmarks")
     p.add_argument("--results", default="benchmarks/results")
     p.add_argument("--tag", default=None, help="result file stem (default pruning[_quick])")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    a.score_seed = a.seed if a.score_seed is None else a.score_seed
     a.n_pool = a.n_pool or (300 if a.quick else 3000)
     a.steps = a.steps or (40 if a.quick else 300)
     a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
@@ -588,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": a.steps,
         "coupled_order": a.coupled_order,
         "seeds": [a.seed + s for s in range(a.seeds)],
+        "score_seed": a.score_seed,
         "torch_threads": torch.get_num_threads(),
         "total_s": round(time.time() - t0, 1),
         "cached_retrains": len(CACHE_HITS),

@@ -86,3 +86,54 @@ def test_markdown_names_every_arm_and_the_unigram_line() -> None:
     assert "**6.500**" in md and "Lowest mean eval loss: `random`" in md
     for a in ARMS:
         assert f"| {a} |" in md
+
+
+def test_markdown_names_a_scoring_seed_only_when_it_differs() -> None:
+    meta = dict(
+        command="x", n_pool=100, keep=0.7, seq_len=64, vocab=2048, lr=3e-3,
+        warm_start_steps=10, steps=20, seeds=[0, 1, 2], total_s=1.0,
+    )  # fmt: skip
+    scen = {
+        "scenario": "none", "n_eval": 10, "unigram_eval_ce": 6.5, "untrained_ce": 7.6,
+        "n_target": 12, "n_target_junk": 2, "auc": {}, "dedup": {"n_removed": 0},
+        "floor_kept_junk": 0,
+        "arms": {"adamshap": {
+            "eval_loss_mean": 5.0, "eval_loss_std": 0.1, "paired_diff_mean": 0.0,
+            "paired_diff_sd": 0.0, "junk_removed": 0.9, "removal_precision": 0.6,
+            "by_kind": dict.fromkeys(JUNK_KINDS, 0.9),
+        }},
+    }  # fmt: skip
+    assert "scoring run and clustering seeded" not in markdown(meta, [scen])
+    assert "scoring run and clustering seeded 0" not in markdown({**meta, "score_seed": 0}, [scen])
+    assert "scoring run and clustering seeded 2" in markdown({**meta, "score_seed": 2}, [scen])
+
+
+@pytest.mark.integration
+def test_a_small_run_scores_selects_and_retrains_every_named_arm(tmp_path) -> None:
+    """End to end on a small demo corpus: a reseeded scoring run, the value+dsir arm beside the
+    default, every arm keeping the same budget and retrained past the untrained loss."""
+    import json
+
+    from benchmarks.common import build_corpus
+    from benchmarks.pruning import main
+
+    corpus = build_corpus(60, 0, out_dir=tmp_path / "corpora")
+    argv = ["--quick", "--corpus", str(corpus), "--scenarios", "pydocs", "--n-pool", "150"]
+    argv += ["--n-target", "12", "--n-eval", "12", "--seeds", "1", "--score-seed", "3"]
+    argv += ["--arms", "adamshap,value+dsir,dsir", "--work", str(tmp_path / "w")]
+    argv += ["--results", str(tmp_path / "r"), "--tag", "t"]
+    assert main(argv) == 0
+    out = json.loads((tmp_path / "r" / "t.json").read_text())
+    assert out["meta"]["score_seed"] == 3
+    run = json.loads((tmp_path / "w" / "t" / "pydocs" / "scores" / "run.json").read_text())
+    assert run["args"]["seed"] == 3  # the scoring run itself was reseeded
+    (s,) = out["scenarios"]
+    assert list(s["arms"]) == ["adamshap", "value+dsir", "dsir"]
+    for arm, r in s["arms"].items():
+        assert r["n_kept"] == round(0.7 * 150), arm
+        assert all(np.isfinite(r["eval_loss"])) and r["eval_loss_mean"] < s["untrained_ce"], arm
+    masks = np.load(tmp_path / "w" / "t" / "pydocs" / "masks.npz")
+    # both recipes apply the quality rules first: neither keeps a row the rules flagged
+    for k in ("adamshap", "value_dsir"):
+        assert not (masks[k] & masks["flagged"]).any(), k
+    assert "scoring run and clustering seeded 3" in (tmp_path / "r" / "t.md").read_text()
