@@ -435,7 +435,8 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
             "clean_flagged": float(flagged[kinds == "clean"].mean()),
             "clean_flagged_by_source": {
                 src: float(flagged[(kinds == "clean") & (pool["source"].to_numpy() == src)].mean())
-                for src in sorted(set(pool["source"].to_list()))
+                # sources with clean rows (a small pool can hold a source's junk alone)
+                for src in sorted(set(pool["source"].to_numpy()[kinds == "clean"].tolist()))
             },
             "junk_flagged": float(flagged[kinds != "clean"].mean()),
             "by_kind": {k: float(flagged[kinds == k].mean()) for k in JUNK_KINDS},
