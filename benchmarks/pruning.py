@@ -295,6 +295,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     adam2 = np.array([lut["value_adam2"].get(i, np.nan) for i in ids], float)
     ckpt = np.array([lut["value_ckpt"].get(i, np.nan) for i in ids], float)
     kinds = pool["junk_kind"].fill_null("clean").to_numpy()
+    sources = pool["source"].to_numpy()
     losses = proxy_losses(run, pool, a.seq_len)
     texts, ttexts = pool["text"].to_list(), target["text"].to_list()
     scores = {
@@ -434,9 +435,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
             "order_gain_threshold": quality.order_gain_threshold,
             "clean_flagged": float(flagged[kinds == "clean"].mean()),
             "clean_flagged_by_source": {
-                src: float(flagged[(kinds == "clean") & (pool["source"].to_numpy() == src)].mean())
+                src: float(flagged[(kinds == "clean") & (sources == src)].mean())
                 # sources with clean rows (a small pool can hold a source's junk alone)
-                for src in sorted(set(pool["source"].to_numpy()[kinds == "clean"].tolist()))
+                for src in sorted(set(sources[kinds == "clean"].tolist()))
             },
             "junk_flagged": float(flagged[kinds != "clean"].mean()),
             "by_kind": {k: float(flagged[kinds == k].mean()) for k in JUNK_KINDS},

@@ -40,16 +40,14 @@ def pool(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     arms = list(dict.fromkeys(a for s in scen for a in s["arms"]))  # an arm may miss a run
     per_run = []
     for (label, r), s in zip(runs, scen):
-        ref = np.array(s["arms"][REF]["eval_loss"])
+        # the paired differences each run already holds (`benchmarks.pruning` computes them)
         row = {"label": label, "score_seed": r["meta"].get("score_seed"), "arms": {}}
-        for a in (a for a in arms if a in s["arms"]):
-            loss = np.array(s["arms"][a]["eval_loss"])
-            d = loss - ref
+        for a, x in s["arms"].items():
             row["arms"][a] = {
-                "eval_loss_mean": float(loss.mean()),
-                "diff": d.tolist(),
-                "diff_mean": float(d.mean()),
-                "diff_sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                "eval_loss_mean": x["eval_loss_mean"],
+                "diff": x["paired_diff_vs_adamshap"],
+                "diff_mean": x["paired_diff_mean"],
+                "diff_sd": x["paired_diff_sd"],
             }
         per_run.append(row)
     pooled = {}
@@ -122,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     p["inputs"] = a.inputs
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    md = markdown(p)
     Path(f"{out}.json").write_text(json.dumps(p, indent=2))
-    Path(f"{out}.md").write_text(markdown(p))
-    print(markdown(p))
+    Path(f"{out}.md").write_text(md)
+    print(md)
     return 0
 
 

@@ -11,8 +11,20 @@ import pytest
 from benchmarks.pruning_pool import main, markdown, pool
 
 
+def _arm(loss: list[float], ref: list[float]) -> dict:
+    """One arm as `benchmarks.pruning` writes it (its losses and the paired differences)."""
+    d = np.array(loss) - np.array(ref)
+    return {
+        "eval_loss": loss,
+        "eval_loss_mean": float(np.mean(loss)),
+        "paired_diff_vs_adamshap": d.tolist(),
+        "paired_diff_mean": float(d.mean()),
+        "paired_diff_sd": float(d.std(ddof=1)),
+    }
+
+
 def _run(default: list[float], dsir: list[float], score_seed: int, scenario: str = "pydocs"):
-    arms = {"adamshap": {"eval_loss": default}, "dsir": {"eval_loss": dsir}}
+    arms = {"adamshap": _arm(default, default), "dsir": _arm(dsir, default)}
     meta = {"steps": 1200, "seeds": [0, 1, 2], "score_seed": score_seed}
     return {
         "meta": meta,
@@ -62,7 +74,7 @@ def test_main_writes_json_and_a_table_with_the_labels(tmp_path: Path) -> None:
 def test_an_arm_missing_from_a_run_is_pooled_over_the_runs_that_have_it() -> None:
     a = _run([4.7, 4.8, 4.9], [4.8, 4.7, 5.2], 0)
     b = _run([4.6, 4.9, 4.8], [4.8, 4.7, 5.2], 1)
-    a["scenarios"][0]["arms"]["rules+dsir"] = {"eval_loss": [4.6, 4.8, 5.1]}
+    a["scenarios"][0]["arms"]["rules+dsir"] = _arm([4.6, 4.8, 5.1], [4.7, 4.8, 4.9])
     p = pool([("s0", a), ("s1", b)])
     assert p["arms"] == ["adamshap", "dsir", "rules+dsir"]
     assert p["pooled"]["rules+dsir"]["n_pairs"] == 3 and p["pooled"]["dsir"]["n_pairs"] == 6
