@@ -112,7 +112,7 @@ class ScoreArgs:
     device: str = "cpu"  # auto | cpu | cuda | cuda:N; run.json holds the resolved one
     precision: str = "fp32"  # fp32 | bf16 (CUDA only: bf16 autocast in the scored steps)
     snapshots: int = 3  # shared snapshots for checkpoint values (0 = in-run values only)
-    sketch_dim: int = 16  # k of the k x k gradient sketch per weight (checkpoint values)
+    sketch_dim: int = 64  # k of the k x k gradient sketch per weight (checkpoint values)
     momentum_window: int = 0  # K: also momentum-propagated values over K later steps (0 = off)
 
     def __post_init__(self) -> None:

@@ -255,7 +255,7 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
         g,
         "score",
         "--sketch-dim",
-        "K x K gradient sketch per weight for the checkpoint values (16)",
+        "K x K gradient sketch per weight for the checkpoint values (64)",
         metavar="K",
     )
     g.add_argument(

@@ -91,6 +91,79 @@ def test_score_tracks_exact_preconditioned_cosines_from_per_example_gradients() 
     assert np.corrcoef(want, got)[0, 1] > 0.95
 
 
+def test_top_directions_match_a_full_svd() -> None:
+    """Oracle: torch.linalg.svd; rows share one loud direction, as unit gradient sketches do."""
+    from curation.checkpoint_values import top_directions
+
+    g = torch.Generator().manual_seed(3)
+    common = torch.randn(400, generator=g, dtype=torch.float64)
+    a = 2.0 * torch.randn(600, 1, generator=g, dtype=torch.float64).abs() * common
+    a = a + torch.randn(600, 400, generator=g, dtype=torch.float64)
+    a[:, :3] *= torch.tensor([6.0, 4.0, 3.0], dtype=torch.float64)  # a spectrum with a few steps
+    for rows in (a, a[:300]):  # more rows than columns, and fewer (the two Gram matrices)
+        want = torch.linalg.svd(rows, full_matrices=False)[2][:3].T
+        got = top_directions(rows, 3)
+        assert got.shape == (400, 3)
+        overlap = (want.T @ got).abs().diagonal()  # sign-free agreement of each direction
+        assert overlap.min() > 1 - 1e-9
+
+
+class _Rows:
+    """An encoded corpus of random token rows: `len` and `batch(idx)`, as `checkpoint_values` reads."""
+
+    def __init__(self, n: int, T: int, seed: int) -> None:
+        from tests.adamshap_core.conftest import make_batch
+
+        self.b = make_batch(n, T, seed=seed)
+
+    def __len__(self) -> int:
+        return self.b["input_ids"].shape[0]
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        return {k: v[torch.as_tensor(idx)] for k, v in self.b.items()}
+
+
+def test_values_streamed_past_the_memory_budget_equal_the_in_memory_formula() -> None:
+    """A pool larger than `basis_bytes` holds only a random subset for the shared direction and
+    streams the rest; oracle: every sketch in memory with that subset's direction."""
+    from adamshap_core.training import plain_step
+    from curation.checkpoint_values import (
+        CheckpointValueConfig,
+        _project_out,
+        _sketch_all,
+        _unit,
+        basis_rows,
+        checkpoint_values,
+        top_directions,
+        trimmed_cosine,
+    )
+    from tests.adamshap_core.conftest import TinyLM, make_batch
+
+    torch.manual_seed(0)
+    model = TinyLM(d=8)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    for s in range(3):
+        plain_step(model, opt, make_batch(4, 10, seed=20 + s), 1.0)
+    snap = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+    train, target = _Rows(40, 10, seed=1), _Rows(8, 10, seed=2)
+    small = CheckpointValueConfig(sketch_dim=4, batch_size=6, basis_bytes=1, basis_min_rows=11)
+    got = checkpoint_values(model, opt, [snap], train, target, small, progress=False)[0]
+    with GradientSketch(model, k=4, seed=0) as sk:
+        sqrt_p = adam_sqrt_preconditioner(opt)
+        a = _unit(_sketch_all(sk, train, sqrt_p, 6, "cpu"))
+        b = _unit(_sketch_all(sk, target, sqrt_p, 6, "cpu"))
+        rows = basis_rows(40, sk.dim, small)
+    assert len(rows) == 11 and len(set(rows.tolist())) == 11
+    basis = top_directions(a[torch.as_tensor(rows)], 1)
+    want = trimmed_cosine(_project_out(a, basis), _project_out(b, basis), small.trim)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    # everything in memory (the default budget) is the plain formula over the whole pool
+    full = checkpoint_values(
+        model, opt, [snap], train, target, CheckpointValueConfig(sketch_dim=4), progress=False
+    )[0]
+    np.testing.assert_allclose(full, score_from_sketches(a, b, n_common=1), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.integration
 def test_scoring_run_writes_checkpoint_values_and_prune_uses_them(tmp_path: Path) -> None:
     from curation.checkpoint_values import CheckpointValueConfig, checkpoint_values
