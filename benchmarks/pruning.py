@@ -451,7 +451,7 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"`{meta['command']}`: pool of {meta['n_pool']} documents (20% injected junk of "
         f"{len(JUNK_KINDS)} kinds), keep {meta['keep']}; proxies `tiny`, seq {meta['seq_len']}, "
         f"vocab {meta['vocab']}, lr {meta['lr']}; scoring run {meta['warm_start_steps']} warm-start "
-        f"+ {meta.get('score_epochs', 1)} scored epoch(s), 3 snapshots; "
+        f"+ {meta.get('score_epochs', 1)} scored epoch(s), 3 snapshots, sketch {meta.get('sketch_dim', 16)}; "
         f"every arm retrains {meta['steps']} steps (batch 16), "
         f"seeds {meta['seeds']} (paired"
         + ("; one shared order of the pool for every arm" if meta.get("coupled_order") else "")
@@ -600,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     # the command as given (every option that was passed, in its order), so a rerun repeats it
     given = sys.argv[1:] if argv is None else list(argv)
     cmd = " ".join(["python -m benchmarks.pruning", *(shlex.quote(x) for x in given)])
+    from curation.scoring_run import ScoreArgs
+
     meta = {
         "command": cmd,
         "n_pool": a.n_pool,
@@ -613,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "coupled_order": a.coupled_order,
         "seeds": [a.seed + s for s in range(a.seeds)],
         "score_seed": a.score_seed,
+        "sketch_dim": ScoreArgs.sketch_dim,  # every scoring run takes the product's default
         "torch_threads": torch.get_num_threads(),
         "total_s": round(time.time() - t0, 1),
         "cached_retrains": len(CACHE_HITS),

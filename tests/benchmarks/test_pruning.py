@@ -88,7 +88,7 @@ def test_markdown_names_every_arm_and_the_unigram_line() -> None:
         assert f"| {a} |" in md
 
 
-def test_markdown_names_a_scoring_seed_only_when_it_differs() -> None:
+def test_markdown_names_a_scoring_seed_only_when_it_differs_and_the_sketch_size() -> None:
     meta = dict(
         command="x", n_pool=100, keep=0.7, seq_len=64, vocab=2048, lr=3e-3,
         warm_start_steps=10, steps=20, seeds=[0, 1, 2], total_s=1.0,
@@ -106,6 +106,9 @@ def test_markdown_names_a_scoring_seed_only_when_it_differs() -> None:
     assert "scoring run and clustering seeded" not in markdown(meta, [scen])
     assert "scoring run and clustering seeded 0" not in markdown({**meta, "score_seed": 0}, [scen])
     assert "scoring run and clustering seeded 2" in markdown({**meta, "score_seed": 2}, [scen])
+    # the sketch size of the checkpoint values; results written before it was recorded used 16
+    assert "3 snapshots, sketch 16;" in markdown(meta, [scen])
+    assert "3 snapshots, sketch 64;" in markdown({**meta, "sketch_dim": 64}, [scen])
 
 
 @pytest.mark.integration
