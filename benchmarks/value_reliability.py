@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
 
+    from curation.run_dir import RunDir
+
     if a.threads:
         torch.set_num_threads(a.threads)
     tags = [t for t in a.tags.split(",") if t]
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--tags needs exactly two benchmarks.pruning tags")
     dirs = [Path(a.work) / t / a.scenario for t in tags]
     for d in dirs:
-        if not (d / "scores" / ".complete").exists() or not (d / "masks.npz").exists():
+        if not RunDir(d / "scores").is_complete() or not (d / "masks.npz").exists():
             raise SystemExit(
                 f"{d} holds no finished benchmarks.pruning scenario; run `python -m "
                 f"benchmarks.pruning --scenarios {a.scenario} --tag {d.parent.name} "
