@@ -19,7 +19,7 @@ documents are aggregated by a trimmed mean (the middle half of `v_c(i, ·)`), so
 odd target documents (a held-out slice of a junk-laden corpus) cannot vouch for documents like
 themselves. A document's checkpoint value is the mean over snapshots. The sketch size matters:
 at k = 16 most of a value's spread between documents was projection noise (two sketch seeds of
-the same snapshot agree at Spearman 0.28); `benchmarks/value_reliability.py` measures it. See
+the same snapshots agreed at Spearman 0.26); `benchmarks/value_reliability.py` measures it. See
 docs/method.md, "Checkpoint values", and the pruning benchmark for the measured comparison with
 the in-run sums.
 """
