@@ -36,11 +36,11 @@ from benchmarks.common import ROOT, environment
 
 def load_run(run_dir: Path) -> dict[str, Any]:
     """A finished scoring run's model, optimizer shell, snapshots and encoded corpus and target."""
-    import polars as pl
     import torch
     from transformers import GPT2LMHeadModel
 
     from curation.checkpoint_values import snapshot_paths
+    from curation.corpus import read_corpus
     from curation.encode import encode_corpus
     from curation.run_dir import RunDir
     from curation.tokenizer import load_tokenizer
@@ -53,8 +53,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     snaps = [torch.load(p, map_location="cpu", weights_only=True) for p in snapshot_paths(run_dir)]
     if not snaps:
         raise SystemExit(f"{run_dir} saved no snapshots (run it with --snapshots >= 1)")
-    corpus = pl.read_ndjson(args["corpus"])
-    target = pl.read_ndjson(args["target"])
+    corpus = read_corpus(args["corpus"]).df  # validated as the scoring run read it
+    target = read_corpus(args["target"]).df
     return {
         "ids": corpus["id"].to_list(),
         "sources": corpus["source"].to_numpy(),
