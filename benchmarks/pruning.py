@@ -231,7 +231,8 @@ def _cached(folder: Path, key: tuple, compute: Any) -> dict:
     so a rerun (or a new arm) does not retrain the arms it already has."""
     import hashlib
 
-    m, *rest = key  # (mask, cfg, steps, seed[, "coupled"]): the plain key hashes as it always has
+    m, *rest = key  # (mask, cfg, steps, seed[, "coupled"][, "packed"]): the plain key hashes as
+    # it always has
     h = hashlib.sha1(np.packbits(m).tobytes() + repr(tuple(rest)).encode()).hexdigest()
     f = folder / f"{h[:16]}.json"
     if f.exists():
@@ -285,6 +286,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
         warm_start_steps=a.warm_start_steps,
         epochs=a.score_epochs,
         snapshots=3,
+        sketch_dim=a.sketch_dim,
         progress=False,
     )
     run = Path(run_scoring(sargs))
@@ -379,10 +381,11 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
                 m[pool_ix[pick]] = True
             stats.append(_junk_stats(m, kinds))
             ix = np.flatnonzero(m)
-            run_ = ProxyRun(a.steps, cfg, s, len(tok), 0, n_evals=4)
+            run_ = ProxyRun(a.steps, cfg, s, len(tok), 0, n_evals=4, packed=a.pack)
             if a.coupled_order:  # every arm visits its rows in one shared order of the pool
                 run_ = replace(run_, pool_rows=ix, pool_size=len(ids))
             key = (m, cfg, a.steps, s) + (("coupled",) if a.coupled_order else ())
+            key += ("packed",) if a.pack else ()
             runs.append(
                 _cached(
                     wdir / "arms",
@@ -455,6 +458,11 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         f"every arm retrains {meta['steps']} steps (batch 16), "
         f"seeds {meta['seeds']} (paired"
         + ("; one shared order of the pool for every arm" if meta.get("coupled_order") else "")
+        + (
+            "; one token budget: documents packed end to end, 16 x seq_len tokens a step"
+            if meta.get("pack")
+            else "; 16 documents a step, padded"
+        )
         + (
             f"; scoring run and clustering seeded {meta['score_seed']}"
             if meta.get("score_seed", meta["seeds"][0]) != meta["seeds"][0]
@@ -562,12 +570,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--score-epochs", type=int, default=1, help="scored passes of the scoring run (1)"
     )
+    p.add_argument(
+        "--sketch-dim",
+        type=int,
+        default=None,
+        help="k of the checkpoint values' k x k sketch (default: the product's, ScoreArgs)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared box)")
     p.add_argument(
         "--coupled-order",
         action="store_true",
         help="every arm visits its kept rows in one seeded order of the whole pool (common "
         "random numbers: arms that keep nearly the same rows see nearly the same batches)",
+    )
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="one token budget: every retraining step takes 16 x seq-len real tokens of the "
+        "arm's documents laid end to end (curation.packing), not 16 padded documents",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -583,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
     a.score_seed = a.seed if a.score_seed is None else a.score_seed
+    from curation.scoring_run import ScoreArgs
+
+    a.sketch_dim = a.sketch_dim or ScoreArgs.sketch_dim
     a.n_pool = a.n_pool or (300 if a.quick else 3000)
     a.steps = a.steps or (40 if a.quick else 300)
     a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
@@ -600,8 +623,6 @@ def main(argv: list[str] | None = None) -> int:
     # the command as given (every option that was passed, in its order), so a rerun repeats it
     given = sys.argv[1:] if argv is None else list(argv)
     cmd = " ".join(["python -m benchmarks.pruning", *(shlex.quote(x) for x in given)])
-    from curation.scoring_run import ScoreArgs
-
     meta = {
         "command": cmd,
         "n_pool": a.n_pool,
@@ -613,9 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         "score_epochs": a.score_epochs,
         "steps": a.steps,
         "coupled_order": a.coupled_order,
+        "pack": a.pack,
         "seeds": [a.seed + s for s in range(a.seeds)],
         "score_seed": a.score_seed,
-        "sketch_dim": ScoreArgs.sketch_dim,  # every scoring run takes the product's default
+        "sketch_dim": a.sketch_dim,
         "torch_threads": torch.get_num_threads(),
         "total_s": round(time.time() - t0, 1),
         "cached_retrains": len(CACHE_HITS),

@@ -21,6 +21,7 @@ import torch
 
 from adamshap_core.choices import PRESET_NAMES
 from curation.errors import UsageError
+from curation.packing import TokenPacker
 from curation.render import Figure, Page, Section, Table, write_page
 from curation.run_dir import CURVE_FILE, VERIFY_STEM, RunDir, VerifyDir
 from curation.settings import check_choice, check_settings
@@ -72,6 +73,10 @@ class VerifyArgs(TrainConfig):
     # of one seeded permutation of the full corpus, so arms differ by their rows, not their luck
     # opt-in: on the demo it did not narrow the paired sd (README, pruning reading)
     coupled_order: bool = False
+    # one token budget for every arm (curation.packing): each step trains on batch_size x seq_len
+    # real tokens of the arm's documents laid end to end, so an arm that keeps longer documents
+    # does not get more tokens; False: batch_size documents per step (padded), the earlier protocol
+    pack: bool = True
 
     def __post_init__(self) -> None:
         # stored absolute: verify.json means the same files whatever the working directory
@@ -177,6 +182,9 @@ class ProxyRun:
     # same batches. None: each epoch is a permutation of this arm's own rows (the default)
     pool_rows: np.ndarray | None = None
     pool_size: int = 0
+    # token budget (curation.packing): every step trains on batch_size x seq_len real tokens of
+    # the arm's rows laid end to end in visiting order, instead of batch_size rows (documents)
+    packed: bool = False
 
 
 def epoch_order(run: ProxyRun, n: int, epoch: int, rng: np.random.Generator) -> np.ndarray:
@@ -212,6 +220,8 @@ def train_proxy(
 
     if len(train) == 0:
         raise UsageError("a training arm has no documents")
+    if run.packed and int(np.asarray(train.attention_mask).sum()) == 0:
+        raise UsageError("a training arm has no tokens to pack")
     cfg, seed, steps = run.cfg, run.seed, run.steps
     model = build_model(
         cfg.preset, run.vocab_size, cfg.seq_len, seed=seed, eos_token_id=run.eos_token_id
@@ -230,12 +240,25 @@ def train_proxy(
         return step, _check_finite(loss, "target loss", step, seed)
 
     curve: list[tuple[int, float]] = [measure(0)] if 0 in points else []
+    packer = TokenPacker(train.input_ids, train.attention_mask, train.loss_mask)
+
+    def next_row() -> int:
+        nonlocal order, epoch
+        if len(order) == 0:
+            order, epoch = epoch_order(run, len(train), epoch, rng), epoch + 1
+        row, order = int(order[0]), order[1:]
+        return row
+
     for step in range(1, steps + 1):
-        while len(order) < cfg.batch_size:
-            order = np.concatenate([order, epoch_order(run, len(train), epoch, rng)])
-            epoch += 1
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        loss = plain_step(model, opt, train.batch(idx), cfg.max_grad_norm)
+        if run.packed:
+            batch = packer.fill(cfg.batch_size, cfg.seq_len, next_row)
+        else:
+            while len(order) < cfg.batch_size:
+                order = np.concatenate([order, epoch_order(run, len(train), epoch, rng)])
+                epoch += 1
+            idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            batch = train.batch(idx)
+        loss = plain_step(model, opt, batch, cfg.max_grad_norm)
         sched.step()
         _check_finite(loss, "training loss", step, seed)
         if step in points:
@@ -348,7 +371,7 @@ def _reference_losses(
         data = Arrays.of(encode_corpus(full_df, load_tokenizer(ref.tokenizer), cfg.seq_len))
     else:
         probe = full.take(np.arange(min(8, len(full))))
-        run = ProxyRun(steps, cfg, args.seed, vocab, eos, n_evals=1)
+        run = ProxyRun(steps, cfg, args.seed, vocab, eos, n_evals=1, packed=args.pack)
         model = train_proxy(full, probe, run)[0].eval()
         data = full
     device = next(model.parameters()).device
@@ -436,6 +459,13 @@ def verify_page(results: dict[str, dict[str, Any]], meta: dict[str, Any], curve:
                 if meta.get("coupled_order")
                 else " (each seed: the same initial weights; each arm its own batch order)"
             )
+            + (
+                f"; every arm trains on {meta['batch_size'] * meta['seq_len']} tokens a step"
+                " (its documents packed end to end: one token budget)"
+                if meta.get("pack")
+                else f"; {meta['batch_size']} documents a step, padded (an arm that keeps longer"
+                " documents trains on more tokens)"
+            )
             + f"; curated {meta['n_curated']} docs, full {meta['n_full']}"
             f" docs, evaluation set {meta['n_target']} docs ({meta['n_target_removed']} target docs"
             " removed from training sets)"
@@ -505,6 +535,7 @@ def run_verify(args: VerifyArgs) -> Path:
     meta = {
         "steps": steps,
         "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
         "preset": args.preset,
         "seeds": args.seeds,
         "n_curated": len(cur),
@@ -518,6 +549,7 @@ def run_verify(args: VerifyArgs) -> Path:
         "selection_target": args.selection_target,
         "reference": args.reference,
         "coupled_order": args.coupled_order,
+        "pack": args.pack,
     }
     payload = {"args": asdict(args), "meta": meta, "arms": results}
     # allow_nan=False: a NaN or inf can never reach verify.json
@@ -639,7 +671,7 @@ def _train_arms(
         for s in seeds:
             for arm in arms:
                 train, rows = _arm_data(arm, s, data, picks)
-                run = ProxyRun(steps, cfg, s, data.vocab, data.eos, args.n_evals)
+                run = ProxyRun(steps, cfg, s, data.vocab, data.eos, args.n_evals, packed=args.pack)
                 if args.coupled_order:
                     run = replace(run, pool_rows=rows, pool_size=len(data.full))
                 runs[arm].append(train_proxy(train, data.target, run, pb)[1])

@@ -455,6 +455,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "selection_target": args.selection_target,
         "reference": args.reference,
         "coupled_order": args.coupled_order,
+        "pack": args.pack,
         "fields": _field_map(args),
         **_device_values(args),
     }
@@ -761,6 +762,14 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="every arm of a seed visits its rows in one shared order of the full corpus "
         "(default --no-coupled-order: each arm shuffles its own rows)",
+    )
+    p.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one token budget: every step trains on batch x seq-len real tokens of the arm's "
+        "documents laid end to end (default); --no-pack: batch documents per step, padded, so an "
+        "arm that keeps longer documents trains on more tokens",
     )
     _add_field_options(p, bad_rows=False)
     _add_device_option(p)

@@ -90,6 +90,8 @@ def test_run_verify_tiny(tmp_path: Path) -> None:
     assert (out / "verify.md").exists() and (out / "verify_curve.png").exists()
     page = (out / "verify.html").read_text()  # the same page, the curve embedded
     assert "Lowest evaluation loss" in page and page.count('src="data:image/png;base64,') == 1
+    # one token budget by default: every arm's step is batch x seq_len packed tokens
+    assert rep["meta"]["pack"] is True and "64 tokens a step" in (out / "verify.md").read_text()
 
 
 @pytest.mark.integration
