@@ -359,6 +359,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     arr = Arrays.of(encode_corpus(pool, tok, a.seq_len))
     ev_enc = encode_corpus(evaluation, tok, a.seq_len)
     ev = Arrays.of(ev_enc)
+    row_tokens = np.asarray(arr.attention_mask, np.int64).sum(axis=1)
     tr_tokens = counted_tokens(arr.input_ids, arr.attention_mask, arr.loss_mask)
     ev_tokens = counted_tokens(ev.input_ids, ev.attention_mask, ev.loss_mask)
     unigram = unigram_cross_entropy(tr_tokens, ev_tokens, len(tok))
@@ -379,7 +380,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
                 m = np.zeros(len(ids), bool)
                 pick = np.random.default_rng(1000 + s).choice(len(pool_ix), n_keep, replace=False)
                 m[pool_ix[pick]] = True
-            stats.append(_junk_stats(m, kinds))
+            stats.append({**_junk_stats(m, kinds), "kept": m})
             ix = np.flatnonzero(m)
             run_ = ProxyRun(a.steps, cfg, s, len(tok), 0, n_evals=4, packed=a.pack)
             if a.coupled_order:  # every arm visits its rows in one shared order of the pool
@@ -400,6 +401,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
             "removal_precision": float(np.mean([x["removal_precision"] for x in stats])),
             "by_kind": {k: float(np.mean([x["by_kind"][k] for x in stats])) for k in JUNK_KINDS},
             "eval_loss": [r["final_loss"] for r in runs],
+            # real (unpadded) tokens per kept row: with padded rows an arm of longer documents
+            # trains on more tokens; with --pack every arm gets the same tokens
+            "tokens_per_row": float(np.mean([row_tokens[r["kept"]].mean() for r in stats])),
             "eval_loss_mean": summ["target_loss_mean"],
             "eval_loss_std": summ["target_loss_std"],
         }
@@ -489,15 +493,18 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
             f"({s['n_target_junk']} junk). Lowest mean eval loss: `{best}`.",
             "",
             "| arm | eval loss (mean ± sd) | below unigram | paired diff vs adamshap (mean ± sd) "
-            "| junk removed | removal precision |",
-            "|---|---|---|---|---|---|",
+            "| junk removed | removal precision | tokens a kept row |",
+            "|---|---|---|---|---|---|---|",
         ]
         for arm, r in s["arms"].items():
+            tpr = r.get("tokens_per_row")  # results from before the column: unknown
             lines.append(
                 f"| {arm} | {r['eval_loss_mean']:.4f} ± {r['eval_loss_std']:.4f} | "
                 f"{s['unigram_eval_ce'] - r['eval_loss_mean']:.2f} | "
                 f"{r['paired_diff_mean']:+.4f} ± {r['paired_diff_sd']:.4f} | "
-                f"{r['junk_removed']:.0%} | {r['removal_precision']:.0%} |"
+                f"{r['junk_removed']:.0%} | {r['removal_precision']:.0%} | "
+                + ("–" if tpr is None else f"{tpr:.1f}")
+                + " |"
             )
         lines += [
             "",

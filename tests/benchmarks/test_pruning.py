@@ -109,6 +109,9 @@ def test_markdown_names_a_scoring_seed_only_when_it_differs_and_the_sketch_size(
     # the sketch size of the checkpoint values; results written before it was recorded used 16
     assert "3 snapshots, sketch 16;" in markdown(meta, [scen])
     assert "3 snapshots, sketch 64;" in markdown({**meta, "sketch_dim": 64}, [scen])
+    # the retraining protocol: padded documents (earlier results) or one token budget
+    assert "16 documents a step, padded" in markdown(meta, [scen])
+    assert "one token budget" in markdown({**meta, "pack": True}, [scen])
 
 
 @pytest.mark.integration
@@ -124,17 +127,20 @@ def test_a_small_run_scores_selects_and_retrains_every_named_arm(tmp_path) -> No
     argv = ["--quick", "--corpus", str(corpus), "--scenarios", "pydocs", "--n-pool", "150"]
     argv += ["--n-target", "12", "--n-eval", "12", "--seeds", "1", "--score-seed", "3"]
     argv += ["--arms", "adamshap,value+dsir,dsir", "--work", str(tmp_path / "w")]
-    argv += ["--results", str(tmp_path / "r"), "--tag", "t"]
+    argv += ["--results", str(tmp_path / "r"), "--tag", "t", "--pack", "--sketch-dim", "32"]
     assert main(argv) == 0
     out = json.loads((tmp_path / "r" / "t.json").read_text())
     assert out["meta"]["score_seed"] == 3
     run = json.loads((tmp_path / "w" / "t" / "pydocs" / "scores" / "run.json").read_text())
     assert run["args"]["seed"] == 3  # the scoring run itself was reseeded
+    assert run["args"]["sketch_dim"] == 32 and out["meta"]["sketch_dim"] == 32
+    assert out["meta"]["pack"] is True
     (s,) = out["scenarios"]
     assert list(s["arms"]) == ["adamshap", "value+dsir", "dsir"]
     for arm, r in s["arms"].items():
         assert r["n_kept"] == round(0.7 * 150), arm
         assert all(np.isfinite(r["eval_loss"])) and r["eval_loss_mean"] < s["untrained_ce"], arm
+        assert 1 < r["tokens_per_row"] <= 128, arm  # real tokens of the kept rows, seq_len 128
     masks = np.load(tmp_path / "w" / "t" / "pydocs" / "masks.npz")
     # both recipes apply the quality rules first: neither keeps a row the rules flagged
     for k in ("adamshap", "value_dsir"):
