@@ -80,6 +80,23 @@ def digest(obj: Any, n: int = 10) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
+# settings that do not change a stage's outputs: left out of its key
+_NOT_IN_KEYS = ("out", "progress")
+
+
+def settings_key(cls: type, fields: dict[str, Any], *extra: Any) -> str:
+    """Key of a stage over every setting it will run with, defaults included.
+
+    Keyed on the given fields alone, a stage made under an old default (a sketch size, verify's
+    token budget) was found again and reused after the default changed; with the resolved
+    dataclass a changed default makes a new folder.
+    """
+    resolved = dataclasses.asdict(cls(**{**fields, "out": "."}))
+    for name in _NOT_IN_KEYS:
+        resolved.pop(name, None)
+    return digest([resolved, *extra])
+
+
 def slug(text: str) -> str:
     """Lower-case letters, digits and dashes (Prefect artifact keys, folder names)."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-") or "x"
@@ -322,7 +339,7 @@ def _score_and_report(ctx: _Curation) -> tuple[RunDir, str, dict[str, Any]]:
     score_fields = dataclass_kwargs(
         ScoreArgs, ctx.settings, ctx.settings.get("score") or {}, common
     )
-    score_key = digest([score_fields, info["corpus_sha256"], info["target_sha256"]])
+    score_key = settings_key(ScoreArgs, score_fields, info["corpus_sha256"], info["target_sha256"])
     run = RunDir(ctx.out_dir / f"score-{score_key}")
     run_dir = run.path
     score_args = {**score_fields, "out": str(run_dir)}
@@ -359,7 +376,7 @@ def _prune(ctx: _Curation, run: RunDir, score_key: str) -> tuple[PruneDir, str, 
         {"corpus": info["corpus"], "target": info["target"], "scores": str(run.path), "keep": keep},
     )
     prune_fields.pop("out", None)
-    prune_key = digest([prune_fields, score_key])
+    prune_key = settings_key(PruneArgs, prune_fields, score_key)
     pruned = PruneDir(ctx.out_dir / f"prune-keep{keep:.2f}-{prune_key}")
     prune_task = prune_stage.with_options(**_stage_options(ctx.results, not pruned.is_complete()))
     prune_args = {**prune_fields, "out": str(pruned.path)}
@@ -386,7 +403,7 @@ def _verify(ctx: _Curation, run: RunDir, kept: Path, prune_key: str, score_key: 
         },
     )
     verify_fields.pop("out", None)
-    verify_key = digest([verify_fields, prune_key, score_key])
+    verify_key = settings_key(VerifyArgs, verify_fields, prune_key, score_key)
     verify_dir = ctx.out_dir / f"verify-keep{ctx.keep:.2f}-{verify_key}"
     verify_task = verify_stage.with_options(
         # every output must be there (a verify from before verify.html existed is redone)

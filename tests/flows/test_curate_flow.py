@@ -118,3 +118,26 @@ def test_curate_cli_bad_row_is_one_clear_line(tiny_manifest: Path, tmp_path: Pat
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("adamshap curate: error:")]
     assert len(errors) == 1 and "line 5" in errors[0] and "text" in errors[0], res.stderr
     assert not list(out.glob("score-*")), "no stage after validation may have run"
+
+
+def test_stage_keys_cover_the_defaults_not_only_the_given_settings() -> None:
+    """A stage made under an old default is not reused once the default changes: the key is
+    over the resolved dataclass; where the output goes and whether a bar shows are not in it."""
+    import dataclasses
+
+    from curation.verify import VerifyArgs
+    from flows.curate import settings_key
+
+    given = {"curated": "/k.jsonl", "full": "/f.jsonl", "target": "/t.jsonl", "steps": 200}
+    key = settings_key(VerifyArgs, given, "prune-key")
+    assert key == settings_key(
+        VerifyArgs, {**given, "out": "/elsewhere", "progress": False}, "prune-key"
+    )
+    assert key != settings_key(VerifyArgs, given, "other-prune-key")
+    assert key != settings_key(VerifyArgs, {**given, "pack": False}, "prune-key")
+
+    @dataclasses.dataclass(kw_only=True)
+    class NewDefault(VerifyArgs):  # the same class with one default changed
+        pack: bool = False
+
+    assert settings_key(NewDefault, given, "prune-key") != key
