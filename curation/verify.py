@@ -421,6 +421,29 @@ def _baseline_picks(
     return picks
 
 
+def _protocol_line(meta: dict[str, Any]) -> str:
+    """verify.md's one line on how the arms were trained: steps, seeds, order, token budget."""
+    order = (
+        " (each seed: the same initial weights and one shared order of the full corpus's rows for"
+        " every arm)"
+        if meta.get("coupled_order")
+        else " (each seed: the same initial weights; each arm its own batch order)"
+    )
+    budget = (
+        f"; every arm trains on {meta['batch_size'] * meta['seq_len']} tokens a step (its"
+        " documents packed end to end: one token budget)"
+        if meta.get("pack")
+        else f"; {meta['batch_size']} documents a step, padded (an arm that keeps longer documents"
+        " trains on more tokens)"
+    )
+    return (
+        f"{meta['steps']} steps per run, batch {meta['batch_size']}, preset `{meta['preset']}`,"
+        f" {meta['seeds']} paired seeds{order}{budget}; curated {meta['n_curated']} docs, full"
+        f" {meta['n_full']} docs, evaluation set {meta['n_target']} docs"
+        f" ({meta['n_target_removed']} target docs removed from training sets)"
+    )
+
+
 def verify_page(results: dict[str, dict[str, Any]], meta: dict[str, Any], curve: bytes) -> Page:
     """verify.md / verify.html: the winning arm first, then every arm and the paired differences."""
     uni = meta["unigram_target_ce"]
@@ -450,26 +473,7 @@ def verify_page(results: dict[str, dict[str, Any]], meta: dict[str, Any], curve:
             "clearly below it has learnt little beyond token frequencies "
             f"(untrained: {meta['untrained_ce']:.2f})."
         ],
-        details=[
-            f"{meta['steps']} steps per run, batch {meta['batch_size']}, preset `{meta['preset']}`,"
-            f" {meta['seeds']} paired seeds"
-            + (
-                " (each seed: the same initial weights and one shared order of the full corpus's"
-                " rows for every arm)"
-                if meta.get("coupled_order")
-                else " (each seed: the same initial weights; each arm its own batch order)"
-            )
-            + (
-                f"; every arm trains on {meta['batch_size'] * meta['seq_len']} tokens a step"
-                " (its documents packed end to end: one token budget)"
-                if meta.get("pack")
-                else f"; {meta['batch_size']} documents a step, padded (an arm that keeps longer"
-                " documents trains on more tokens)"
-            )
-            + f"; curated {meta['n_curated']} docs, full {meta['n_full']}"
-            f" docs, evaluation set {meta['n_target']} docs ({meta['n_target_removed']} target docs"
-            " removed from training sets)"
-        ],
+        details=[_protocol_line(meta)],
         sections=[
             Section(
                 "Every arm",
