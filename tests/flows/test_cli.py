@@ -276,11 +276,20 @@ def test_server_shutdown_errors_are_silenced_after_the_flow(caplog):
 
 
 @pytest.mark.parametrize(
-    ("flag", "expected"),
-    [([], False), (["--coupled-order"], True), (["--no-coupled-order"], False)],
+    ("flag", "attr", "expected"),
+    [
+        # one shared batch order only with --coupled-order
+        ([], "coupled_order", False),
+        (["--coupled-order"], "coupled_order", True),
+        (["--no-coupled-order"], "coupled_order", False),
+        # one token budget (packed documents) unless --no-pack
+        ([], "pack", True),
+        (["--no-pack"], "pack", False),
+    ],
 )
-def test_verify_shared_batch_order_is_opt_in(flag, expected, tmp_path, monkeypatch):
-    """`verify` pairs its arms with one shared batch order only with --coupled-order."""
+def test_verify_protocol_flags(flag, attr, expected, tmp_path, monkeypatch):
+    """`verify` pairs its arms with one shared batch order only with --coupled-order, and gives
+    every arm one token budget unless --no-pack."""
     import curation.verify
 
     seen = []
@@ -295,24 +304,4 @@ def test_verify_shared_batch_order_is_opt_in(flag, expected, tmp_path, monkeypat
     argv = ["verify", "--curated", "k.jsonl", "--full", "f.jsonl", "--target", "t.jsonl"]
     monkeypatch.chdir(tmp_path)
     assert cli.main([*argv, "--out", "o", *flag]) == 0
-    assert [a.coupled_order for a in seen] == [expected]
-
-
-@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--no-pack"], False)])
-def test_verify_packs_one_token_budget_unless_told_not_to(flag, expected, tmp_path, monkeypatch):
-    """`verify` gives every arm one token budget (packed documents) unless --no-pack."""
-    import curation.verify
-
-    seen = []
-
-    def fake_run_verify(args):
-        seen.append(args)
-        return Path(args.out)
-
-    monkeypatch.setattr(curation.verify, "run_verify", fake_run_verify)
-    for name in ("k.jsonl", "f.jsonl", "t.jsonl"):
-        (tmp_path / name).write_text('{"id": "a", "text": "x"}\n')
-    argv = ["verify", "--curated", "k.jsonl", "--full", "f.jsonl", "--target", "t.jsonl"]
-    monkeypatch.chdir(tmp_path)
-    assert cli.main([*argv, "--out", "o", *flag]) == 0
-    assert [a.pack for a in seen] == [expected]
+    assert [getattr(a, attr) for a in seen] == [expected]
