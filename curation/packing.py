@@ -1,8 +1,8 @@
 """Token-budget batches: training rows laid end to end and cut into full rows of `seq_len` tokens.
 
 A row-per-document batch spends the same number of *rows* on every arm, so an arm that keeps
-longer documents trains on more real tokens (on the pruning benchmark's pool the value-ranked
-kept set held 107 real tokens per row, DSIR's 92). Packing gives every step exactly
+longer documents trains on more real tokens (on the pruning benchmark's pool the default's
+kept set holds 108 real tokens per row, DSIR's 93-94). Packing gives every step exactly
 `batch_size * seq_len` tokens whatever the arm kept: the token budget the arms are compared at,
 as language-model pretraining spends it. Each document keeps its own leading BOS, which separates
 it from the one before; the first token of a packed row has no prefix and is never a loss target
