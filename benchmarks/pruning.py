@@ -372,7 +372,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     )
     results: dict[str, Any] = {}
     for arm in a.arms:
-        runs, stats = [], []
+        runs, stats, kept_tokens = [], [], []
         for s in seeds:
             m = masks.get(arm)
             if m is None:  # random (after the rules, for rules+random): a fresh subset per seed
@@ -380,7 +380,8 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
                 m = np.zeros(len(ids), bool)
                 pick = np.random.default_rng(1000 + s).choice(len(pool_ix), n_keep, replace=False)
                 m[pool_ix[pick]] = True
-            stats.append({**_junk_stats(m, kinds), "kept": m})
+            stats.append(_junk_stats(m, kinds))
+            kept_tokens.append(row_tokens[m].mean())
             ix = np.flatnonzero(m)
             run_ = ProxyRun(a.steps, cfg, s, len(tok), 0, n_evals=4, packed=a.pack)
             if a.coupled_order:  # every arm visits its rows in one shared order of the pool
@@ -403,7 +404,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
             "eval_loss": [r["final_loss"] for r in runs],
             # real (unpadded) tokens per kept row: with padded rows an arm of longer documents
             # trains on more tokens; with --pack every arm gets the same tokens
-            "tokens_per_row": float(np.mean([row_tokens[r["kept"]].mean() for r in stats])),
+            "tokens_per_row": float(np.mean(kept_tokens)),
             "eval_loss_mean": summ["target_loss_mean"],
             "eval_loss_std": summ["target_loss_std"],
         }

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "scenario": a.scenario,
         "tags": tags,
         "dims": dims,
-        "command": "python -m benchmarks.value_reliability " + shlex.join(sys.argv[1:]),
+        "command": "python -m benchmarks.value_reliability "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
         "seconds": round(time.time() - t0, 1),
         "environment": environment(),
     }

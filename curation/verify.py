@@ -240,7 +240,9 @@ def train_proxy(
         return step, _check_finite(loss, "target loss", step, seed)
 
     curve: list[tuple[int, float]] = [measure(0)] if 0 in points else []
-    packer = TokenPacker(train.input_ids, train.attention_mask, train.loss_mask)
+    packer = (
+        TokenPacker(train.input_ids, train.attention_mask, train.loss_mask) if run.packed else None
+    )
 
     def next_row() -> int:
         nonlocal order, epoch
@@ -250,7 +252,7 @@ def train_proxy(
         return row
 
     for step in range(1, steps + 1):
-        if run.packed:
+        if packer is not None:
             batch = packer.fill(cfg.batch_size, cfg.seq_len, next_row)
         else:
             while len(order) < cfg.batch_size:

@@ -375,7 +375,6 @@ def _prune(ctx: _Curation, run: RunDir, score_key: str) -> tuple[PruneDir, str, 
         prune_settings,
         {"corpus": info["corpus"], "target": info["target"], "scores": str(run.path), "keep": keep},
     )
-    prune_fields.pop("out", None)
     prune_key = settings_key(PruneArgs, prune_fields, score_key)
     pruned = PruneDir(ctx.out_dir / f"prune-keep{keep:.2f}-{prune_key}")
     prune_task = prune_stage.with_options(**_stage_options(ctx.results, not pruned.is_complete()))
@@ -402,7 +401,6 @@ def _verify(ctx: _Curation, run: RunDir, kept: Path, prune_key: str, score_key: 
             "reference": str(run.path),
         },
     )
-    verify_fields.pop("out", None)
     verify_key = settings_key(VerifyArgs, verify_fields, prune_key, score_key)
     verify_dir = ctx.out_dir / f"verify-keep{ctx.keep:.2f}-{verify_key}"
     verify_task = verify_stage.with_options(
