@@ -372,7 +372,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
     )
     results: dict[str, Any] = {}
     for arm in a.arms:
-        runs, stats, kept_tokens = [], [], []
+        runs, stats, kept_tokens, epochs = [], [], [], []
         for s in seeds:
             m = masks.get(arm)
             if m is None:  # random (after the rules, for rules+random): a fresh subset per seed
@@ -382,6 +382,8 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
                 m[pool_ix[pick]] = True
             stats.append(_junk_stats(m, kinds))
             kept_tokens.append(row_tokens[m].mean())
+            per_step = 16 * a.seq_len if a.pack else 16  # tokens (packed) or rows a step
+            epochs.append(a.steps * per_step / (row_tokens[m].sum() if a.pack else m.sum()))
             ix = np.flatnonzero(m)
             run_ = ProxyRun(a.steps, cfg, s, len(tok), 0, n_evals=4, packed=a.pack)
             if a.coupled_order:  # every arm visits its rows in one shared order of the pool
@@ -396,6 +398,7 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
                 )
             )
         summ = summarise(runs)
+        tail = [r["curve"][-1][1] - r["curve"][-2][1] for r in runs]
         results[arm] = {
             "n_kept": int(m.sum()),
             "junk_removed": float(np.mean([x["junk_removed"] for x in stats])),
@@ -405,6 +408,11 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
             # real (unpadded) tokens per kept row: with padded rows an arm of longer documents
             # trains on more tokens; with --pack every arm gets the same tokens
             "tokens_per_row": float(np.mean(kept_tokens)),
+            # passes over the kept set the step budget buys (more for an arm of shorter rows when
+            # packed), and the loss change over the last quarter of the steps (< 0: still falling,
+            # > 0: overfitting): what a longer or shorter retraining would do to the arm
+            "epochs": float(np.mean(epochs)),
+            "last_quarter_change": float(np.mean(tail)),
             "eval_loss_mean": summ["target_loss_mean"],
             "eval_loss_std": summ["target_loss_std"],
         }
@@ -494,17 +502,19 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
             f"({s['n_target_junk']} junk). Lowest mean eval loss: `{best}`.",
             "",
             "| arm | eval loss (mean ± sd) | below unigram | paired diff vs adamshap (mean ± sd) "
-            "| junk removed | removal precision | tokens a kept row |",
-            "|---|---|---|---|---|---|---|",
+            "| junk removed | removal precision | tokens a kept row | epochs | last-quarter change |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for arm, r in s["arms"].items():
             tpr = r.get("tokens_per_row")  # results from before the column: unknown
+            ep, lq = r.get("epochs"), r.get("last_quarter_change")
             lines.append(
                 f"| {arm} | {r['eval_loss_mean']:.4f} ± {r['eval_loss_std']:.4f} | "
                 f"{s['unigram_eval_ce'] - r['eval_loss_mean']:.2f} | "
                 f"{r['paired_diff_mean']:+.4f} ± {r['paired_diff_sd']:.4f} | "
                 f"{r['junk_removed']:.0%} | {r['removal_precision']:.0%} | "
                 + ("–" if tpr is None else f"{tpr:.1f}")
+                + (" | – | –" if ep is None else f" | {ep:.1f} | {lq:+.3f}")
                 + " |"
             )
         lines += [
@@ -548,7 +558,9 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
         lines += [
             "",
             f"Paired diff = arm's eval loss minus adamshap's on the same seed (> 0: adamshap "
-            f"better). Near-duplicates removed by adamshap: {s['dedup'].get('n_removed', 0)}; "
+            f"better). Epochs: passes over the kept set the steps buy; last-quarter change: eval "
+            f"loss at the end minus at 3/4 of the steps (< 0 still falling, > 0 overfitting). "
+            f"Near-duplicates removed by adamshap: {s['dedup'].get('n_removed', 0)}; "
             f"junk kept through cluster floors: {s['floor_kept_junk']}.",
             "",
         ]

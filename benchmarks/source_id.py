@@ -161,6 +161,9 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "source_id",
         "config": config,
+        # the checkpoint values' sketch size (the product default; results before it was
+        # recorded used 16)
+        "sketch_dim": ScoreArgs.sketch_dim,
         "n_train_docs": train.height,
         "summary": summary,
         "per_target": per_target,
@@ -179,7 +182,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"{c['target_docs']} held-out target docs per source, preset `{c['preset']}`, seq_len "
         f"{c['seq_len']}, batch {c['batch_size']}, target batch {c['target_batch_size']}, "
         f"{c['warm_start_steps']} shared warm-start steps, {c['epochs']} scored epoch(s), lr {c['lr']}, "
-        f"seed {c['seed']}; {res['seconds']:.0f} s wall-clock on a shared 2-core CPU.",
+        f"seed {c['seed']}; checkpoint values at sketch {res.get('sketch_dim', 16)}; "
+        f"{res['seconds']:.0f} s wall-clock on a shared 2-core CPU.",
         "",
         "| estimator | top-1 accuracy | mean normalised recall@k | mean rank of target source |",
         "|---|---|---|---|",

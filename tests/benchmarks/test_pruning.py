@@ -112,6 +112,11 @@ def test_markdown_names_a_scoring_seed_only_when_it_differs_and_the_sketch_size(
     # the retraining protocol: padded documents (earlier results) or one token budget
     assert "16 documents a step, padded" in markdown(meta, [scen])
     assert "one token budget" in markdown({**meta, "pack": True}, [scen])
+    # epochs and the last-quarter change: "–" for results written before they were recorded
+    assert "| 90% | 60% | – | – | – |" in markdown(meta, [scen])
+    arm = {**scen["arms"]["adamshap"], "epochs": 9.25, "last_quarter_change": -0.0421}
+    newer = markdown(meta, [{**scen, "arms": {"adamshap": arm}}])
+    assert "| 90% | 60% | – | 9.2 | -0.042 |" in newer
 
 
 @pytest.mark.integration
@@ -141,6 +146,10 @@ def test_a_small_run_scores_selects_and_retrains_every_named_arm(tmp_path) -> No
         assert r["n_kept"] == round(0.7 * 150), arm
         assert all(np.isfinite(r["eval_loss"])) and r["eval_loss_mean"] < s["untrained_ce"], arm
         assert 1 < r["tokens_per_row"] <= 128, arm  # real tokens of the kept rows, seq_len 128
+        # packed: the 40 quick steps of 16 x 128 tokens, over the kept rows' real tokens
+        kept = r["n_kept"] * r["tokens_per_row"]
+        assert r["epochs"] == pytest.approx(40 * 16 * 128 / kept), arm
+        assert np.isfinite(r["last_quarter_change"]), arm
     masks = np.load(tmp_path / "w" / "t" / "pydocs" / "masks.npz")
     # both recipes apply the quality rules first: neither keeps a row the rules flagged
     for k in ("adamshap", "value_dsir"):
