@@ -413,6 +413,9 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
             # > 0: overfitting): what a longer or shorter retraining would do to the arm
             "epochs": float(np.mean(epochs)),
             "last_quarter_change": float(np.mean(tail)),
+            "curve_steps": summ["curve_steps"],
+            "curve_mean": summ["curve_mean"],
+            "curve_std": summ["curve_std"],
             "eval_loss_mean": summ["target_loss_mean"],
             "eval_loss_std": summ["target_loss_std"],
         }
@@ -501,6 +504,10 @@ def markdown(meta: dict[str, Any], scen: list[dict[str, Any]]) -> str:
             f"nats (untrained: {s['untrained_ce']:.2f}). Scoring target: {s['n_target']} docs "
             f"({s['n_target_junk']} junk). Lowest mean eval loss: `{best}`.",
             "",
+        ]
+        if meta.get("tag"):  # the curves' plot, written beside this file
+            lines += [f"![eval loss while retraining]({meta['tag']}_{s['scenario']}.png)", ""]
+        lines += [
             "| arm | eval loss (mean ± sd) | below unigram | paired diff vs adamshap (mean ± sd) "
             "| junk removed | removal precision | tokens a kept row | epochs | last-quarter change |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -661,11 +668,17 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "total_s": round(time.time() - t0, 1),
         "cached_retrains": len(CACHE_HITS),
+        "tag": tag,
     }
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "scenarios": scen}, indent=2))
     (out / f"{tag}.md").write_text(markdown(meta, scen))
+    from curation.verify import plot_curves
+
+    for s in scen:  # eval loss over the retraining, per arm, beside the unigram line
+        title = f"{s['scenario']}: eval loss while retraining ({meta['steps']} steps)"
+        plot_curves(s["arms"], out / f"{tag}_{s['scenario']}.png", title, s["unigram_eval_ce"])
     print(f"wrote {out / tag}.json/.md in {meta['total_s']:.0f}s")
     return 0
 

@@ -14,6 +14,11 @@ import re
 from .common import RESULTS, ROOT
 
 
+def rebase_images(body: str, folder: str) -> str:
+    """Point a table's relative image links (written beside it) at `folder` from the README."""
+    return re.sub(r"(!\[[^\]]*\]\()(?![a-z]+:|/)([^)]+)\)", rf"\1{folder}/\2)", body)
+
+
 def main() -> None:
     """Rewrite README.md's benchmark sections in place."""
     readme = ROOT / "README.md"
@@ -27,6 +32,7 @@ def main() -> None:
         body = "\n".join(
             ln for ln in md.read_text().splitlines() if not ln.startswith("# ")
         ).strip()
+        body = rebase_images(body, str(md.parent.relative_to(ROOT)))
         pattern = re.compile(rf"(<!-- bench:{name} -->).*?(<!-- /bench:{name} -->)", re.S)
         text = pattern.sub(lambda mm, b=body: f"{mm.group(1)}\n{b}\n{mm.group(2)}", text)
         print(f"updated {name}")

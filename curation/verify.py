@@ -302,8 +302,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    """verify_curve.png: mean target loss over steps per arm (± std band)."""
+def plot_curves(
+    results: dict[str, dict[str, Any]], path: Path, title: str, unigram: float | None = None
+) -> None:
+    """verify_curve.png: mean target loss over steps per arm (± std band), the unigram line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,6 +318,8 @@ def plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str) -> N
         x, m, s = np.array(r["curve_steps"]), np.array(r["curve_mean"]), np.array(r["curve_std"])
         ax.plot(x, m, label=name)
         ax.fill_between(x, m - s, m + s, alpha=0.2)
+    if unigram is not None:  # what a unigram frequency table scores: the regime line
+        ax.axhline(unigram, color="grey", linestyle="--", label=f"unigram {unigram:.3f}")
     ax.set_xlabel("training step")
     ax.set_ylabel("target loss")
     ax.set_title(title)
@@ -564,7 +568,7 @@ def run_verify(args: VerifyArgs) -> Path:
     with staged_outputs(out, last=(done,)) as stage:
         staged = VerifyDir(stage)
         curve = staged.curve_png
-        plot_curves(results, curve, "target loss while training from scratch")
+        plot_curves(results, curve, "target loss while training from scratch", unigram)
         write_page(stage, VERIFY_STEM, verify_page(results, meta, curve.read_bytes()))
         atomic_write_text(staged.verify_json, text)
     return out

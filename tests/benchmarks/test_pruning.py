@@ -155,3 +155,6 @@ def test_a_small_run_scores_selects_and_retrains_every_named_arm(tmp_path) -> No
     for k in ("adamshap", "value_dsir"):
         assert not (masks[k] & masks["flagged"]).any(), k
     assert "scoring run and clustering seeded 3" in (tmp_path / "r" / "t.md").read_text()
+    # the curves' plot beside the table, linked from it
+    assert (tmp_path / "r" / "t_pydocs.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](t_pydocs.png)" in (tmp_path / "r" / "t.md").read_text()

@@ -20,6 +20,23 @@ def test_eval_points() -> None:
     assert eval_points(1, 10) == [0, 1]
 
 
+@pytest.mark.parametrize("unigram", [None, 6.5])
+def test_curves_plot_draws_the_unigram_line_when_given(
+    tmp_path: Path, monkeypatch, unigram
+) -> None:
+    from matplotlib.axes import Axes
+
+    from curation.verify import plot_curves
+
+    drawn = []
+    real = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda ax, y, **kw: drawn.append(y) or real(ax, y, **kw))
+    arm = {"curve_steps": [0, 10], "curve_mean": [7.6, 6.0], "curve_std": [0.0, 0.1]}
+    plot_curves({"curated": arm}, tmp_path / "c.png", "t", unigram)
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert drawn == ([] if unigram is None else [6.5])
+
+
 def test_epoch_order_own_rows_is_the_plain_permutation() -> None:
     from curation.verify import ProxyRun, TrainConfig, epoch_order
 
