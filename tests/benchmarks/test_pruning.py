@@ -113,10 +113,11 @@ def test_markdown_names_a_scoring_seed_only_when_it_differs_and_the_sketch_size(
     assert "16 documents a step, padded" in markdown(meta, [scen])
     assert "one token budget" in markdown({**meta, "pack": True}, [scen])
     # epochs and the last-quarter change: "–" for results written before they were recorded
-    assert "| 90% | 60% | – | – | – |" in markdown(meta, [scen])
+    assert "| 90% | 60% | – | – | – | – |" in markdown(meta, [scen])
     arm = {**scen["arms"]["adamshap"], "epochs": 9.25, "last_quarter_change": -0.0421}
+    arm |= {"best_paired_diff_mean": 0.0123, "best_paired_diff_sd": 0.0045}
     newer = markdown(meta, [{**scen, "arms": {"adamshap": arm}}])
-    assert "| 90% | 60% | – | 9.2 | -0.042 |" in newer
+    assert "| 90% | 60% | – | 9.2 | -0.042 | +0.0123 ± 0.0045 |" in newer
 
 
 @pytest.mark.integration
@@ -150,6 +151,10 @@ def test_a_small_run_scores_selects_and_retrains_every_named_arm(tmp_path) -> No
         kept = r["n_kept"] * r["tokens_per_row"]
         assert r["epochs"] == pytest.approx(40 * 16 * 128 / kept), arm
         assert np.isfinite(r["last_quarter_change"]), arm
+        # the lowest point of each seed's curve is at most its final loss, paired like it
+        assert all(b <= f for b, f in zip(r["best_eval_loss"], r["eval_loss"])), arm
+        d = np.subtract(r["best_eval_loss"], s["arms"]["adamshap"]["best_eval_loss"])
+        assert r["best_paired_diff_mean"] == pytest.approx(d.mean()), arm
     masks = np.load(tmp_path / "w" / "t" / "pydocs" / "masks.npz")
     # both recipes apply the quality rules first: neither keeps a row the rules flagged
     for k in ("adamshap", "value_dsir"):
