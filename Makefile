@@ -83,9 +83,19 @@ bench-fidelity: setup  ## estimator fidelity vs LOO / MC Shapley
 bench-source-id: setup  ## source identification (corpus built by `adamshap corpus build demo`)
 	$(PY) -m benchmarks.source_id
 
-bench-pruning: setup  ## pruning with injected junk, retrained target loss; quality rules on held-out junk
-	for s in pydocs wordnet none; do $(PY) -m benchmarks.pruning --scenarios $$s --tag pruning_$$s || exit 1; done
-	$(PY) -m benchmarks.quality_heldout
+PRUNING = $(PY) -m benchmarks.pruning --coupled-order --pack
+bench-pruning: setup  ## the pruning benchmark's current protocol (hours on 2 cores); quality rules on held-out junk
+	for s in pydocs wordnet; do \
+	  $(PRUNING) --scenarios $$s --steps 2400 --seeds 3 --results benchmarks/results/regime2400 \
+	    --tag pruning_$${s}_pack2400_all --arms adamshap,dsir,random,perplexity,rules+dsir || exit 1; \
+	  mkdir -p runs/benchmarks/pruning_$${s}_pack2400; \
+	  cp -rn runs/benchmarks/pruning_$${s}_pack2400_all/$$s runs/benchmarks/pruning_$${s}_pack2400/; \
+	  $(PRUNING) --scenarios $$s --steps 2400 --seeds 5 --results benchmarks/results/regime2400 \
+	    --tag pruning_$${s}_pack2400 --arms adamshap,dsir || exit 1; \
+	done
+	$(PRUNING) --scenarios none --steps 1200 --seeds 3 --results benchmarks/results/regime1200 \
+	  --tag pruning_none_pack --arms adamshap,dsir,random,perplexity
+	$(PY) -m benchmarks.quality_heldout --run runs/benchmarks/pruning_none_pack/none/scores
 
 bench-throughput: setup  ## scored vs plain throughput and memory (CPU grid)
 	$(PY) -m benchmarks.throughput
