@@ -87,7 +87,7 @@ PRUNING = $(PY) -m benchmarks.pruning --coupled-order --pack
 bench-pruning: setup  ## the pruning benchmark's current protocol (hours on 2 cores); quality rules on held-out junk
 	for s in pydocs wordnet; do \
 	  $(PRUNING) --scenarios $$s --steps 2400 --seeds 3 --results benchmarks/results/regime2400 \
-	    --tag pruning_$${s}_pack2400_all --arms adamshap,dsir,random,perplexity,rules+dsir || exit 1; \
+	    --tag pruning_$${s}_pack2400_all --arms adamshap,dsir,random,perplexity || exit 1; \
 	  mkdir -p runs/benchmarks/pruning_$${s}_pack2400; \
 	  cp -rn runs/benchmarks/pruning_$${s}_pack2400_all/$$s runs/benchmarks/pruning_$${s}_pack2400/; \
 	  $(PRUNING) --scenarios $$s --steps 2400 --seeds 5 --results benchmarks/results/regime2400 \

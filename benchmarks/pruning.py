@@ -429,15 +429,17 @@ def run_scenario(scenario: str, full: pl.DataFrame, a: argparse.Namespace, work:
             f"{r['eval_loss_mean']:.4f} ± {r['eval_loss_std']:.4f}  (unigram {unigram:.3f})",
             flush=True,
         )
-    ref = np.array(results["adamshap"]["eval_loss"])
+    ref = results["adamshap"]
     for r in results.values():
-        d = np.array(r["eval_loss"]) - ref  # > 0: the arm is worse than adamshap on that seed
+        # > 0: the arm is worse than adamshap on that seed (final loss; lowest point)
+        d = np.subtract(r["eval_loss"], ref["eval_loss"])
         r["paired_diff_vs_adamshap"] = d.tolist()
-        r["paired_diff_mean"] = float(d.mean())
-        r["paired_diff_sd"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-        b = np.array(r["best_eval_loss"]) - np.array(results["adamshap"]["best_eval_loss"])
-        r["best_paired_diff_mean"] = float(b.mean())
-        r["best_paired_diff_sd"] = float(b.std(ddof=1)) if len(b) > 1 else 0.0
+        for prefix, x in (
+            ("", d),
+            ("best_", np.subtract(r["best_eval_loss"], ref["best_eval_loss"])),
+        ):
+            r[f"{prefix}paired_diff_mean"] = float(x.mean())
+            r[f"{prefix}paired_diff_sd"] = float(x.std(ddof=1)) if len(x) > 1 else 0.0
     aucs = {m: _auc(v, kinds) for m, v in scores.items()}
     return {
         "scenario": scenario,
